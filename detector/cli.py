@@ -14,6 +14,9 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("detector.data.prepare", "import datasets into Parquet/WebDataset shards"),
+    "run": ("detector.commands.run", "run the whole experiment (or chosen stages) on a local or remote Ray"),
+    "demo": ("detector.commands.demo", "the whole job on an embedded local Ray with the built-in demo data"),
+    "status": ("detector.commands.status", "a table of a run's trials, live or finished"),
 }
 
 

@@ -1,0 +1,73 @@
+"""Run the whole experiment (import if needed, baseline, the concurrent sparsity searches, fine-tunes,
+evaluation, report) or chosen stages, on an embedded local Ray or a running cluster (--address)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from detector.experiment import STAGES
+
+log = logging.getLogger(__name__)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, config_required: bool) -> None:
+    p.add_argument("--config", required=config_required, type=Path,
+                   help="experiment YAML (jobs/configs/paper.yaml, jobs/configs/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set search.trials_per_sparsity=2 (repeatable)")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated stages to run (default: all: {','.join(STAGES)})")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or ray://HOST:10001 (default: RAY_ADDRESS, else an "
+                        "embedded local Ray)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p, config_required=False)
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its saved config (finished trials are kept)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from detector.config import ConfigError
+    from detector.pipeline import CONFIG_FILE
+
+    try:
+        if args.resume:
+            if args.out is None:
+                raise ConfigError("--resume needs --out RUN, the folder of the run to continue")
+            saved = args.out / CONFIG_FILE
+            if not saved.is_file():
+                raise ConfigError(f"--resume: {saved} not found; is {args.out} a run folder?")
+            config = args.config or saved
+        elif args.config is None:
+            raise ConfigError("--config is required (e.g. jobs/configs/paper.yaml), or --resume --out RUN")
+        else:
+            config = args.config
+        return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address)
+    except ConfigError as e:
+        print(f"detector run: error: {e}", file=sys.stderr)
+        return 2
+
+
+def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str, address: str | None) -> int:
+    from detector.experiment import load_experiment
+    from detector.pipeline import run
+
+    exp = load_experiment(config, overrides)
+    out = out or Path("runs") / exp.name
+    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    result = run(exp, out, address=address, stages=chosen)
+    print()
+    print(f"run folder:   {result['run_dir']}")
+    if Path(result["report"]).exists():
+        print(f"report:       {result['report']}")
+    print(f"TensorBoard:  tensorboard --logdir {result['tensorboard']}")
+    if result["dashboard"]:
+        print(f"Ray dashboard (while the run was live): {result['dashboard']}")
+    print(f"trials:       detector status {result['run_dir']}")
+    return 0

@@ -1,0 +1,146 @@
+"""The experiment config: everything ``detector run`` does, as one validated, saved document.
+
+A YAML file (``jobs/configs/paper.yaml``, ``jobs/configs/demo.yaml``) maps onto ``ExperimentConfig``.
+Stage sections hold only what differs from the shared ``train`` section, so the paper's protocol reads
+as in the paper: the baseline at batch 16 / lr 1e-4, the searches at batch 64 for 10 epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from detector.config import ConfigError, from_dict, load_yaml, to_dict
+from detector.train import TrainConfig
+
+STAGES = ("prepare", "baseline", "search", "finetune", "evaluate", "report")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    # Where the shards live (a local/shared path or a pyarrow URI). Relative paths are taken from the run folder.
+    path: str = "data"
+    # Raw datasets to import when `path` has no manifest.json yet (keys as in `detector prepare`).
+    faces140k: str | None = None
+    celebdf: str | None = None
+    synthbuster: str | None = None
+    folder: str | None = None
+    demo: bool = False
+    format: Literal["parquet", "webdataset"] = "parquet"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SearchSection:
+    sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    trials_per_sparsity: int = 5
+    optimizers: tuple[str, ...] = ("adam", "sgd")
+    lr_min: float = 1e-6
+    lr_max: float = 1e-4
+    metric: str = "val_accuracy"
+    seed: int = 0
+    # Optuna's TPE samples at random for its first n trials (Optuna's default is 10).
+    tpe_startup_trials: int = 10
+    # Stop weak trials early with ASHA (beyond the paper; off in paper.yaml).
+    scheduler: Literal["none", "asha"] = "none"
+    asha_grace_period: int = 2
+    asha_reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.sparsities:
+            raise ValueError("search.sparsities: give at least one sparsity")
+        for s in self.sparsities:
+            if not 0.0 < s < 1.0:
+                raise ValueError(f"search.sparsities: {s} is not in (0, 1)")
+        if len(set(self.sparsities)) != len(self.sparsities):
+            raise ValueError(f"search.sparsities: duplicates in {list(self.sparsities)}")
+        if self.trials_per_sparsity < 1:
+            raise ValueError("search.trials_per_sparsity must be >= 1")
+        bad = set(self.optimizers) - {"adam", "sgd"}
+        if not self.optimizers or bad:
+            raise ValueError(f"search.optimizers: {sorted(bad) or '[]'} not allowed; choose from adam, sgd")
+        if not 0.0 < self.lr_min < self.lr_max:
+            raise ValueError(f"search.lr_min/lr_max: need 0 < lr_min < lr_max, got {self.lr_min}, {self.lr_max}")
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    # Ray resources held by each trial (search trials, the baseline, fine-tunes and evaluations).
+    cpus_per_trial: float = 8.0
+    gpus_per_trial: float = 1.0
+    max_concurrent_trials: int = 0  # 0 = as many as the cluster fits
+    max_failures: int = 3  # restarts of a trial whose worker died, from its last checkpoint
+    # Embedded local Ray only (no --address): logical CPUs to declare; 0 = the machine's count.
+    local_num_cpus: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateSection:
+    batch_size: int = 128
+    latency_repeats: int = 50
+    throughput_batch: int = 64
+    bootstrap: int = 1000
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Per-stage overrides of `train` (keys are TrainConfig fields).
+    baseline: dict[str, Any] = field(default_factory=dict)
+    search_train: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    search: SearchSection = field(default_factory=SearchSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+
+    def __post_init__(self) -> None:
+        # Build each stage's TrainConfig now, so a bad override fails before any trial starts.
+        for section in ("baseline", "search_train", "finetune"):
+            self.stage_train(section)  # type: ignore[arg-type]
+
+    def stage_train(self, section: Literal["baseline", "search_train", "finetune"], **extra: Any) -> TrainConfig:
+        """The TrainConfig of a stage: `train`, then the stage's overrides, then ``extra`` (e.g. a trial's lr)."""
+        merged = {**to_dict(self.train), **getattr(self, section), **extra}
+        try:
+            return from_dict(TrainConfig, merged, where=section)
+        except ConfigError as e:
+            raise ConfigError(f"{section}: {e}") from e
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply ``key.sub=value`` overrides, validate; errors name the key."""
+    data = load_yaml(path)
+    for item in overrides or []:
+        apply_override(data, item)
+    try:
+        return from_dict(ExperimentConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """``search.trials_per_sparsity=2`` -> data["search"]["trials_per_sparsity"] = 2 (value parsed as YAML)."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. search.trials_per_sparsity=2")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def experiment_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return to_dict(cfg)
+
+
+def replace(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    return dataclasses.replace(cfg, **changes)

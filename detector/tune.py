@@ -1,0 +1,487 @@
+"""The one module that talks to Ray Tune.
+
+Every stage runs as a Tune experiment, so that each piece of training lands on a worker with the resources
+it asked for (the head of a shared cluster takes no trials), restarts from its last checkpoint when its
+worker dies, and resumes when the driver dies:
+
+- ``baseline``: one trial that trains the baseline;
+- ``search``: all sparsities' Optuna searches in ONE experiment. Ray cannot run several ``Tuner.fit()`` on
+  one cluster safely (ray-project/ray#21329, #30091: the trainable registry is not thread-safe), so a
+  ``SparsitySearcher`` keeps one Optuna study (through ``OptunaSearch``) per sparsity and hands out
+  trials round-robin; the four searches then share the cluster and run concurrently;
+- ``finetune``: one trial per sparsity with its best parameters;
+- ``evaluate``: one trial per model.
+
+The work itself is done by ``detector.stages`` (Ray-free); the trainables here only translate between Tune
+(config, checkpoints, reports) and those functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ray
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from detector.experiment import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+# Tune's own TensorBoard logger would write a second copy of every scalar beside ours (detector.train
+# writes one TensorBoard run per trial under RUN/tensorboard); CSV and JSON stay, the ResultGrid needs them.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+TRIAL_START_FILE = "trial_start.txt"
+
+
+class SparsitySearcher(Searcher):
+    """One Optuna study per sparsity inside a single Tune experiment.
+
+    ``suggest`` picks the sparsity with the fewest trials handed out so far (round-robin), asks that
+    sparsity's ``OptunaSearch`` for parameters and adds ``sparsity`` to the trial's config. Results and
+    completions go back to the study that proposed the trial, so each study only ever sees its own trials,
+    exactly as if the four searches ran as four separate experiments.
+
+    >>> from ray import tune
+    >>> s = SparsitySearcher([0.1, 0.2], trials_per_sparsity=2,
+    ...                      space={"lr": tune.loguniform(1e-6, 1e-4)}, metric="val_accuracy", seed=0)
+    >>> s.suggest("t1")["sparsity"], s.suggest("t2")["sparsity"]
+    (0.1, 0.2)
+    """
+
+    def __init__(
+        self,
+        sparsities: Sequence[float],
+        *,
+        trials_per_sparsity: int,
+        space: dict[str, Any],
+        metric: str,
+        mode: str = "max",
+        seed: int = 0,
+        tpe_startup_trials: int = 10,
+    ) -> None:
+        import optuna
+
+        super().__init__(metric=metric, mode=mode)
+        self.sparsities = [float(s) for s in sparsities]
+        self.trials_per_sparsity = trials_per_sparsity
+        self.studies: dict[float, OptunaSearch] = {}
+        for i, s in enumerate(self.sparsities):
+            sampler = optuna.samplers.TPESampler(seed=seed + i, n_startup_trials=tpe_startup_trials)
+            self.studies[s] = OptunaSearch(
+                space=dict(space), metric=metric, mode=mode, sampler=sampler, study_name=f"sparsity-{s:g}"
+            )
+        self.trial_sparsity: dict[str, float] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        # The search space and metric come from the constructor; Tune's param_space stays empty.
+        return True
+
+    def _launched(self, sparsity: float) -> int:
+        return sum(1 for s in self.trial_sparsity.values() if s == sparsity)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id in self.trial_sparsity:
+            sparsity = self.trial_sparsity[trial_id]
+        else:
+            open_ = [s for s in self.sparsities if self._launched(s) < self.trials_per_sparsity]
+            if not open_:
+                return Searcher.FINISHED
+            sparsity = min(open_, key=lambda s: (self._launched(s), self.sparsities.index(s)))
+            self.trial_sparsity[trial_id] = sparsity
+        params = self.studies[sparsity].suggest(trial_id)
+        return {**params, "sparsity": sparsity}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.trial_sparsity and self.metric in result:
+            self.studies[self.trial_sparsity[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.trial_sparsity:
+            self.studies[self.trial_sparsity[trial_id]].on_trial_complete(trial_id, result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {
+            "trial_sparsity": self.trial_sparsity,
+            "studies": {s: st.__dict__.copy() for s, st in self.studies.items()},
+            "sparsities": self.sparsities,
+            "trials_per_sparsity": self.trials_per_sparsity,
+            "metric": self._metric,
+            "mode": self._mode,
+        }
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        if state["sparsities"] != self.sparsities:
+            raise ValueError(
+                f"{checkpoint_path}: the saved search is over sparsities {state['sparsities']}, "
+                f"the config asks for {self.sparsities}; use a new --out folder for a different search"
+            )
+        self.trial_sparsity = state["trial_sparsity"]
+        for s, d in state["studies"].items():
+            self.studies[s].__dict__.update(d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainables: thin wrappers over detector.stages.
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What every trial of a stage needs besides its Tune config; shipped once through the object store."""
+
+    run_dir: str
+    experiment: ExperimentConfig
+    data: str
+    # finetune: sparsity -> {"optimizer": ..., "lr": ...}
+    best_params: dict[float, dict[str, Any]] | None = None
+
+
+def _trial_dir() -> Path:
+    return Path(tune.get_context().get_trial_dir())
+
+
+def _restore_checkpoint(out_dir: Path) -> float:
+    """Copy Tune's last checkpoint (if this trial is a restart) into out_dir/checkpoint; return the trial's
+    original start time, so that a restarted trial keeps its place on the timeline."""
+    ckpt_dir = out_dir / "checkpoint"
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
+        log.info("trial %s restarts from its checkpoint", tune.get_context().get_trial_name())
+    start_file = ckpt_dir / TRIAL_START_FILE
+    if start_file.is_file():
+        return float(start_file.read_text())
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    start_file.write_text(repr(start))
+    return start
+
+
+def _reporter(extra: dict[str, Any], trial_start: float) -> Callable[[dict[str, float], Path], None]:
+    def on_epoch(metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        row = {**metrics, **extra, "trial_start": trial_start, "time_now": time.time()}
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    return on_epoch
+
+
+def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
+    from detector import stages
+
+    out_dir = _trial_dir()
+    start = _restore_checkpoint(out_dir)
+    run = Path(ctx.run_dir)
+    stages.train_stage(
+        ctx.experiment.stage_train("baseline"),
+        data=ctx.data,
+        out_dir=out_dir,
+        tb_dir=run / "tensorboard" / "baseline",
+        model_path=stages.model_path(run, 0.0),
+        on_epoch=_reporter({"sparsity": 0.0}, start),
+    )
+
+
+def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
+    from detector import stages
+
+    sparsity = float(config["sparsity"])
+    out_dir = _trial_dir()
+    start = _restore_checkpoint(out_dir)
+    run = Path(ctx.run_dir)
+    name = tune.get_context().get_trial_name()
+    stages.train_stage(
+        ctx.experiment.stage_train("search_train", optimizer=config["optimizer"], lr=float(config["lr"])),
+        data=ctx.data,
+        out_dir=out_dir,
+        tb_dir=run / "tensorboard" / "search" / f"s{sparsity:g}-{name}",
+        init=stages.model_path(run, 0.0),
+        sparsity=sparsity,
+        early_stopping=False,
+        on_epoch=_reporter({"sparsity": sparsity}, start),
+    )
+
+
+def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
+    from detector import stages
+
+    sparsity = float(config["sparsity"])
+    assert ctx.best_params is not None
+    params = ctx.best_params[sparsity]
+    out_dir = _trial_dir()
+    start = _restore_checkpoint(out_dir)
+    run = Path(ctx.run_dir)
+    stages.train_stage(
+        ctx.experiment.stage_train("finetune", optimizer=params["optimizer"], lr=float(params["lr"])),
+        data=ctx.data,
+        out_dir=out_dir,
+        tb_dir=run / "tensorboard" / "finetune" / f"s{sparsity:g}",
+        init=stages.model_path(run, 0.0),
+        sparsity=sparsity,
+        model_path=stages.model_path(run, sparsity),
+        on_epoch=_reporter({"sparsity": sparsity}, start),
+    )
+
+
+def _evaluate_trial(config: dict[str, Any], ctx: StageContext) -> None:
+    from detector import stages
+
+    start = time.time()
+    sparsity = float(config["sparsity"])
+    run = Path(ctx.run_dir)
+    result = stages.evaluate_stage(
+        stages.model_path(run, sparsity), data=ctx.data, cfg=ctx.experiment.evaluate,
+        out=stages.eval_path(run, sparsity),
+    )
+    tune.report({"sparsity": sparsity, "trial_start": start, "time_now": time.time(),
+                 "test_accuracy": result["metrics"]["test"]["all"]["accuracy"]})
+
+
+# --------------------------------------------------------------------------------------------------
+# Experiments.
+
+
+def _resources(exp: ExperimentConfig) -> dict[str, float]:
+    res = {"cpu": exp.resources.cpus_per_trial}
+    if exp.resources.gpus_per_trial > 0:
+        res["gpu"] = exp.resources.gpus_per_trial
+    return res
+
+
+def run_experiment(
+    name: str,
+    trainable: Callable[[dict[str, Any], StageContext], None],
+    ctx: StageContext,
+    *,
+    param_space: dict[str, Any] | None = None,
+    search_alg: Searcher | None = None,
+    scheduler: Any = None,
+    num_samples: int = 1,
+) -> tune.ResultGrid:
+    """Run (or resume) the Tune experiment ``RUN/tune/<name>``.
+
+    An experiment folder that Tune can restore is resumed: finished trials keep their results and are not
+    run again, unfinished and errored ones continue from their last checkpoint, the searcher's studies
+    continue where they stopped.
+    """
+    exp = ctx.experiment
+    storage = str((Path(ctx.run_dir) / "tune").resolve())
+    path = os.path.join(storage, name)
+    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
+    if tune.Tuner.can_restore(path):
+        log.info("resuming the %s experiment from %s", name, path)
+        tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            fn,
+            param_space=param_space or {},
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=exp.resources.max_concurrent_trials or None,
+                trial_dirname_creator=lambda t: f"{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=exp.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    errors = [r for r in results if r.error is not None]
+    if errors:
+        details = "; ".join(f"{r.path}: {type(r.error).__name__}: {r.error}" for r in errors)
+        log.error("%s: %d of %d trials failed: %s", name, len(errors), len(results), details)
+    return results
+
+
+def trial_row(result: tune.Result, *, metric: str) -> dict[str, Any]:
+    """One trial as the report lists it: sparsity, params, metric, epochs, start/end (Unix seconds), status."""
+    m = result.metrics or {}
+    cfg = result.config or {}
+    status = "completed"
+    if result.error is not None:
+        status = f"error: {type(result.error).__name__}: {result.error}"
+    elif m.get("trial_failed"):
+        status = f"failed: {m['trial_failed']}"
+    return {
+        "trial_id": m.get("trial_id") or Path(result.path).name,
+        "sparsity": float(cfg.get("sparsity", m.get("sparsity", 0.0))),
+        "params": {k: cfg[k] for k in ("optimizer", "lr") if k in cfg},
+        metric: m.get(metric),
+        "best_val_accuracy": m.get("best_val_accuracy"),
+        "epochs": int(m.get("training_iteration", 0) or 0),
+        "start": m.get("trial_start"),
+        "end": m.get("time_now"),
+        "status": status,
+    }
+
+
+def run_search(ctx: StageContext) -> dict[str, Any]:
+    """Stage 1: every sparsity's Optuna search in one Tune experiment; returns trials and best params."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    exp = ctx.experiment
+    s = exp.search
+    max_epochs = exp.stage_train("search_train").max_epochs
+    space = {"optimizer": tune.choice(list(s.optimizers)), "lr": tune.loguniform(s.lr_min, s.lr_max)}
+    searcher = SparsitySearcher(
+        s.sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric,
+        seed=s.seed, tpe_startup_trials=s.tpe_startup_trials,
+    )
+    scheduler = None
+    if s.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            metric=s.metric, mode="max", time_attr="training_iteration", max_t=max_epochs,
+            grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
+        )
+    results = run_experiment(
+        "search", _search_trial, ctx, search_alg=searcher, scheduler=scheduler,
+        num_samples=len(s.sparsities) * s.trials_per_sparsity,
+    )
+    trials = sorted((trial_row(r, metric=s.metric) for r in results), key=lambda t: (t["sparsity"], t["start"] or 0))
+    best: dict[str, Any] = {}
+    for sp in s.sparsities:
+        done = [t for t in trials if t["sparsity"] == sp and t["status"] == "completed" and t[s.metric] is not None]
+        if not done:
+            raise RuntimeError(
+                f"search: no trial at sparsity {sp:g} completed; see {Path(ctx.run_dir) / 'tune' / 'search'} "
+                "and `detector status` for the errors"
+            )
+        top = max(done, key=lambda t: t[s.metric])
+        best[f"{sp:g}"] = {"sparsity": sp, **top["params"], s.metric: top[s.metric], "trial_id": top["trial_id"]}
+    return {
+        "metric": s.metric,
+        "scheduler": s.scheduler,
+        "epochs_run": sum(t["epochs"] for t in trials),
+        "epochs_budget": len(trials) * max_epochs,
+        "trials": trials,
+        "best": best,
+    }
+
+
+def run_baseline(ctx: StageContext) -> None:
+    results = run_experiment("baseline", _baseline_trial, ctx)
+    _raise_if_failed("baseline", results)
+
+
+def run_finetune(ctx: StageContext, sparsities: Sequence[float]) -> list[dict[str, Any]]:
+    results = run_experiment("finetune", _finetune_trial, ctx,
+                             param_space={"sparsity": tune.grid_search(list(sparsities))})
+    _raise_if_failed("finetune", results)
+    return [trial_row(r, metric=ctx.experiment.search.metric) for r in results]
+
+
+def run_evaluate(ctx: StageContext, sparsities: Sequence[float]) -> None:
+    results = run_experiment("evaluate", _evaluate_trial, ctx,
+                             param_space={"sparsity": tune.grid_search(list(sparsities))})
+    _raise_if_failed("evaluate", results)
+
+
+def _raise_if_failed(name: str, results: tune.ResultGrid) -> None:
+    failed = [r for r in results if r.error is not None or (r.metrics or {}).get("trial_failed")]
+    if failed:
+        first = failed[0]
+        reason = first.error or first.metrics.get("trial_failed")
+        raise RuntimeError(f"{name}: {len(failed)} trial(s) failed, first at {first.path}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Connecting, and reading a run's trials.
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    dashboard_url: str | None
+    resources: dict[str, float]
+    embedded: bool
+
+
+def connect(address: str | None, exp: ExperimentConfig) -> ClusterInfo:
+    """Join a running cluster (``address``: "auto", "ray://HOST:10001", or RAY_ADDRESS set, as under
+    ``ray job submit``), or start an embedded local Ray sized by ``resources.local_num_cpus``."""
+    embedded = address is None and not os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        ctx = None
+    elif embedded:
+        ctx = ray.init(
+            num_cpus=exp.resources.local_num_cpus or None,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+        )
+    else:
+        ctx = ray.init(address=address)
+    resources = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+    dashboard = None
+    if ctx is not None and getattr(ctx, "dashboard_url", None):
+        dashboard = ctx.dashboard_url if "://" in ctx.dashboard_url else f"http://{ctx.dashboard_url}"
+    gpus = exp.resources.gpus_per_trial
+    if gpus > 0 and resources.get("GPU", 0.0) < gpus:
+        if embedded:
+            from detector.config import ConfigError
+
+            raise ConfigError(
+                f"resources.gpus_per_trial={gpus:g} but this machine's Ray has no GPU; "
+                "run with --set resources.gpus_per_trial=0 (and a small cpus_per_trial) on a CPU machine"
+            )
+        log.warning("the cluster has %s GPU(s) now; trials wait for GPU workers (autoscaler)",
+                    resources.get("GPU", 0.0))
+    return ClusterInfo(
+        address=ray.get_runtime_context().gcs_address, dashboard_url=dashboard, resources=resources,
+        embedded=embedded,
+    )
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The trials of every stage of a run, live or finished, from the run folder alone (no cluster)."""
+    rows = []
+    for stage in ("baseline", "search", "finetune", "evaluate"):
+        path = Path(run_dir) / "tune" / stage
+        states = sorted(path.glob("experiment_state-*.json"))
+        if not states:
+            continue
+        from ray.tune import ExperimentAnalysis
+
+        try:
+            analysis = ExperimentAnalysis(str(path))
+        except Exception as e:  # a state file half-way through its first write
+            log.warning("%s: cannot read the experiment state yet (%s)", path, e)
+            continue
+        for trial in analysis.trials:
+            last = trial.last_result or {}
+            rows.append({
+                "stage": stage,
+                "trial_id": trial.trial_id,
+                "sparsity": float(trial.config.get("sparsity", 0.0)),
+                "params": {k: trial.config[k] for k in ("optimizer", "lr") if k in trial.config},
+                "state": trial.status,
+                "epochs": int(last.get("training_iteration", 0) or 0),
+                "best_val_accuracy": last.get("best_val_accuracy"),
+                "failed": last.get("trial_failed"),
+            })
+    return rows

@@ -1,0 +1,1 @@
+"""Entrypoints and experiment configs (configs/*.yaml) for the detector job."""
