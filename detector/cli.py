@@ -17,6 +17,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("detector.commands.run", "run the whole experiment (or chosen stages) on a local or remote Ray"),
     "demo": ("detector.commands.demo", "the whole job on an embedded local Ray with the built-in demo data"),
     "status": ("detector.commands.status", "a table of a run's trials, live or finished"),
+    "train": ("detector.commands.train", "train one model (the baseline, or a fine-tune of a checkpoint)"),
+    "prune": ("detector.commands.prune", "prune a checkpoint (global L1 unstructured) to a sparsity"),
+    "evaluate": ("detector.commands.evaluate", "metrics of checkpoints on every test set (Tables 3, 5)"),
+    "efficiency": ("detector.commands.efficiency", "parameters, size, latency, throughput (Table 6)"),
+    "predict": ("detector.commands.predict", "probability that each image is real"),
 }
 
 

@@ -1,0 +1,103 @@
+"""Efficiency of a model (paper Table 6): parameter counts, size on disk, latency and throughput.
+
+Unstructured pruning zeroes weights but keeps every tensor dense, so the paper finds the size (~90 MB)
+and latency (~30 ms) unchanged across sparsities; these measurements reproduce that protocol:
+
+- ``size_mb``: bytes of the saved dense state dict (masks made permanent) / 2^20; 89.98 for ResNet-50.
+- ``latency_ms``: median over ``repeats`` forward passes at batch 1, after ``warmup`` passes.
+- ``throughput``: images/s of forward passes at batch ``throughput_batch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import platform
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from detector.pruning import dense_state_dict, make_pruning_permanent, sparsity_report
+from detector.train import autocast
+
+
+def state_dict_size_mb(model: nn.Module) -> float:
+    """Size of ``torch.save(dense state dict)`` in MiB: what an exported model costs on disk."""
+    buf = io.BytesIO()
+    torch.save(dense_state_dict(model), buf)
+    return buf.getbuffer().nbytes / 2**20
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return device.type
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def efficiency_row(
+    model: nn.Module,
+    *,
+    device: torch.device | str = "cpu",
+    image_size: int = 224,
+    repeats: int = 50,
+    warmup: int = 10,
+    throughput_batch: int = 64,
+    throughput_repeats: int = 10,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """One Table 6 row for ``model`` (which is not changed: timing runs on an exported copy)."""
+    if repeats < 1 or throughput_repeats < 1 or throughput_batch < 1 or warmup < 0:
+        raise ValueError("repeats, throughput_repeats and throughput_batch must be >= 1, warmup >= 0")
+    device = torch.device(device)
+    report = sparsity_report(model)
+    net = copy.deepcopy(model).cpu()
+    # Deployment runs the exported model: plain weights with zeros, no mask multiplication per forward.
+    make_pruning_permanent(net)
+    net.eval().to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        net.to(memory_format=fmt)
+
+    def forward(batch: torch.Tensor) -> None:
+        with autocast(device, precision):
+            net(batch)
+
+    one = torch.randn(1, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    for _ in range(warmup):
+        forward(one)
+    latencies = [_timed(lambda: forward(one), device) for _ in range(repeats)]
+
+    many = torch.randn(throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    forward(many)  # warm-up at this shape (cuDNN picks its kernels here)
+    elapsed = _timed(lambda: [forward(many) for _ in range(throughput_repeats)], device)
+    return {
+        "sparsity": report["sparsity"],
+        "nonzero_params": report["nonzero_params"],
+        "prunable_params": report["prunable_params"],
+        "total_params": report["total_params"],
+        "size_mb": state_dict_size_mb(model),
+        "latency_ms": 1000 * statistics.median(latencies),
+        "throughput": throughput_batch * throughput_repeats / elapsed,
+        "device": device_name(device),
+        "image_size": image_size,
+        "precision": precision,
+        "throughput_batch": throughput_batch,
+        "repeats": repeats,
+    }

@@ -1,0 +1,583 @@
+"""The one training loop: the baseline (§2.2), every search trial and every fine-tune (§2.3).
+
+Differences between those runs are config (``TrainConfig``), never copies of this loop. ``fit`` trains
+with early stopping on validation accuracy, checkpoints the whole state every epoch into
+``out_dir/checkpoint/`` (a self-contained folder that Ray Tune can wrap with
+``Checkpoint.from_directory``), resumes from it, and leaves the best epoch's weights in the model.
+
+Metrics are flat dicts with stable names (``train_loss``, ``val_accuracy``, ...); the same dict goes
+to TensorBoard, to ``on_epoch`` (e.g. ``tune.report``) and to ``history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detector.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from detector.config import save_yaml, to_dict
+from detector.io import atomic_write_text
+from detector.model import ARCHITECTURES, build_model
+from detector.pruning import dense_state_dict
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+# How many steps may pass between loss checks: checking every step would force a GPU sync per step.
+_FINITE_CHECK_EVERY = 25
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Defaults are the paper's baseline (§2.2, Table 2)."""
+
+    arch: str = "resnet50"
+    image_size: int = 224
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    max_epochs: int = 100
+    patience: int = 3  # epochs without a new best val_accuracy before stopping
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    channels_last: bool = True
+    compile: bool = False
+    max_train_batches: int | None = None  # cap an epoch (smoke runs)
+    max_val_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch: {self.arch!r} is not one of {', '.join(ARCHITECTURES)}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size: {self.image_size} is too small (at least 16 px)")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer: {self.optimizer!r} is not adam or sgd")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr: {self.lr} must be a positive number")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum: {self.momentum} is not in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
+        for name in ("batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers: {self.num_workers} must be >= 0")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: {self.device!r} is not auto, cpu, mps, cuda or cuda:N")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision: {self.precision!r} is not auto, bf16, fp16 or fp32")
+        for name in ("max_train_batches", "max_val_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: {value} must be >= 1 or null")
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Early stopping on a metric to maximise; ``update`` returns the next state (a plain value, so it
+    goes into checkpoints as a dict)."""
+
+    patience: int
+    best: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> "EarlyStopping":
+        if value > self.best:
+            return replace(self, best=value, best_epoch=epoch, bad_epochs=0)
+        return replace(self, bad_epochs=self.bad_epochs + 1)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclass(frozen=True)
+class FitResult:
+    best_epoch: int
+    best_val_accuracy: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]]
+    best_checkpoint: Path
+
+
+# --- device and precision -------------------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; also applies the per-device speed settings."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} requested but CUDA is not available")
+        # Fixed input shapes: let cuDNN pick the fastest kernels once; TF32 for fp32 matmuls/convs.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # torch counts the host's cores; a container or Ray worker may be allowed fewer.
+        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if torch.get_num_threads() > allowed:
+            torch.set_num_threads(allowed)
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> Literal["bf16", "fp16", "fp32"]:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision: fp16 (with a gradient scaler) needs CUDA, not {device.type}; use bf16 or fp32")
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision: {precision!r} is not auto, bf16, fp16 or fp32")
+    return precision  # type: ignore[return-value]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+# --- one step, one epoch, evaluation --------------------------------------------------------------
+
+
+def to_device(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device, *, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy a batch to ``device``; asynchronous when the loader pinned it."""
+    fmt = torch.channels_last if channels_last and images.dim() == 4 else torch.contiguous_format
+    images = images.to(device, non_blocking=True, memory_format=fmt)
+    labels = labels.to(device, non_blocking=True).float()
+    return images, labels
+
+
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch already on the device; returns (loss, correct) as device tensors
+    so that the caller decides when to synchronise."""
+    with autocast(images.device, precision):
+        logits = model(images).squeeze(1)  # (N, 1) -> (N,)
+    # The loss in fp32: BCE on bf16 logits loses the small differences late training depends on.
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    correct = ((logits.detach() >= 0) == (labels >= 0.5)).sum()
+    return loss.detach(), correct
+
+
+def _progress(iterable: Iterable, *, total: int | None, desc: str) -> Iterable:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty())
+
+
+def _batches(loader: Iterable, max_batches: int | None) -> tuple[Iterator, int | None]:
+    try:
+        total: int | None = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if max_batches is not None:
+        total = min(total, max_batches) if total is not None else max_batches
+    it = iter(loader)
+    if max_batches is not None:
+        it = (b for _, b in zip(range(max_batches), it))
+    return it, total
+
+
+def _check_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
+    values = torch.stack(losses).float().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise NonFiniteLossError(
+            f"training loss became {values[i].item()} at epoch {epoch}, step {first_step + i} "
+            "(try a lower lr, or precision bf16/fp32 instead of fp16)"
+        )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    max_batches: int | None = None,
+    epoch: int = 1,
+) -> dict[str, float]:
+    """Train for one pass over ``loader`` (batches of ``(images, labels[, metas])``).
+
+    Returns ``train_loss`` (mean per sample), ``train_accuracy``, ``train_samples``, ``images_per_s``
+    and ``data_wait_s`` (time spent waiting for the loader; high means the input pipeline is the limit).
+    """
+    model.train()
+    it, total = _batches(loader, max_batches)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    samples = 0
+    pending: list[torch.Tensor] = []
+    data_wait = 0.0
+    start = time.perf_counter()
+    step = 0
+    batches = iter(_progress(it, total=total, desc=f"epoch {epoch}"))
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        data_wait += time.perf_counter() - t0
+        if batch is None:
+            break
+        images, labels = to_device(batch[0], batch[1], device, channels_last=channels_last)
+        loss, ok = train_step(model, images, labels, optimizer, precision=precision, scaler=scaler)
+        n = labels.shape[0]
+        loss_sum += loss * n
+        correct += ok
+        samples += n
+        step += 1
+        pending.append(loss)
+        if len(pending) == _FINITE_CHECK_EVERY:
+            _check_finite(pending, step - len(pending) + 1, epoch)
+            pending.clear()
+    if pending:
+        _check_finite(pending, step - len(pending) + 1, epoch)
+    if samples == 0:
+        raise ValueError("train loader yielded no batches")
+    loss_value = loss_sum.item()  # synchronises, so the timing below covers all queued GPU work
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": loss_value / samples,
+        "train_accuracy": correct.item() / samples,
+        "train_samples": samples,
+        "images_per_s": samples / elapsed,
+        "data_wait_s": data_wait,
+    }
+
+
+def _forward_all(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    max_batches: int | None,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, list] | None]:
+    """(labels (N,), logits (N,), metas as a dict of lists or None), all on the CPU."""
+    model.eval()
+    it, total = _batches(loader, max_batches)
+    all_logits, all_labels = [], []
+    metas: dict[str, list] | None = None
+    with torch.inference_mode():
+        for batch in _progress(it, total=total, desc=desc):
+            images, labels = to_device(batch[0], batch[1], device, channels_last=channels_last)
+            with autocast(device, precision):
+                logits = model(images).squeeze(1)
+            all_logits.append(logits.float())
+            all_labels.append(labels)
+            if len(batch) > 2:
+                metas = metas or {}
+                for key, values in batch[2].items():
+                    metas.setdefault(key, []).extend(list(values))
+    if not all_logits:
+        raise ValueError(f"{desc}: the loader yielded no batches")
+    return torch.cat(all_labels).cpu(), torch.cat(all_logits).cpu(), metas
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    prefix: str = "val",
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """``{prefix}_loss`` (mean BCE), ``{prefix}_accuracy`` and ``{prefix}_samples`` over ``loader``."""
+    device = torch.device(device)
+    labels, logits, _ = _forward_all(
+        model, loader, device=device, precision=precision, channels_last=channels_last,
+        max_batches=max_batches, desc=prefix,
+    )
+    n = labels.numel()
+    dataset = getattr(loader, "dataset", None)
+    if max_batches is None and dataset is not None and hasattr(dataset, "__len__") and len(dataset) != n:
+        log.warning("%s: evaluated %d samples but the dataset has %d (drop_last?)", prefix, n, len(dataset))
+    return {
+        f"{prefix}_loss": F.binary_cross_entropy_with_logits(logits, labels).item(),
+        f"{prefix}_accuracy": ((logits >= 0) == (labels >= 0.5)).float().mean().item(),
+        f"{prefix}_samples": n,
+    }
+
+
+def collect_predictions(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    max_batches: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, list] | None]:
+    """Raw outputs for ``detector.metrics``: (labels int (N,), probability of Real (N,), metas or None)."""
+    labels, logits, metas = _forward_all(
+        model, loader, device=torch.device(device), precision=precision, channels_last=channels_last,
+        max_batches=max_batches, desc="predict",
+    )
+    return labels.round().long().numpy(), torch.sigmoid(logits).numpy(), metas
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npy = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_arch(model: nn.Module, arch: str) -> None:
+    """Refuse to label a model's checkpoints with the wrong architecture (load_model rebuilds from it)."""
+    with torch.device("meta"):
+        reference = build_model(arch)
+    want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in dense_state_dict(model).items()}
+    if want != have:
+        raise ValueError(f"arch: the model passed to fit is not a {arch} with a single-logit head")
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    cfg: TrainConfig,
+    *,
+    out_dir: str | Path,
+    tb_dir: str | Path | None = None,
+    on_epoch: Callable[[dict[str, float], Path], None] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    hparams: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` with early stopping on ``val_accuracy``; resume from ``out_dir/checkpoint/``.
+
+    Writes into ``out_dir``: ``config.yaml``, ``history.jsonl`` (one metrics row per epoch) and
+    ``checkpoint/`` with ``state.pt`` (whole state, rewritten every epoch) and ``best.pt`` (the best
+    epoch's weights, a checkpoint ``load_model`` reads). ``on_epoch(metrics, out_dir / "checkpoint")``
+    runs after both are on disk. ``metadata`` (e.g. ``data_manifest_sha256``) goes into every
+    checkpoint. ``hparams`` (e.g. a trial's sparsity/optimizer/lr) go into the checkpoints' metadata and
+    TensorBoard's HParams view. A model with pruning masks keeps them: pruned weights stay zero throughout.
+    On return the model holds the best epoch's weights.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    state_path, best_path = ckpt_dir / "state.pt", ckpt_dir / "best.pt"
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    _check_arch(model, cfg.arch)
+
+    stopper = EarlyStopping(cfg.patience)
+    history: list[dict[str, float]] = []
+    start_epoch, stopped = 1, False
+    resume = load_checkpoint(state_path) if state_path.exists() else None
+    if resume is not None:
+        saved_arch = resume["metadata"].get("arch")
+        if saved_arch != cfg.arch:
+            raise ValueError(f"{state_path}: resuming a {saved_arch} run with arch {cfg.arch}")
+        # Weights (and masks) before the optimizer is built: its parameter order must match the saved one.
+        load_state_into(model, resume["model"], source=state_path)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if resume is not None:
+        state = resume["train_state"]
+        optimizer.load_state_dict(resume["optimizer"])
+        for group in optimizer.param_groups:  # the config may change lr between runs; the config wins
+            group["lr"] = cfg.lr
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"] + 1
+        stopper = EarlyStopping(**{**state["early_stopping"], "patience": cfg.patience})
+        stopped = state["stopped_early"]
+        history = list(state["history"])
+        _set_rng_state(state["rng"])
+        log.info("resuming %s after epoch %d (best val_accuracy %.4f at epoch %d)",
+                 state_path, state["epoch"], stopper.best, stopper.best_epoch)
+    else:
+        seed_everything(cfg.seed)
+    save_yaml(cfg, out_dir / "config.yaml")
+
+    net = torch.compile(model) if cfg.compile else model
+    writer = None
+    if tb_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tb_dir))
+    base_meta = {**(metadata or {}), "hparams": dict(hparams or {}), "arch": cfg.arch, "image_size": cfg.image_size, "config": to_dict(cfg)}
+    set_epoch = getattr(getattr(train_loader, "dataset", None), "set_epoch", None)
+    try:
+        for epoch in range(start_epoch, cfg.max_epochs + 1):
+            if stopped:
+                break
+            if set_epoch is not None:
+                set_epoch(epoch)
+            train_metrics = train_one_epoch(
+                net, train_loader, optimizer, device=device, precision=precision, scaler=scaler,
+                channels_last=cfg.channels_last, max_batches=cfg.max_train_batches, epoch=epoch,
+            )
+            val_metrics = evaluate(
+                net, val_loader, device=device, precision=precision, channels_last=cfg.channels_last,
+                prefix="val", max_batches=cfg.max_val_batches,
+            )
+            stopper = stopper.update(val_metrics["val_accuracy"], epoch)
+            stopped = stopper.should_stop
+            metrics: dict[str, float] = {
+                "epoch": epoch,
+                "train_loss": train_metrics["train_loss"],
+                "train_accuracy": train_metrics["train_accuracy"],
+                "val_loss": val_metrics["val_loss"],
+                "val_accuracy": val_metrics["val_accuracy"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": train_metrics["images_per_s"],
+                "data_wait_s": train_metrics["data_wait_s"],
+                "best_val_accuracy": stopper.best,
+                "best_epoch": stopper.best_epoch,
+            }
+            history.append(metrics)
+            # best.pt before state.pt: a crash in between leaves a state that still points at a valid best.
+            if stopper.best_epoch == epoch:
+                save_checkpoint(best_path, model, metadata={**base_meta, "metrics": metrics, "epoch": epoch})
+            train_state = {
+                "epoch": epoch,
+                "early_stopping": {"best": stopper.best, "best_epoch": stopper.best_epoch,
+                                   "bad_epochs": stopper.bad_epochs},
+                "stopped_early": stopped,
+                "history": history,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": _rng_state(),
+            }
+            save_checkpoint(state_path, model, metadata={**base_meta, "metrics": metrics, "epoch": epoch},
+                            optimizer=optimizer, extra={"train_state": train_state})
+            _write_history(out_dir / "history.jsonl", history)
+            if writer is not None:
+                for tag, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"),
+                                 ("train/accuracy", "train_accuracy"), ("val/accuracy", "val_accuracy"),
+                                 ("lr", "lr"), ("perf/images_per_s", "images_per_s"),
+                                 ("perf/data_wait_s", "data_wait_s")):
+                    writer.add_scalar(tag, metrics[key], epoch)
+                writer.flush()
+            log.info("epoch %d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.0f img/s, wait %.1fs)",
+                     epoch, metrics["train_loss"], metrics["train_accuracy"], metrics["val_loss"],
+                     metrics["val_accuracy"], metrics["images_per_s"], metrics["data_wait_s"])
+            if on_epoch is not None:
+                on_epoch(metrics, ckpt_dir)
+            if stopped:
+                log.info("early stop after epoch %d: no better val_accuracy for %d epochs (best %.4f at epoch %d)",
+                         epoch, stopper.bad_epochs, stopper.best, stopper.best_epoch)
+        if writer is not None and hparams:
+            writer.add_hparams(
+                {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()},
+                {"hparam/best_val_accuracy": stopper.best, "hparam/best_epoch": stopper.best_epoch},
+                run_name=".",
+            )
+    finally:
+        if writer is not None:
+            writer.close()
+
+    if not best_path.exists():
+        raise ValueError(f"{out_dir}: no epoch was trained (max_epochs={cfg.max_epochs}) and no best.pt exists")
+    load_state_into(model, load_checkpoint(best_path)["model"], source=best_path)
+    return FitResult(
+        best_epoch=stopper.best_epoch,
+        best_val_accuracy=stopper.best,
+        epochs_run=len(history),
+        stopped_early=stopped,
+        history=history,
+        best_checkpoint=best_path,
+    )
