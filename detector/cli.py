@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("detector.data.prepare", "import datasets into Parquet/WebDataset shards"),
     "run": ("detector.commands.run", "run the whole experiment (or chosen stages) on a local or remote Ray"),
     "demo": ("detector.commands.demo", "the whole job on an embedded local Ray with the built-in demo data"),
+    "report": ("detector.commands.report", "(re)write a run's report from its run folder"),
     "status": ("detector.commands.status", "a table of a run's trials, live or finished"),
     "train": ("detector.commands.train", "train one model (the baseline, or a fine-tune of a checkpoint)"),
     "prune": ("detector.commands.prune", "prune a checkpoint (global L1 unstructured) to a sparsity"),

@@ -347,6 +347,10 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
         s.sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric,
         seed=s.seed, tpe_startup_trials=s.tpe_startup_trials,
     )
+    # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
+    # a cluster scaling up from zero GPUs would then start the searches one after another. One pending
+    # trial per sparsity lets every search start at once.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(len(s.sparsities)))
     scheduler = None
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
