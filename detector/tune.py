@@ -180,20 +180,32 @@ def _reporter(extra: dict[str, Any], trial_start: float) -> Callable[[dict[str, 
     return on_epoch
 
 
+def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start: float) -> None:
+    """Run a trial's training; a non-finite loss ends the trial with its reason instead of a retry
+    (it would only diverge again) and instead of failing the whole search."""
+    from detector.train import NonFiniteLossError
+
+    try:
+        train()
+    except NonFiniteLossError as e:
+        log.error("trial %s: %s", tune.get_context().get_trial_name(), e)
+        tune.report({**extra, "trial_failed": str(e), "trial_start": trial_start, "time_now": time.time()})
+
+
 def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
     from detector import stages
 
     out_dir = _trial_dir()
     start = _restore_checkpoint(out_dir)
     run = Path(ctx.run_dir)
-    stages.train_stage(
+    _train_or_fail(lambda: stages.train_stage(
         ctx.experiment.stage_train("baseline"),
         data=ctx.data,
         out_dir=out_dir,
         tb_dir=run / "tensorboard" / "baseline",
         model_path=stages.model_path(run, 0.0),
         on_epoch=_reporter({"sparsity": 0.0}, start),
-    )
+    ), {"sparsity": 0.0}, start)
 
 
 def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
@@ -204,7 +216,7 @@ def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
     start = _restore_checkpoint(out_dir)
     run = Path(ctx.run_dir)
     name = tune.get_context().get_trial_name()
-    stages.train_stage(
+    _train_or_fail(lambda: stages.train_stage(
         ctx.experiment.stage_train("search_train", optimizer=config["optimizer"], lr=float(config["lr"])),
         data=ctx.data,
         out_dir=out_dir,
@@ -213,7 +225,7 @@ def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
         sparsity=sparsity,
         early_stopping=False,
         on_epoch=_reporter({"sparsity": sparsity}, start),
-    )
+    ), {"sparsity": sparsity}, start)
 
 
 def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
@@ -225,7 +237,7 @@ def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
     out_dir = _trial_dir()
     start = _restore_checkpoint(out_dir)
     run = Path(ctx.run_dir)
-    stages.train_stage(
+    _train_or_fail(lambda: stages.train_stage(
         ctx.experiment.stage_train("finetune", optimizer=params["optimizer"], lr=float(params["lr"])),
         data=ctx.data,
         out_dir=out_dir,
@@ -234,7 +246,7 @@ def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
         sparsity=sparsity,
         model_path=stages.model_path(run, sparsity),
         on_epoch=_reporter({"sparsity": sparsity}, start),
-    )
+    ), {"sparsity": sparsity}, start)
 
 
 def _evaluate_trial(config: dict[str, Any], ctx: StageContext) -> None:
