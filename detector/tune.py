@@ -435,7 +435,9 @@ class ClusterInfo:
 def connect(address: str | None, exp: ExperimentConfig) -> ClusterInfo:
     """Join a running cluster (``address``: "auto", "ray://HOST:10001", or RAY_ADDRESS set, as under
     ``ray job submit``), or start an embedded local Ray sized by ``resources.local_num_cpus``."""
-    embedded = address is None and not os.environ.get("RAY_ADDRESS")
+    # `embedded`: this call starts Ray, so the pipeline shuts it down at the end (a Ray the caller started,
+    # or a cluster, is left alone).
+    embedded = address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     if ray.is_initialized():
         ctx = None
     elif embedded:

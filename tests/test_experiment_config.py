@@ -1,0 +1,57 @@
+"""Experiment configs: the shipped ones load, and a bad one fails before any work, naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from detector.config import ConfigError
+from detector.experiment import ExperimentConfig, load_experiment
+
+CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
+
+
+def test_paper_config_states_the_papers_protocol():
+    exp = load_experiment(CONFIGS / "paper.yaml")
+    baseline = exp.stage_train("baseline")
+    assert (baseline.arch, baseline.optimizer, baseline.lr, baseline.batch_size) == ("resnet50", "adam", 1e-4, 16)
+    assert (baseline.max_epochs, baseline.patience, baseline.image_size) == (100, 3, 224)
+    trial = exp.stage_train("search_train")
+    assert (trial.batch_size, trial.max_epochs) == (64, 10)
+    s = exp.search
+    assert s.sparsities == (0.1, 0.2, 0.3, 0.4)
+    assert (s.trials_per_sparsity, s.lr_min, s.lr_max, s.optimizers) == (5, 1e-6, 1e-4, ("adam", "sgd"))
+    assert s.scheduler == "none"
+    assert exp.stage_train("finetune").max_epochs == 100
+
+
+def test_demo_config_is_small():
+    exp = load_experiment(CONFIGS / "demo.yaml")
+    assert exp.data.demo and exp.train.arch == "resnet18"
+    assert exp.resources.gpus_per_trial == 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("search.trials=3", "search.trials"),
+        ("search.sparsities=[0.1, 1.5]", "search.sparsities"),
+        ("baseline.lrr=0.1", "baseline"),
+        ("train.optimizer=rmsprop", "optimizer"),
+        ("search.lr_min=1e-3", "lr_min"),
+        ("resources.gpus_per_trial=many", "resources.gpus_per_trial"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_experiment(CONFIGS / "paper.yaml", [override])
+
+
+def test_overrides_reach_the_stage_configs():
+    exp = load_experiment(CONFIGS / "paper.yaml", ["search_train.max_epochs=2", "train.seed=7"])
+    assert exp.stage_train("search_train").max_epochs == 2
+    assert exp.stage_train("baseline").seed == 7
+
+
+def test_stage_train_applies_trial_parameters():
+    cfg = ExperimentConfig().stage_train("search_train", optimizer="sgd", lr=3e-5)
+    assert (cfg.optimizer, cfg.lr) == ("sgd", 3e-5)
