@@ -10,7 +10,6 @@ and latency (~30 ms) unchanged across sparsities; these measurements reproduce t
 
 from __future__ import annotations
 
-import copy
 import io
 import platform
 import statistics
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detector.pruning import dense_state_dict, make_pruning_permanent, sparsity_report
+from detector.pruning import dense_state_dict, exported_copy, sparsity_report
 from detector.train import autocast
 
 
@@ -67,10 +66,8 @@ def efficiency_row(
         raise ValueError("repeats, throughput_repeats and throughput_batch must be >= 1, warmup >= 0")
     device = torch.device(device)
     report = sparsity_report(model)
-    net = copy.deepcopy(model).cpu()
     # Deployment runs the exported model: plain weights with zeros, no mask multiplication per forward.
-    make_pruning_permanent(net)
-    net.eval().to(device)
+    net = exported_copy(model).eval().to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         net.to(memory_format=fmt)

@@ -11,6 +11,7 @@ Table 6's counts follow exactly: 23,456,960 prunable weights in ResNet-50, of wh
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -59,6 +60,18 @@ def make_pruning_permanent(model: nn.Module) -> None:
     for module, name in prunable_weights(model):
         if prune.is_pruned(module) and hasattr(module, f"{name}_mask"):
             prune.remove(module, name)
+
+
+def exported_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with pruning made permanent (what deployment runs); ``model`` keeps its masks."""
+    for module, name in prunable_weights(model):
+        if hasattr(module, f"{name}_mask"):
+            # The masked weight is recomputed before every forward; a detached copy of it lets deepcopy
+            # through (it refuses non-leaf tensors) without changing what the model computes.
+            setattr(module, name, getattr(module, name).detach())
+    net = copy.deepcopy(model)
+    make_pruning_permanent(net)
+    return net
 
 
 def attach_identity_masks(model: nn.Module, masked_names: set[str]) -> None:

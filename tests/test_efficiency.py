@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from detector.cli import main as cli_main
+from detector.efficiency import efficiency_row, state_dict_size_mb
+from detector.model import build_model
+from detector.pruning import is_pruned, prune_global_l1
+
+FAST = dict(image_size=16, repeats=3, warmup=1, throughput_batch=2, throughput_repeats=1)
+
+
+def test_row_reports_counts_size_and_timings():
+    model = build_model("resnet18", seed=0)
+    prune_global_l1(model, 0.2)
+    row = efficiency_row(model, device="cpu", **FAST)
+    assert row["sparsity"] == pytest.approx(0.2, abs=1e-6)
+    assert row["total_params"] == 11_177_025
+    assert row["nonzero_params"] == round(0.8 * row["prunable_params"])
+    assert row["latency_ms"] > 0 and row["throughput"] > 0
+    assert row["device"].startswith("cpu")
+    assert is_pruned(model)  # measured on an exported copy; the model keeps its masks
+
+
+def test_resnet50_size_on_disk_matches_the_paper_and_does_not_shrink_when_pruned():
+    model = build_model("resnet50", seed=0)
+    dense = state_dict_size_mb(model)
+    assert dense == pytest.approx(89.99, abs=0.05)  # Table 6: 89.99 MB
+    prune_global_l1(model, 0.4)
+    assert state_dict_size_mb(model) == pytest.approx(dense, abs=0.01)  # unstructured: same tensors
+
+
+def test_efficiency_command_json_for_fresh_models(capsys):
+    rc = cli_main(["efficiency", "--arch", "resnet18", "--sparsities", "0,0.1,0.4", "--json", "--image-size", "16",
+                   "--repeats", "2", "--warmup", "0", "--throughput-batch", "2", "--throughput-repeats", "1",
+                   "--device", "cpu"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["sparsity"] for r in rows] == pytest.approx([0.0, 0.1, 0.4], abs=1e-6)
+    for r in rows:
+        assert {"sparsity", "nonzero_params", "total_params", "size_mb", "latency_ms", "throughput",
+                "device"} <= set(r)
+    assert rows[1]["nonzero_params"] == rows[1]["prunable_params"] - round(0.1 * rows[1]["prunable_params"])
+
+
+def test_efficiency_command_rejects_bad_sparsities(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["efficiency", "--arch", "resnet18", "--sparsities", "0,1.2"])
+    assert "each sparsity must be in [0, 1)" in capsys.readouterr().err

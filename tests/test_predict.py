@@ -1,0 +1,80 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from detector.checkpoint import save_checkpoint
+from detector.cli import main as cli_main
+from detector.data.images import decode_image
+from detector.data.transforms import ClassificationPresetEval
+from detector.model import build_model
+from detector.predict import predict_images
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "realorfake"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = build_model("resnet18", seed=0)
+    return save_checkpoint(tmp_path / "model.pt", model, metadata={"arch": "resnet18", "image_size": 32})
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        Image.new("RGB", (40 + i, 50), color).save(folder / f"img{i}.png")
+    Image.new("L", (64, 64), 128).save(folder / "sub" / "gray.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image; skipped in folders")
+    return folder
+
+
+def test_same_preprocessing_as_evaluation(image_folder):
+    model = build_model("resnet18", seed=0).eval()
+    rows = list(predict_images(model, [image_folder], image_size=32, batch_size=2))
+    assert [Path(r.path).name for r in rows] == ["broken.jpg", "img0.png", "img1.png", "img2.png", "gray.jpg"]
+    assert rows[0].prob_real is None and "broken.jpg" in rows[0].error
+    preset = ClassificationPresetEval(image_size=32)
+    for r in rows[1:]:
+        x = preset(decode_image(Path(r.path).read_bytes(), name=r.path)).unsqueeze(0)
+        with torch.no_grad():
+            expected = torch.sigmoid(model(x)).item()
+        assert r.prob_real == pytest.approx(expected, abs=1e-5)
+        assert r.label == ("real" if r.prob_real >= 0.5 else "fake")
+
+
+def test_missing_file_is_reported_not_fatal(tmp_path, image_folder):
+    rows = list(predict_images(build_model("resnet18"), [tmp_path / "nope.png", image_folder / "img0.png"],
+                               image_size=32))
+    assert rows[0].error and "nope.png" in rows[0].error and rows[1].prob_real is not None
+
+
+def test_predict_command_json_lines(checkpoint, image_folder, capsys):
+    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(image_folder), "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 5 and sum(r["error"] is not None for r in rows) == 1
+    assert all(0 <= r["prob_real"] <= 1 and r["label"] in ("real", "fake") for r in rows if not r["error"])
+    assert "4 image(s) scored, 1 unreadable" in err
+
+
+def test_predict_command_table_and_errors(checkpoint, image_folder, tmp_path, capsys):
+    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(image_folder / "img1.png")]) == 0
+    assert "img1.png" in capsys.readouterr().out
+    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(image_folder / "broken.jpg")]) == 1
+    assert cli_main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(image_folder)]) == 2
+    assert "missing.pt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_predict_on_the_shared_realorfake_sample(checkpoint, capsys):
+    if not SAMPLES.is_dir():
+        pytest.skip(f"{SAMPLES} is not in this checkout (the folder-based tests above cover predict)")
+    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(SAMPLES), "--json", "--batch-size", "64"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 176 and all(r["error"] is None for r in rows)
+    assert sum("/real/" in r["path"] for r in rows) == sum("/fake/" in r["path"] for r in rows) == 88
+    assert all(0.0 <= r["prob_real"] <= 1.0 for r in rows)
