@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ def attach_identity_masks(model: nn.Module, masked_names: set[str]) -> None:
 def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict the model would have once pruning is made permanent, without changing the model."""
     state = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state.items():
         if key.endswith("_mask"):
             continue
@@ -93,6 +94,8 @@ def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             out[base] = value * state[f"{base}_mask"]
         else:
             out[key] = value
+    # Module versions travel with a real state dict; keep them so the saved bytes match an export's.
+    out._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
     return out
 
 
