@@ -31,7 +31,7 @@ from torch import nn
 import detector
 from detector.io import atomic_open
 from detector.model import ARCHITECTURES, build_model
-from detector.pruning import attach_identity_masks, sparsity_report
+from detector.pruning import attach_identity_masks, refresh_masked_weights, sparsity_report
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def load_state_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
             else str(e).splitlines()[-1].strip()
         )
         raise CheckpointError(f"{source}: weights do not fit the model: {detail}") from e
+    refresh_masked_weights(model)
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

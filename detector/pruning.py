@@ -99,6 +99,22 @@ def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the next forward pass uses. ``module.weight`` of a masked module is only refreshed by
+    the forward pre-hook, so after ``load_state_dict`` it can be stale until then."""
+    if hasattr(module, "weight_mask"):
+        return module.weight_orig * module.weight_mask
+    return module.weight
+
+
+def refresh_masked_weights(model: nn.Module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` now, as the forward pre-hook would."""
+    for module, name in prunable_weights(model):
+        if hasattr(module, f"{name}_mask"):
+            with torch.no_grad():
+                setattr(module, name, effective_weight(module))
+
+
 @torch.no_grad()
 def sparsity_report(model: nn.Module) -> dict[str, float | int]:
     """Sparsity of the prunable weights as they act in the forward pass (masked or permanent zeros).
@@ -109,7 +125,7 @@ def sparsity_report(model: nn.Module) -> dict[str, float | int]:
     (23456960, 23510081)
     """
     counts = count_parameters(model)
-    nonzero = sum(int(torch.count_nonzero(m.weight)) for m, _ in prunable_weights(model))
+    nonzero = sum(int(torch.count_nonzero(effective_weight(m))) for m, _ in prunable_weights(model))
     prunable = counts["prunable_params"]
     return {
         "sparsity": 1.0 - nonzero / prunable if prunable else 0.0,

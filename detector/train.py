@@ -179,10 +179,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD over the model's parameters where they are now (move the model to its device first)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # One fused kernel per step instead of one per tensor group: a few % of step time on a GPU.
+    fused = bool(params) and all(p.is_cuda for p in params)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           fused=fused or None)
 
 
 # --- one step, one epoch, evaluation --------------------------------------------------------------
