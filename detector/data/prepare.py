@@ -1,0 +1,569 @@
+"""Import datasets into shards: ``detector prepare --out DATA [--faces140k DIR] [--celebdf DIR]
+[--synthbuster DIR] [--folder DIR] [--demo] [--workers N] [--seed S] [--strict]``.
+
+Writes ``DATA/shards/<split>/<split>-NNNNN.parquet`` (or ``.tar`` with ``--format webdataset``) and, last,
+``DATA/manifest.json``; a folder without manifest.json is an unfinished import. Labels: Real = 1, Fake = 0.
+
+How it runs: every source is checked (missing folders fail at once), then planned (files listed, splits
+assigned, see :mod:`detector.data.sources`). The tasks of each split are shuffled (seeded) and cut into
+shards of ``--shard-rows``; a process pool decodes and checks every image and the main process writes
+each shard atomically, then a receipt under ``DATA/.import/``. A re-run with the same inputs skips every
+shard whose receipt and checksum match and writes the rest: an import killed half-way is finished by
+running the same command again.
+
+Every file that cannot be used is listed in the manifest's ``rejected`` with its reason, and counted in
+the summary; ``--strict`` turns any rejection into a failure (exit code 1, no manifest written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from detector import FAKE, REAL
+from detector.data.images import MAX_PIXELS, ImageDecodeError, open_image
+from detector.data.sources import (
+    LABEL_NAMES,
+    SPLITS,
+    CelebDFSource,
+    DemoSource,
+    Faces140kSource,
+    FolderSource,
+    Note,
+    Rejection,
+    Source,
+    SourceError,
+    SynthBusterSource,
+    Task,
+    plan_sources,
+)
+from detector.data.demo import DEMO_COUNTS, DEMO_IMAGE_SIZE, DemoConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+REJECTED = "rejected.json"
+SHARD_DIR = "shards"
+RECEIPT_DIR = ".import"
+FORMAT_VERSION = 1
+_CHUNK = 16  # tasks per pool submission: big enough to amortise IPC, small enough to keep cores busy
+
+
+class StrictImportError(ValueError):
+    """``strict=True`` and some inputs were rejected; ``manifest`` is what would have been written."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        n = len(manifest["rejected"])
+        super().__init__(f"--strict: {n} input(s) rejected; no manifest written (the list is in {REJECTED})")
+        self.manifest = manifest
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What decides the bytes of the shards (so it is part of every shard's identity)."""
+
+    fmt: str = "parquet"
+    shard_rows: int = 2048
+    row_group_rows: int = 256
+    max_size: int = 0  # 0 keeps every image at its size; else larger ones are shrunk to fit, as PNG
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        from detector.data.shards import FORMATS
+
+        if self.fmt not in FORMATS:
+            raise ValueError(f"unknown format {self.fmt!r}; expected one of {', '.join(FORMATS)}")
+        for name in ("shard_rows", "row_group_rows", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_size < 0:
+            raise ValueError(f"max_size must be >= 0 (0 = keep sizes), got {self.max_size}")
+
+
+# --------------------------------------------------------------------------------------- worker side
+def _png(img, level: int = 3) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def _row(task: Task, data: bytes, fmt: str, width: int, height: int, *, frame: int = -1,
+         generator: str | None = None, resized: bool = False) -> dict[str, Any]:
+    return {
+        "image": data, "label": task.label, "source": task.source, "split": task.split,
+        "generator": task.generator if generator is None else generator, "group": task.group, "frame": frame,
+        "original_path": task.original_path, "sha256": hashlib.sha256(data).hexdigest(), "format": fmt,
+        "width": width, "height": height, "resized": resized,
+    }
+
+
+def _shrink(img, max_size: int):
+    from PIL import Image
+
+    scale = max_size / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.BILINEAR)
+
+
+def process_task(task: Task, options: ImportOptions) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """Read, check and convert one task into shard rows; a bad input becomes a rejection, never an error."""
+    try:
+        if task.kind == "demo":
+            from detector.data.demo import demo_png
+
+            data, _, generator = demo_png(split=task.split, index=task.index, seed=task.seed,
+                                          image_size=task.image_size)
+            return [_row(task, data, "PNG", task.image_size, task.image_size, generator=generator)], []
+        if task.kind == "video":
+            from PIL import Image
+
+            from detector.data.video import VideoDecodeError, read_frames
+
+            try:
+                frames = read_frames(task.path, task.frames, name=task.original_path)
+            except VideoDecodeError as e:
+                return [], [Rejection(task.source, task.original_path, e.reason)]
+            rows = []
+            for index, arr in frames:
+                img = Image.fromarray(arr, mode="RGB")
+                resized = bool(options.max_size) and max(img.size) > options.max_size
+                if resized:
+                    img = _shrink(img, options.max_size)
+                rows.append(_row(task, _png(img), "PNG", img.width, img.height, frame=index, resized=resized))
+            return rows, []
+        try:
+            with open(task.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            return [], [Rejection(task.source, task.original_path, f"cannot read: {e.strerror or e}")]
+        try:
+            img, info = open_image(data, name=task.original_path, max_pixels=options.max_pixels)
+        except ImageDecodeError as e:
+            return [], [Rejection(task.source, task.original_path, e.reason)]
+        if options.max_size and max(img.size) > options.max_size:
+            small = _shrink(img, options.max_size)
+            return [_row(task, _png(small), "PNG", small.width, small.height, resized=True)], []
+        # the original bytes, untouched: the loader decodes them with the same decode_image
+        return [_row(task, data, info.format, info.width, info.height)], []
+    except Exception as e:  # a bug or an exotic failure in one file must not stop the import
+        log.exception("unexpected error importing %s", task.original_path)
+        return [], [Rejection(task.source, task.original_path, f"unexpected error: {type(e).__name__}: {e}")]
+
+
+def _process_chunk(tasks: Sequence[Task], options: ImportOptions) -> list[tuple[list[dict], list[Rejection]]]:
+    return [process_task(t, options) for t in tasks]
+
+
+# --------------------------------------------------------------------------------------- main side
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    index: int
+    name: str  # path relative to the dataset root
+    tasks: tuple[Task, ...]
+    key: str  # hash of the tasks, their files' size and mtime, and the options
+
+
+def _file_stamp(task: Task) -> list[int]:
+    if not task.path:
+        return []
+    try:
+        st = os.stat(task.path)
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [-1, -1]
+
+
+def plan_shards(tasks: Sequence[Task], options: ImportOptions, seed: int) -> list[ShardPlan]:
+    """Shuffle each split's tasks (seeded, so every shard mixes sources and labels) and cut them into shards."""
+    import random
+
+    from detector.data.shards import SUFFIX
+
+    opts = json.dumps(dataclasses.asdict(options), sort_keys=True)
+    plans: list[ShardPlan] = []
+    for split in SPLITS:
+        items = sorted((t for t in tasks if t.split == split), key=lambda t: (t.source, t.original_path))
+        random.Random(f"{seed}:shards:{split}").shuffle(items)
+        chunk: list[Task] = []
+        rows = 0
+        for t in items + [None]:
+            if t is not None:
+                chunk.append(t)
+                rows += t.frames if t.kind == "video" else 1
+            if chunk and (t is None or rows >= options.shard_rows):
+                index = len([p for p in plans if p.split == split])
+                h = hashlib.sha256(opts.encode())
+                for c in chunk:
+                    h.update(json.dumps([dataclasses.astuple(c), _file_stamp(c)]).encode())
+                name = f"{SHARD_DIR}/{split}/{split}-{index:05d}{SUFFIX[options.fmt]}"
+                plans.append(ShardPlan(split, index, name, tuple(chunk), h.hexdigest()))
+                chunk, rows = [], 0
+    return plans
+
+
+def _readable(path: Path) -> None:
+    # temporary files are created 0600; a dataset is shared, so give it the usual umask-derived mode
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _receipt_path(out: Path, plan: ShardPlan) -> Path:
+    return out / RECEIPT_DIR / (Path(plan.name).name + ".json")
+
+
+def _load_receipt(out: Path, plan: ShardPlan) -> dict[str, Any] | None:
+    """The receipt of a finished shard, or None if the shard must be (re)written."""
+    from detector.data.shards import sha256_file
+
+    path = _receipt_path(out, plan)
+    try:
+        receipt = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    shard = out / plan.name
+    if receipt.get("plan") != plan.key or not shard.is_file() or shard.stat().st_size != receipt.get("bytes"):
+        return None
+    with open(shard, "rb") as f:
+        if sha256_file(f) != receipt.get("sha256"):
+            log.warning("%s: checksum differs from its receipt; rewriting it", plan.name)
+            return None
+    return receipt
+
+
+def _clean_stale(out: Path, plans: Sequence[ShardPlan]) -> None:
+    """Remove shards and receipts no plan produces (an earlier run with other inputs) and temp files."""
+    keep = {out / p.name for p in plans} | {_receipt_path(out, p) for p in plans}
+    for folder in (out / SHARD_DIR, out / RECEIPT_DIR):
+        if not folder.is_dir():
+            continue
+        for p in folder.rglob("*"):
+            temp = p.name.startswith(".") and p.name.endswith(".tmp")
+            ours = p.suffix in (".parquet", ".tar", ".json")
+            if p.is_file() and (temp or (ours and p not in keep)):
+                p.unlink()
+
+
+class _Inline:
+    """Stands in for a process pool when workers <= 1 (debugging, tests, tiny imports)."""
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def _write_shards(out: Path, pending: Sequence[ShardPlan], options: ImportOptions, workers: int,
+                  bar) -> None:
+    from detector.data.shards import ShardLimits, ShardWriter, sha256_file
+    from detector.io import atomic_write_json
+
+    chunks = [(p, p.tasks[i:i + _CHUNK]) for p in pending for i in range(0, len(p.tasks), _CHUNK)]
+    if workers > 1:
+        import multiprocessing
+
+        # spawn, not fork: the main process holds Arrow thread pools that a fork would copy mid-flight
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = _Inline()
+    limits = ShardLimits(row_group_rows=options.row_group_rows)
+    window: collections.deque[tuple[ShardPlan, Future]] = collections.deque()
+    todo = iter(chunks)
+    writer: ShardWriter | None = None
+    current: ShardPlan | None = None
+    state: dict[str, Any] = {}
+    try:
+        while True:
+            while len(window) < max(2, workers * 4):  # bounded: results never pile up in memory
+                nxt = next(todo, None)
+                if nxt is None:
+                    break
+                window.append((nxt[0], pool.submit(_process_chunk, nxt[1], options)))
+            if not window:
+                break
+            plan, fut = window.popleft()
+            if plan is not current:
+                current = plan
+                writer = ShardWriter(out / plan.name, options.fmt, limits)
+                state = {"left": len(plan.tasks), "rejected": [], "index": collections.defaultdict(list),
+                         "sources": collections.Counter()}
+            results = fut.result()
+            for rows, rejected in results:
+                for row in rows:
+                    writer.write(row)
+                    for k in ("label", "source", "generator", "sha256", "original_path", "frame"):
+                        state["index"][k].append(row[k])
+                    state["sources"][row["source"]] += 1
+                state["rejected"] += [r.as_dict() for r in rejected]
+            state["left"] -= len(results)
+            bar.update(len(results))
+            if state["left"] == 0:
+                writer.close()
+                writer = None
+                shard = out / plan.name
+                _readable(shard)
+                with open(shard, "rb") as f:
+                    digest = sha256_file(f)
+                atomic_write_json(_receipt_path(out, plan), {
+                    "plan": plan.key, "shard": plan.name, "split": plan.split, "rows": sum(state["sources"].values()),
+                    "bytes": shard.stat().st_size, "sha256": digest, "sources": dict(sorted(state["sources"].items())),
+                    "rejected": state["rejected"], "index": dict(state["index"]),
+                })
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _source_options(source: Source) -> dict[str, Any]:
+    d = dataclasses.asdict(source)
+    d.pop("name", None)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def build_manifest(out: Path, plans: Sequence[ShardPlan], receipts: dict[str, dict], *,
+                   rejected: Sequence[Rejection], notes: Sequence[Note], sources: Sequence[Source],
+                   options: ImportOptions, seed: int) -> dict[str, Any]:
+    """The manifest: counts, shards with checksums, rejections, duplicates, options. Deterministic:
+    the same inputs give the same bytes (no timestamps), so its hash identifies the data."""
+    names = [s.name for s in sources]
+    splits = {split: {name: {"real": 0, "fake": 0} for name in names} for split in SPLITS}
+    generators: dict[str, dict[str, dict[str, int]]] = {split: {} for split in SPLITS}
+    by_hash: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
+    all_rejected = [r.as_dict() for r in rejected]
+    shards = []
+    for plan in plans:
+        receipt = receipts[plan.name]
+        index = receipt["index"]
+        for label, source, generator, sha, path in zip(index.get("label", []), index.get("source", []),
+                                                        index.get("generator", []), index.get("sha256", []),
+                                                        index.get("original_path", [])):
+            splits[plan.split][source][LABEL_NAMES[label]] += 1
+            if generator:
+                g = generators[plan.split].setdefault(source, {}).setdefault(generator, {"real": 0, "fake": 0})
+                g[LABEL_NAMES[label]] += 1
+            by_hash[sha].append((plan.split, source, path))
+        all_rejected += receipt["rejected"]
+        shards.append({"path": plan.name, "split": plan.split, "rows": receipt["rows"], "bytes": receipt["bytes"],
+                       "sha256": receipt["sha256"], "sources": receipt["sources"]})
+    across = []
+    within = 0
+    for sha, rows in sorted(by_hash.items()):
+        if len(rows) < 2:
+            continue
+        if len({r[0] for r in rows}) > 1:
+            across.append({"sha256": sha, "rows": [{"split": s, "source": src, "original_path": p}
+                                                   for s, src, p in sorted(rows)]})
+        else:
+            within += 1
+    totals = {split: {"real": sum(c["real"] for c in splits[split].values()),
+                      "fake": sum(c["fake"] for c in splits[split].values())} for split in SPLITS}
+    all_rejected.sort(key=lambda r: (r["source"], r["path"], r["reason"]))
+    return {
+        "format_version": FORMAT_VERSION,
+        "format": options.fmt,
+        "labels": {"real": REAL, "fake": FAKE},
+        "splits": splits,
+        "totals": totals,
+        "generators": {k: v for k, v in generators.items()},
+        "shards": shards,
+        "rejected": all_rejected,
+        "rejected_counts": dict(sorted(collections.Counter(r["source"] for r in all_rejected).items())),
+        "notes": sorted((n.as_dict() for n in notes), key=lambda n: (n["source"], n["path"])),
+        "duplicates": {
+            "policy": "reported, not removed: the official splits are kept as published; an image whose bytes "
+                      "occur in two splits is listed here so results can be checked for leakage",
+            "across_splits": across,
+            "across_splits_count": len(across),
+            "within_split_count": within,
+        },
+        "options": {"seed": seed, **dataclasses.asdict(options),
+                    "sources": {s.name: _source_options(s) for s in sources}},
+    }
+
+
+def prepare(out: Path, *, sources: Sequence[Source], fmt: str = "parquet", workers: int = 1, seed: int = 0,
+            strict: bool = False, shard_rows: int = 2048, row_group_rows: int = 256, max_size: int = 0,
+            max_pixels: int = MAX_PIXELS, resume: bool = True, progress: bool | None = None) -> dict[str, Any]:
+    """Import ``sources`` into shards under ``out`` and return the manifest (also written to out/manifest.json).
+
+    >>> prepare(Path("data/demo"), sources=[DemoSource()], workers=2)["totals"]["train"]  # doctest: +SKIP
+    {'real': 300, 'fake': 300}
+
+    Raises :class:`~detector.data.sources.SourceError` for a missing or malformed source folder (before any
+    work) and :class:`StrictImportError` when ``strict`` and something was rejected.
+    """
+    from tqdm import tqdm
+
+    from detector.io import atomic_write_json
+
+    options = ImportOptions(fmt=fmt, shard_rows=shard_rows, row_group_rows=row_group_rows, max_size=max_size,
+                            max_pixels=max_pixels)
+    out = Path(out)
+    t0 = time.perf_counter()
+    planned = plan_sources(sources, seed)
+    plans = plan_shards(planned.tasks, options, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    # from here on the folder is an unfinished import until the new manifest lands
+    for stale in (out / MANIFEST, out / REJECTED):
+        stale.unlink(missing_ok=True)
+    _clean_stale(out, plans)
+    receipts = {p.name: r for p in plans if resume and (r := _load_receipt(out, p)) is not None}
+    pending = [p for p in plans if p.name not in receipts]
+    n_tasks = sum(len(p.tasks) for p in plans)
+    log.info("planned %d items in %d shards (%d already done) in %.1fs; %d rejected while listing",
+             n_tasks, len(plans), len(receipts), time.perf_counter() - t0, len(planned.rejected))
+    done_tasks = n_tasks - sum(len(p.tasks) for p in pending)
+    show = None if progress is None else not progress  # tqdm: None = only on a terminal
+    with tqdm(total=n_tasks, initial=done_tasks, unit="item", desc="import", disable=show,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        _write_shards(out, pending, options, max(1, workers), bar)
+    for p in pending:
+        receipt = _load_receipt(out, p)
+        if receipt is None:
+            raise RuntimeError(f"{p.name}: written but its receipt does not verify; re-run the import")
+        receipts[p.name] = receipt
+    manifest = build_manifest(out, plans, receipts, rejected=planned.rejected, notes=planned.notes,
+                              sources=sources, options=options, seed=seed)
+    if strict and manifest["rejected"]:
+        atomic_write_json(out / REJECTED, manifest["rejected"])
+        raise StrictImportError(manifest)
+    atomic_write_json(out / MANIFEST, manifest)
+    _readable(out / MANIFEST)
+    log.info("import finished in %.1fs: %s", time.perf_counter() - t0, out / MANIFEST)
+    return manifest
+
+
+def format_summary(manifest: dict[str, Any], *, max_rejected: int = 20) -> str:
+    """A plain-text table of counts per split and source, then rejections, duplicates and notes."""
+    lines = [f"{'split':<6} {'source':<12} {'real':>8} {'fake':>8} {'total':>8}"]
+    for split in SPLITS:
+        for source, c in manifest["splits"][split].items():
+            lines.append(f"{split:<6} {source:<12} {c['real']:>8} {c['fake']:>8} {c['real'] + c['fake']:>8}")
+        t = manifest["totals"][split]
+        lines.append(f"{split:<6} {'(all)':<12} {t['real']:>8} {t['fake']:>8} {t['real'] + t['fake']:>8}")
+    rejected = manifest["rejected"]
+    counts = ", ".join(f"{k}: {v}" for k, v in manifest["rejected_counts"].items())
+    lines.append(f"rejected: {len(rejected)}" + (f" ({counts})" if counts else ""))
+    for r in rejected[:max_rejected]:
+        lines.append(f"  {r['source']}: {r['path']}: {r['reason']}")
+    if len(rejected) > max_rejected:
+        lines.append(f"  ... {len(rejected) - max_rejected} more in the manifest's \"rejected\"")
+    dup = manifest["duplicates"]
+    lines.append(f"duplicates: {dup['across_splits_count']} image(s) in more than one split, "
+                 f"{dup['within_split_count']} repeated within a split (reported, not removed)")
+    if manifest["notes"]:
+        lines.append(f"notes: {len(manifest['notes'])} (see the manifest's \"notes\"), e.g. "
+                     f"{manifest['notes'][0]['path']}: {manifest['notes'][0]['message']}")
+    size = sum(s["bytes"] for s in manifest["shards"])
+    lines.append(f"shards: {len(manifest['shards'])} {manifest['format']} file(s), {size / 1e6:.1f} MB")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _counts(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST counts like 600,100,200, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, metavar="DATA", help="output dataset folder")
+    src = parser.add_argument_group("sources (any combination, at least one)")
+    src.add_argument("--faces140k", type=Path, metavar="DIR", help="Kaggle 140k Real and Fake Faces (official split)")
+    src.add_argument("--celebdf", type=Path, metavar="DIR", help="Celeb-DF v2 videos (80/10/10 by video)")
+    src.add_argument("--synthbuster", type=Path, metavar="DIR", help="SynthBuster (fake-only, 80/10/10 per generator)")
+    src.add_argument("--folder", type=Path, metavar="DIR", help="DIR/{real,fake}/ or DIR/{train,val,test}/{real,fake}/")
+    src.add_argument("--demo", action="store_true", help="the built-in generated demo dataset (no download)")
+    parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="import processes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every split and shuffle (default 0)")
+    parser.add_argument("--strict", action="store_true", help="fail (exit 1) if any input is rejected")
+    parser.add_argument("--format", dest="fmt", choices=("parquet", "webdataset"), default="parquet",
+                        help="shard format (default parquet)")
+    parser.add_argument("--frames-per-video", type=_positive, default=1,
+                        help="Celeb-DF frames per video, evenly spaced (default 1: the middle frame)")
+    parser.add_argument("--celebdf-split", choices=("paper", "official"), default="paper",
+                        help="paper: 80/10/10 by video; official: List_of_testing_videos.txt is the test set")
+    parser.add_argument("--celebdf-youtube", action="store_true", help="also import YouTube-real as real")
+    parser.add_argument("--synthbuster-raise", action="store_true", help="also import real_RAISE_1k as real")
+    parser.add_argument("--max-size", type=int, default=0, metavar="PX",
+                        help="shrink images larger than PX on their long side, stored as lossless PNG "
+                             "(default 0: keep original bytes)")
+    parser.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS,
+                        help=f"reject images with more pixels (decompression bombs; default {MAX_PIXELS:,})")
+    parser.add_argument("--shard-rows", type=_positive, default=2048, help="rows per shard (default 2048)")
+    parser.add_argument("--demo-size", type=_positive, default=DEMO_IMAGE_SIZE,
+                        help=f"demo image size (default {DEMO_IMAGE_SIZE})")
+    parser.add_argument("--demo-counts", type=_counts, metavar="TRAIN,VAL,TEST",
+                        default=(DEMO_COUNTS["train"], DEMO_COUNTS["val"], DEMO_COUNTS["test"]),
+                        help="demo images per split (default %(default)s)")
+    parser.add_argument("--no-resume", action="store_true", help="rewrite every shard even if a finished one matches")
+
+
+def sources_from_args(args: argparse.Namespace) -> list[Source]:
+    sources: list[Source] = []
+    if args.faces140k is not None:
+        sources.append(Faces140kSource(args.faces140k))
+    if args.celebdf is not None:
+        sources.append(CelebDFSource(args.celebdf, frames_per_video=args.frames_per_video,
+                                     split=args.celebdf_split, include_youtube=args.celebdf_youtube))
+    if args.synthbuster is not None:
+        sources.append(SynthBusterSource(args.synthbuster, include_raise=args.synthbuster_raise))
+    if args.folder is not None:
+        sources.append(FolderSource(args.folder))
+    if args.demo:
+        train, val, test = args.demo_counts
+        sources.append(DemoSource(DemoConfig(image_size=args.demo_size, train=train, val=val, test=test)))
+    return sources
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        sources = sources_from_args(args)
+        manifest = prepare(args.out, sources=sources, fmt=args.fmt, workers=args.workers, seed=args.seed,
+                           strict=args.strict, shard_rows=args.shard_rows, max_size=args.max_size,
+                           max_pixels=args.max_pixels, resume=not args.no_resume)
+    except StrictImportError as e:
+        print(format_summary(e.manifest))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (SourceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(manifest))
+    print(f"wrote {args.out / MANIFEST}")
+    return 0
+
