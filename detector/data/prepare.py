@@ -30,7 +30,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from detector import FAKE, REAL
 from detector.data.images import MAX_PIXELS, ImageDecodeError, open_image
@@ -400,12 +400,35 @@ def build_manifest(out: Path, plans: Sequence[ShardPlan], receipts: dict[str, di
     }
 
 
-def prepare(out: Path, *, sources: Sequence[Source], fmt: str = "parquet", workers: int = 1, seed: int = 0,
-            strict: bool = False, shard_rows: int = 2048, row_group_rows: int = 256, max_size: int = 0,
-            max_pixels: int = MAX_PIXELS, resume: bool = True, progress: bool | None = None) -> dict[str, Any]:
+def as_sources(sources: Sequence[Source] | Mapping[str, str | Path] = (), *,
+               demo: bool | DemoConfig = False) -> list[Source]:
+    """Source objects from ``{"faces140k": DIR, ...}`` (default options) and/or ``demo``; objects pass through."""
+    if isinstance(sources, Mapping):
+        makers = {"faces140k": Faces140kSource, "celebdf": CelebDFSource, "synthbuster": SynthBusterSource,
+                  "folder": FolderSource}
+        unknown = sorted(set(sources) - set(makers) - {"demo"})
+        if unknown:
+            raise SourceError(f"unknown source(s) {', '.join(unknown)}; expected {', '.join(makers)} or demo")
+        result: list[Source] = [makers[k](Path(v)) for k, v in sources.items() if k in makers and v]
+        if sources.get("demo"):
+            demo = demo or True
+    else:
+        result = list(sources)
+    if demo:
+        result.append(DemoSource(demo if isinstance(demo, DemoConfig) else DemoConfig()))
+    return result
+
+
+def prepare(out: Path, *, sources: Sequence[Source] | Mapping[str, str | Path] = (), demo: bool | DemoConfig = False,
+            fmt: str = "parquet", workers: int | None = None, seed: int = 0, strict: bool = False,
+            shard_rows: int = 2048, row_group_rows: int = 256, max_size: int = 0, max_pixels: int = MAX_PIXELS,
+            resume: bool = True, progress: bool | None = None) -> dict[str, Any]:
     """Import ``sources`` into shards under ``out`` and return the manifest (also written to out/manifest.json).
 
-    >>> prepare(Path("data/demo"), sources=[DemoSource()], workers=2)["totals"]["train"]  # doctest: +SKIP
+    ``sources`` is a list of source objects (:class:`Faces140kSource`, ...), or a mapping from source name
+    to folder with default options; ``demo`` adds the demo dataset. ``workers`` defaults to all cores.
+
+    >>> prepare(Path("data/demo"), demo=True)["totals"]["train"]  # doctest: +SKIP
     {'real': 300, 'fake': 300}
 
     Raises :class:`~detector.data.sources.SourceError` for a missing or malformed source folder (before any
@@ -415,6 +438,8 @@ def prepare(out: Path, *, sources: Sequence[Source], fmt: str = "parquet", worke
 
     from detector.io import atomic_write_json
 
+    sources = as_sources(sources, demo=demo)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
     options = ImportOptions(fmt=fmt, shard_rows=shard_rows, row_group_rows=row_group_rows, max_size=max_size,
                             max_pixels=max_pixels)
     out = Path(out)
