@@ -499,3 +499,48 @@ def test_token_auth_stays_on_and_no_secret_is_written_inline(overlay):
                 if re.search(r"TOKEN|PASSWORD|SECRET|KEY", env["name"]):
                     assert "value" not in env, f"{where}: {env['name']} written inline; use a Secret"
     assert not of_kind(docs, "Secret"), "Secrets are created out of band, never committed"
+
+
+# --- the commands in the docs name things that exist ----------------------------------------------------
+
+DOCS = [REPO / "docs" / "cluster.md", K8S / "README.md"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_docs_name_only_overlays_and_files_that_exist(doc):
+    text = doc.read_text()
+    overlays = set(re.findall(r"k8s/overlays/([a-z-]+)", text))
+    assert overlays and overlays <= set(OVERLAYS), overlays - set(OVERLAYS)
+    for path in re.findall(r"(?<![\w/.])((?:k8s|cluster|jobs|docs)/[\w./-]+\.(?:ya?ml|py|md))", text):
+        assert (REPO / path).exists(), f"{doc.name} names {path}, which does not exist"
+
+
+def test_docs_port_forwards_reach_ports_the_manifests_open():
+    text = (REPO / "docs" / "cluster.md").read_text()
+    forwards = re.findall(r"kubectl port-forward svc/([\w-]+) (\d+):(\d+)", text)
+    assert forwards
+    tensorboard = only(render("prod"), "Service", "detector-tensorboard")
+    # KubeRay names the head Service <RayCluster>-head-svc, or <RayJob>-head-svc for a RayJob's cluster.
+    heads = {f"{name}-head-svc" for name in ("detector", "detector-paper")}
+    for service, _, remote in forwards:
+        if service in heads:
+            assert int(remote) == HEAD_PORTS["dashboard"]
+        else:
+            assert service == "detector-tensorboard"
+            assert int(remote) in [p["port"] for p in tensorboard["spec"]["ports"]]
+
+
+def test_docs_submit_commands_name_the_entrypoint_config_and_runtime_env_that_exist():
+    text = (REPO / "docs" / "cluster.md").read_text()
+    commands = re.findall(r"python (jobs/run\.py [^\n]+)", text)
+    assert len(commands) >= 3
+    for command in commands:
+        argv = shlex.split(command.rstrip("\\"))
+        assert (REPO / argv[0]).is_file()
+        if "--config" in argv:
+            assert (REPO / argv[argv.index("--config") + 1]).is_file()
+    assert "--runtime-env cluster/runtime_env.yaml" in text
+    secret = re.search(r"kubectl create secret generic ([\w-]+) --from-file=(\w+)=", text)
+    cluster = only(render("prod"), "RayCluster", "detector")
+    assert secret.group(1) == cluster["spec"]["authOptions"]["secretName"]
+    assert secret.group(2) == "auth_token"  # the key KubeRay reads
