@@ -37,16 +37,6 @@ from pathlib import Path
 from detector.io import atomic_write_json, atomic_write_text
 
 HOST = "127.0.0.1"  # the dashboard, and where free ports are looked for
-
-
-def node_ip(index: int) -> str:
-    """The loopback address of node ``index`` (0 = head): 127.0.0.2, 127.0.0.3, ...
-
-    Linux answers on all of 127/8. Not 127.0.0.1: Ray swaps that for the machine's network address, and
-    the cluster must stay on the loopback. One address per node keeps the nodes apart as on real machines.
-    """
-    return f"127.0.0.{index + 2}"
-
 # Ray puts Unix sockets under <temp-dir>/<node>/session_<date>_<pid>/sockets/ (~75 characters) and Linux
 # allows 107 characters in a socket path, so a longer temp dir fails later with an obscure error.
 MAX_TEMP_DIR_CHARS = 32
@@ -60,6 +50,15 @@ NODE_PORT_FLAGS = (
     "runtime-env-agent-port",
 )
 HEAD_PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port")
+
+
+def node_ip(index: int) -> str:
+    """The loopback address of node ``index`` (0 = head): 127.0.0.2, 127.0.0.3, ...
+
+    Linux answers on all of 127/8. Not 127.0.0.1: Ray swaps that for the machine's network address, and
+    the cluster must stay on the loopback. One address per node keeps the nodes apart as on real machines.
+    """
+    return f"127.0.0.{index + 2}"
 
 
 class ClusterError(RuntimeError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 import tempfile
@@ -73,17 +72,16 @@ def test_head_and_two_workers_run_a_submitted_job_then_stop_completely():
                      "--temp-dir", str(temp), "--state", str(state), timeout=130)
         assert up.returncode == 0, up.stderr
         assert f"state: {state}" in up.stdout
-        cluster = json.loads(state.read_text())
-        assert [n["name"] for n in cluster["nodes"]] == ["head", "worker-1", "worker-2"]
+        cluster = local_cluster.load(state)
+        assert [n.name for n in cluster.nodes] == ["head", "worker-1", "worker-2"]
         # Every node has its own ports: two Ray instances on one machine must not meet.
-        ports = [p for n in cluster["nodes"] for p in n["ports"].values()]
+        ports = [p for n in cluster.nodes for p in n.ports.values()]
         assert len(ports) == len(set(ports))
 
         job_dir = temp / "job"
         job_dir.mkdir()
         (job_dir / "probe.py").write_text(PROBE_JOB)
-        token = Path(cluster["token_path"]).read_text().strip()
-        client = JobSubmissionClient(cluster["dashboard_url"], headers={"Authorization": f"Bearer {token}"})
+        client = JobSubmissionClient(cluster.dashboard_url, headers={"Authorization": f"Bearer {cluster.token()}"})
         job_id = client.submit_job(entrypoint="python probe.py", runtime_env={"working_dir": str(job_dir)})
         deadline = time.monotonic() + 90
         while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
@@ -95,7 +93,7 @@ def test_head_and_two_workers_run_a_submitted_job_then_stop_completely():
 
         # Without the token the cluster refuses the same request.
         anonymous = subprocess.run(
-            [sys.executable, "-c", f"from ray.job_submission import JobSubmissionClient as C; C({cluster['dashboard_url']!r}).list_jobs()"],
+            [sys.executable, "-c", f"from ray.job_submission import JobSubmissionClient as C; C({cluster.dashboard_url!r}).list_jobs()"],
             capture_output=True, text=True, timeout=60,
             env={"PATH": "/usr/bin:/bin", "HOME": str(temp), "RAY_AUTH_MODE": "disabled"},
         )
@@ -103,8 +101,7 @@ def test_head_and_two_workers_run_a_submitted_job_then_stop_completely():
 
         down = run_cli("down", "--state", str(state), timeout=60)
         assert down.returncode == 0, down.stderr
-        recorded = {n["pid"]: n["start_ticks"] for n in cluster["nodes"]}
-        recorded.update({int(pid): ticks for pid, ticks in cluster["processes"].items()})
+        recorded = {n.pid: n.start_ticks for n in cluster.nodes} | cluster.processes
         assert len(recorded) > 3  # the nodes and what they started: GCS, raylets, dashboard, agents
         alive = [pid for pid, ticks in recorded.items() if local_cluster.is_running(pid, ticks)]
         assert alive == [], f"still running after down: {alive}"
