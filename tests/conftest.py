@@ -1,0 +1,102 @@
+"""Shared fixtures. Data fixtures build each public dataset's real folder layout in miniature."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.data.sources import CELEBDF_TEST_LIST, FACES140K_IMAGES, SYNTHBUSTER_GENERATORS
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color=(200, 30, 30), mode: str = "RGB",
+                **save) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def write_video(path: Path, frames: int = 3, size: int = 16, mark: int = 0) -> Path:
+    """A tiny MPEG-4 clip whose frame i is grey level 40 * i mod 256, with ``mark``'s bits as 4x4 white blocks
+    along the top rows (so every clip of a fixture decodes to different frames)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            a = np.full((size, size, 3), 40 * i % 256, np.uint8)
+            for bit in range(16):
+                if mark >> bit & 1:
+                    y, x = divmod(bit, size // 4)
+                    a[4 * y:4 * y + 4, 4 * x:4 * x + 4] = 255
+            frame = av.VideoFrame.from_ndarray(a, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_faces140k(root: Path, counts: dict[str, int]) -> Path:
+    """Kaggle layout with ``counts[split]`` images per class; CSVs as published (label 1 = real)."""
+    images = root / FACES140K_IMAGES
+    for s, (split, n) in enumerate(counts.items()):
+        lines = [",original_path,id,label,label_str,path"]
+        for c, (cls, label) in enumerate((("real", 1), ("fake", 0))):
+            for i in range(n):
+                name = f"{cls[0].upper()}{split}{i:04d}"
+                write_file(images / split / cls / f"{name}.jpg",
+                           image_bytes("JPEG", (16, 16), (i % 256, 120 * c, 40 * s), quality=95))
+                lines.append(f"{len(lines) - 1},/kaggle/input/x/{name}.png,{name},{label},{cls},{split}/{cls}/{name}.jpg")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_synthbuster(root: Path, per_generator: int, size: int = 4) -> Path:
+    for g, gen in enumerate(SYNTHBUSTER_GENERATORS):
+        for i in range(per_generator):
+            write_file(root / gen / f"{i:04d}.png", image_bytes("PNG", (size, size), (g * 20, i % 256, i // 256)))
+    (root / "prompts.csv").write_text("image name,prompt\n")
+    return root
+
+
+def make_celebdf(root: Path, n_real: int, n_fake: int, n_youtube: int = 0, test: tuple[int, int, int] = (0, 0, 0)) -> Path:
+    """Celeb-DF v2 layout; ``test`` = how many (Celeb-real, Celeb-synthesis, YouTube-real) videos the
+    official test list names."""
+    folders = (("Celeb-real", n_real, "id{i}_{i:04d}.mp4"), ("Celeb-synthesis", n_fake, "id{i}_id0_{i:04d}.mp4"),
+               ("YouTube-real", n_youtube, "{i:05d}.mp4"))
+    listed = []
+    offset = 0
+    for (folder, n, pattern), k in zip(folders, test):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            write_video(root / folder / pattern.format(i=i), mark=offset + i)
+            if i < k:
+                listed.append(f"{0 if folder == 'Celeb-synthesis' else 1} {folder}/{pattern.format(i=i)}")
+        offset += n
+    (root / CELEBDF_TEST_LIST).write_text("\n".join(listed) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> Path:
+    """A small demo dataset cut into several shards and row groups, so the loader's partitioning is exercised."""
+    from detector.data.demo import DemoConfig
+    from detector.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("demo") / "data"
+    prepare(out, demo=DemoConfig(image_size=16, train=53, val=12, test=10), workers=1, shard_rows=20,
+            row_group_rows=6, progress=False)
+    return out
