@@ -93,6 +93,17 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
     return img.convert("RGB")
 
 
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _claimed_format(data: bytes) -> str:
+    """The format a file's first bytes announce, to tell a damaged image from a non-image."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), "")
+
+
 def open_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
     """Decode ``data`` fully; return the RGB image and what it was. Raises :class:`ImageDecodeError`."""
     if not data:
@@ -118,9 +129,12 @@ def open_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS) -> 
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(name, "not an image (format not recognised)") from None
+        kind = _claimed_format(data)
+        reason = (f"corrupt {kind}: it starts like one but its header cannot be read" if kind
+                  else "not an image (format not recognised)")
+        raise ImageDecodeError(name, reason) from None
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(name, f"decompression bomb: {e}") from None
+        raise ImageDecodeError(name, f"decompression bomb: more than {max_pixels:,} pixels ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
             struct.error, MemoryError, ZeroDivisionError) as e:
         # Pillow reports damage through many exception types depending on the codec and where it broke.

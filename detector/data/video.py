@@ -76,7 +76,9 @@ def read_frames(path: str, k: int = 1, *, name: str = "") -> list[tuple[int, np.
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError, IndexError) as e:
-        raise VideoDecodeError(name, f"cannot decode video: {type(e).__name__}: {e}") from None
+        # FFmpeg's messages end with the absolute path; the name already says which file
+        detail = getattr(e, "strerror", None) or str(e)
+        raise VideoDecodeError(name, f"cannot decode video: {type(e).__name__}: {detail}") from None
     if not got:
         raise VideoDecodeError(name, "no decodable frame")
     return sorted(got.items())
