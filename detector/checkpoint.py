@@ -100,11 +100,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses any pickle opcode that would import or call something.
-        raise CheckpointError(
-            f"{path}: refused to load: the file asks to run code or build objects that a weights-only "
-            f"checkpoint never contains (untrusted or foreign file?). {_unpickler_detail(e)}"
-        ) from e
+        raise CheckpointError(f"{path}: refused to load: {_refusal_reason(e)}") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -119,9 +115,16 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return payload
 
 
-def _unpickler_detail(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
-    return lines[0].split(" Please use")[0] if lines else str(e).splitlines()[0]
+def _refusal_reason(e: Exception) -> str:
+    """Why weights-only unpickling refused a file, in one line, from torch's long message."""
+    # torch's message: boilerplate about the weights_only default, then the reason, then a docs link.
+    text = str(e).split("WeightsUnpickler error:", 1)[-1].split("Check the documentation")[0]
+    text = text.split("from a trusted source.", 1)[-1]
+    detail = " ".join(text.split()).split(" Please use")[0]
+    if "global" in detail.lower() or "reduce" in detail.lower():
+        return (f"it asks to import or call code ({detail}); a detector checkpoint never does "
+                "(untrusted or foreign file?)")
+    return f"not a weights-only checkpoint (corrupt, or pickled objects that are not plain data: {detail})"
 
 
 def load_state_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str | Path) -> None:

@@ -107,11 +107,12 @@ def breakdown_metrics(
     """Metrics over all samples, per ``source``, and per ``generator`` within each source.
 
     ``{"all": {...}, "sources": {source: {"all": {...}, "generators": {generator: {...}}}}}``;
-    a sample without a generator (a real photo) is grouped under ``"none"``.
+    a sample whose generator is not recorded (real photos; 140k fakes) is grouped under ``"unspecified"``.
     """
     labels, probs_real = np.asarray(labels), np.asarray(probs_real)
     sources = np.asarray([str(s) for s in metas["source"]])
-    generators = np.asarray([str(g) if g not in (None, "") else "none" for g in metas.get("generator", [None] * len(sources))])
+    raw_generators = metas.get("generator", [None] * len(sources))
+    generators = np.asarray([str(g) if g not in (None, "") else "unspecified" for g in raw_generators])
     if len(sources) != len(labels):
         raise ValueError(f"metas cover {len(sources)} samples, labels {len(labels)}")
     out: dict[str, Any] = {"all": classification_metrics(labels, probs_real, threshold=threshold), "sources": {}}

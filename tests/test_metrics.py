@@ -76,8 +76,8 @@ def test_breakdown_by_source_and_generator():
     assert set(out["sources"]) == {"faces140k", "synthbuster"}
     faces = out["sources"]["faces140k"]
     assert faces["all"]["accuracy"] == 0.75 and faces["all"]["auc"] == 1.0
-    assert set(faces["generators"]) == {"none", "stylegan"}
-    assert faces["generators"]["none"]["recall"] == 0.5
+    assert set(faces["generators"]) == {"unspecified", "stylegan"}
+    assert faces["generators"]["unspecified"]["recall"] == 0.5
     sb = out["sources"]["synthbuster"]
     assert sb["all"]["auc"] is None
     assert sb["generators"]["dalle3"]["accuracy"] == 0.5 and sb["generators"]["midjourney"]["accuracy"] == 1.0
