@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from detector.checkpoint import load_checkpoint, load_model
+from detector.cli import main as cli_main
+from detector.data.loader import manifest_sha256
+from detector.pruning import is_pruned, sparsity_report
+
+TINY = ["--set", "arch=resnet18", "--set", "image_size=16", "--set", "batch_size=8", "--set", "lr=1e-3",
+        "--set", "num_workers=0", "--set", "channels_last=false", "--set", "max_epochs=2", "--set", "patience=2"]
+
+
+def test_train_then_resume_then_fine_tune_a_pruned_copy(demo_shards, tmp_path, capsys):
+    out = tmp_path / "baseline"
+    assert cli_main(["train", "--data", str(demo_shards), "--out", str(out), *TINY]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["epochs_run"] == 2 and 1 <= result["best_epoch"] <= 2
+    best = load_checkpoint(out / "checkpoint" / "best.pt")["metadata"]
+    assert best["data_manifest_sha256"] == manifest_sha256(str(demo_shards))
+    assert best["arch"] == "resnet18" and best["config"]["max_epochs"] == 2
+    assert [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()] == [1, 2]
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+    # The same command again finds the finished run and trains no further epoch.
+    assert cli_main(["train", "--data", str(demo_shards), "--out", str(out), *TINY]) == 0
+    assert len((out / "history.jsonl").read_text().splitlines()) == 2
+
+    ft = tmp_path / "ft30"
+    assert cli_main(["train", "--data", str(demo_shards), "--out", str(ft), *TINY, "--set", "max_epochs=1",
+                     "--init", str(out / "checkpoint" / "best.pt"), "--sparsity", "0.3"]) == 0
+    model, meta = load_model(ft / "checkpoint" / "best.pt")
+    assert is_pruned(model) and meta["target_sparsity"] == 0.3
+    assert sparsity_report(model)["sparsity"] == pytest.approx(0.3, abs=1e-6)
+    assert "best val_accuracy" in capsys.readouterr().out
+
+
+def test_experiment_yaml_gives_the_baseline_stage(tmp_path):
+    from detector.commands.train import load_train_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  arch: resnet18\n  batch_size: 32\nbaseline:\n  batch_size: 4\n")
+    cfg = load_train_config(path, ["lr=3e-4"])
+    assert (cfg.arch, cfg.batch_size, cfg.lr) == ("resnet18", 4, 3e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "lr=-1"], "lr: -1"),
+    (["--set", "learning_rate=1"], "unknown key(s) learning_rate"),
+    (["--set", "lr"], "expected key=value"),
+])
+def test_bad_config_is_one_clear_line(demo_shards, tmp_path, capsys, args, message):
+    assert cli_main(["train", "--data", str(demo_shards), "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
