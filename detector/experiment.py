@@ -78,6 +78,9 @@ class ResourcesSection:
 
 @dataclass(frozen=True)
 class EvaluateSection:
+    # Evaluations run one at a time by default: models timed side by side on shared CPUs would report
+    # each other's load as latency. Raise it where every trial has a GPU of its own.
+    concurrent_trials: int = 1
     batch_size: int = 128
     latency_repeats: int = 50
     throughput_batch: int = 64

@@ -128,7 +128,7 @@ def write_report(run_dir: str | Path) -> Path:
     t3_header = ["Dataset", "Accuracy", "Precision (real)", "Recall (real)", "F1 (real)", "AUC", "Samples"]
     t3_rows = []
     if baseline:
-        for name in set_names:
+        for name in (n for n in set_names if "/" not in n):
             m = baseline["metrics"][name]
             t3_rows.append([name, *(_pct(m[k]) if k != "auc" else ("n/a" if m[k] is None else f"{m[k]:.4f}")
                                     for k in METRIC_KEYS), m["samples"]])

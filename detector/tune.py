@@ -283,6 +283,7 @@ def run_experiment(
     search_alg: Searcher | None = None,
     scheduler: Any = None,
     num_samples: int = 1,
+    max_concurrent_trials: int | None = None,
 ) -> tune.ResultGrid:
     """Run (or resume) the Tune experiment ``RUN/tune/<name>``.
 
@@ -305,8 +306,9 @@ def run_experiment(
                 search_alg=search_alg,
                 scheduler=scheduler,
                 num_samples=num_samples,
-                max_concurrent_trials=exp.resources.max_concurrent_trials or None,
+                max_concurrent_trials=max_concurrent_trials or exp.resources.max_concurrent_trials or None,
                 trial_dirname_creator=lambda t: f"{t.trial_id}",
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -408,7 +410,8 @@ def run_finetune(ctx: StageContext, sparsities: Sequence[float]) -> list[dict[st
 
 def run_evaluate(ctx: StageContext, sparsities: Sequence[float]) -> None:
     results = run_experiment("evaluate", _evaluate_trial, ctx,
-                             param_space={"sparsity": tune.grid_search(list(sparsities))})
+                             param_space={"sparsity": tune.grid_search(list(sparsities))},
+                             max_concurrent_trials=ctx.experiment.evaluate.concurrent_trials)
     _raise_if_failed("evaluate", results)
 
 

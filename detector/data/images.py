@@ -104,8 +104,13 @@ def _claimed_format(data: bytes) -> str:
     return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), "")
 
 
-def open_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
-    """Decode ``data`` fully; return the RGB image and what it was. Raises :class:`ImageDecodeError`."""
+def open_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS,
+               count_frames: bool = True) -> tuple[Image.Image, ImageInfo]:
+    """Decode ``data`` fully; return the RGB image and what it was. Raises :class:`ImageDecodeError`.
+
+    ``count_frames=False`` skips counting an animation's frames (which reads the whole file); ``frames``
+    is then 1.
+    """
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
     try:
@@ -121,9 +126,9 @@ def open_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS) -> 
                 )
             fmt = img.format or "unknown"
             mode = img.mode
-            frames = int(getattr(img, "n_frames", 1) or 1)
+            frames = int(getattr(img, "n_frames", 1) or 1) if count_frames else 1
             img.load()  # the first frame of an animated file: Image.open starts there
-            img = ImageOps.exif_transpose(img) or img
+            ImageOps.exif_transpose(img, in_place=True)
             rgb = _to_rgb(img, name)
             rgb.load()
     except ImageDecodeError:
@@ -148,5 +153,5 @@ def decode_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS) -
     >>> decode_image(open("photo.jpg", "rb").read(), name="photo.jpg").mode  # doctest: +SKIP
     'RGB'
     """
-    return open_image(data, name=name, max_pixels=max_pixels)[0]
+    return open_image(data, name=name, max_pixels=max_pixels, count_frames=False)[0]
 
