@@ -91,6 +91,21 @@ def prepare_data(exp: ExperimentConfig, data: str) -> None:
     prepare(Path(data), sources=sources, demo=d.demo, fmt=d.format, seed=d.seed)
 
 
+def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[float]]:
+    """Per Ray stage, the sparsities (0 = the baseline) whose outputs are not in the run folder yet."""
+    from detector.stages import eval_path, model_path
+
+    paths = RunPaths(run_dir)
+    models = [0.0, *exp.search.sparsities]
+    todo = {
+        "baseline": [0.0] if not model_path(run_dir, 0.0).exists() else [],
+        "search": list(exp.search.sparsities) if not paths.search_results.exists() else [],
+        "finetune": [s for s in exp.search.sparsities if not model_path(run_dir, s).exists()],
+        "evaluate": [s for s in models if not eval_path(run_dir, s).exists()],
+    }
+    return {stage: todo[stage] for stage in todo if stage in stages}
+
+
 def run(
     exp: ExperimentConfig,
     run_dir: str | Path,
@@ -98,9 +113,11 @@ def run(
     address: str | None = None,
     stages: Sequence[str] = STAGES,
 ) -> dict[str, Any]:
-    """Run the chosen stages of the experiment into ``run_dir``; returns where the results are."""
+    """Run the chosen stages of the experiment into ``run_dir``; returns where the results are.
+
+    Stages whose outputs exist are reused; Ray is started (or joined) only when a stage has work.
+    """
     from detector import stages as stage_fns
-    from detector import tune as dtune
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -116,53 +133,44 @@ def run(
     if "prepare" in stages:
         prepare_data(exp, data)
 
-    needs_ray = any(s in stages for s in ("baseline", "search", "finetune", "evaluate"))
-    info = dtune.connect(address, exp) if needs_ray else None
-    if info is not None:
+    todo = pending_work(exp, run_dir, stages)
+    for stage, left in todo.items():
+        if not left:
+            log.info("%s: outputs exist in %s, reusing them", stage, run_dir)
+    info = None
+    if any(todo.values()):
+        from detector import tune as dtune
+
+        info = dtune.connect(address, exp)
         log.info("Ray: %s; resources %s", info.address, info.resources)
         if info.dashboard_url:
             log.info("Ray dashboard: %s", info.dashboard_url)
         log.info("TensorBoard:   tensorboard --logdir %s", run_dir)
-    ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data)
-    sparsities = list(exp.search.sparsities)
-    try:
-        if "baseline" in stages:
-            if stage_fns.model_path(run_dir, 0.0).exists():
-                log.info("baseline: reusing %s", stage_fns.model_path(run_dir, 0.0))
-            else:
+        ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data)
+        try:
+            if todo.get("baseline"):
                 dtune.run_baseline(ctx)
-
-        if "search" in stages:
-            if paths.search_results.exists():
-                log.info("search: reusing %s", paths.search_results)
-            else:
+            if todo.get("search"):
                 _require(stage_fns.model_path(run_dir, 0.0), "search", "baseline")
                 atomic_write_json(paths.search_results, dtune.run_search(ctx))
-
-        if "finetune" in stages:
-            todo = [s for s in sparsities if not stage_fns.model_path(run_dir, s).exists()]
-            if todo:
+            if todo.get("finetune"):
                 _require(paths.search_results, "finetune", "search")
                 best = {float(v["sparsity"]): v for v in _read_json(paths.search_results)["best"].values()}
-                missing = [s for s in todo if s not in best]
+                missing = [s for s in todo["finetune"] if s not in best]
                 if missing:
                     raise ConfigError(f"finetune: {paths.search_results} has no best parameters for {missing}")
                 rows = dtune.run_finetune(
-                    dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data, best_params=best), todo
+                    dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data, best_params=best),
+                    todo["finetune"],
                 )
                 atomic_write_json(paths.finetune_results, {"trials": rows})
-            else:
-                log.info("finetune: reusing the models in %s", run_dir / "models")
-
-        if "evaluate" in stages:
-            todo = [s for s in [0.0, *sparsities] if not stage_fns.eval_path(run_dir, s).exists()]
-            for s in todo:
-                _require(stage_fns.model_path(run_dir, s), "evaluate", "baseline" if s == 0 else "finetune")
-            if todo:
-                dtune.run_evaluate(ctx, todo)
-    finally:
-        if info is not None and info.embedded:
-            dtune.shutdown()
+            if todo.get("evaluate"):
+                for s in todo["evaluate"]:
+                    _require(stage_fns.model_path(run_dir, s), "evaluate", "baseline" if s == 0 else "finetune")
+                dtune.run_evaluate(ctx, todo["evaluate"])
+        finally:
+            if info.embedded:
+                dtune.shutdown()
 
     if "report" in stages:
         from detector.report import write_report

@@ -1,0 +1,115 @@
+"""The whole job on a real local Ray: four concurrent sparsity searches, fine-tunes, evaluation, report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from detector.pipeline import pending_work, run
+from pipeline_helpers import make_tiny_data, tiny_experiment
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_tiny_data(tmp_path_factory.mktemp("data") / "shards")
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    run(tiny_experiment(data), run_dir)
+    return run_dir
+
+
+def report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report" / "report.json").read_text())
+
+
+def test_trials_of_different_sparsities_run_at_the_same_time(finished_run):
+    trials = report(finished_run)["trials"]
+    assert len(trials) == 8 and all(t["status"] == "completed" for t in trials)
+    assert sorted(t["sparsity"] for t in trials) == [0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4]
+    overlapping = [(a, b) for a, b in itertools.combinations(trials, 2)
+                   if a["sparsity"] != b["sparsity"] and a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlapping, "no two trials of different sparsities overlapped in time"
+
+
+def test_each_sparsity_gets_its_own_best_parameters(finished_run):
+    r = report(finished_run)
+    best = r["search"]["best"]
+    for sparsity in (0.1, 0.2, 0.3, 0.4):
+        mine = [t for t in r["trials"] if t["sparsity"] == sparsity]
+        top = max(mine, key=lambda t: t["val_accuracy"])
+        assert best[f"{sparsity:g}"]["trial_id"] == top["trial_id"]
+        model = next(m for m in r["models"] if m["sparsity"] == sparsity)
+        assert model["best_params"] == top["params"]
+        # the fine-tune really used them
+        used = json.loads((finished_run / "models" / f"prune-{round(sparsity * 100)}.json").read_text())["config"]
+        assert (used["optimizer"], used["lr"]) == (top["params"]["optimizer"], top["params"]["lr"])
+
+
+def test_report_holds_every_model_on_every_test_set(finished_run):
+    r = report(finished_run)
+    assert [m["name"] for m in r["models"]] == ["baseline", "prune-10", "prune-20", "prune-30", "prune-40"]
+    for m in r["models"]:
+        assert abs(m["efficiency"]["sparsity"] - m["sparsity"]) < 1e-3
+        for name in ("combined_val", "combined_test", "demo"):
+            metrics = m["metrics"][name]
+            assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "auc", "confusion_matrix"}
+            assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["samples"]
+    md = (finished_run / "report" / "report.md").read_text()
+    for title in ("Table 3.", "Table 4.", "Table 5.", "Table 6."):
+        assert title in md
+    for name in ("confusion_matrices", "roc_curves", "accuracy_vs_sparsity", "search_history"):
+        assert (finished_run / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("table3_baseline", "table4_best_params", "table5_accuracy", "table6_efficiency", "trials"):
+        assert (finished_run / "report" / f"{name}.csv").stat().st_size > 0
+
+
+def test_tensorboard_has_a_run_per_trial_and_fine_tune(finished_run):
+    tb = finished_run / "tensorboard"
+    runs = sorted(p for p in (tb / "search").iterdir()) + sorted((tb / "finetune").iterdir())
+    assert len(runs) == 8 + 4
+    for run_dir in runs:
+        acc = EventAccumulator(str(run_dir))
+        acc.Reload()
+        assert "val/accuracy" in acc.Tags()["scalars"]
+        assert acc.Scalars("val/accuracy")
+        # the HParams plugin's data sits in the same run, so TensorBoard relates params to accuracy
+        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+
+
+def test_status_lists_every_trial(finished_run):
+    out = subprocess.run([sys.executable, "-m", "detector.cli", "status", str(finished_run), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted({r["stage"] for r in rows}) == ["baseline", "evaluate", "finetune", "search"]
+    search = [r for r in rows if r["stage"] == "search"]
+    assert len(search) == 8 and all(r["state"] == "TERMINATED" and r["epochs"] == 1 for r in search)
+
+
+def test_a_finished_run_is_reused_not_run_again(finished_run):
+    from detector.config import from_dict, load_yaml
+    from detector.experiment import ExperimentConfig
+
+    # the config the run saved beside its results
+    exp = from_dict(ExperimentConfig, load_yaml(finished_run / "experiment.yaml"))
+    assert not any(pending_work(exp, finished_run, ["baseline", "search", "finetune", "evaluate"]).values())
+    before = sorted(p.name for p in (finished_run / "tune" / "search").iterdir())
+    run(exp, finished_run)  # starts no Ray at all
+    assert sorted(p.name for p in (finished_run / "tune" / "search").iterdir()) == before
+
+
+def test_a_run_folder_refuses_a_different_config(finished_run, data):
+    from detector.config import ConfigError
+
+    with pytest.raises(ConfigError, match="different config"):
+        run(tiny_experiment(data, search={"trials_per_sparsity": 3}), finished_run)
