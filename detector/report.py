@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from detector.io import atomic_open, atomic_write_json, atomic_write_text
 
@@ -78,8 +78,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
     cfg_search = _read(run_dir / "search" / "results.json") if (run_dir / "search" / "results.json").exists() else None
     evals = sorted((_read(p) for p in (run_dir / "eval").glob("*.json") if not p.name.endswith(".predictions.json")),
                    key=lambda e: e["target_sparsity"])
-    if not evals:
-        raise FileNotFoundError(f"{run_dir / 'eval'}: no evaluations; run the evaluate stage first")
+    if not evals and cfg_search is None:
+        raise FileNotFoundError(f"{run_dir}: neither evaluations (eval/) nor search results (search/) to report on")
     best = (cfg_search or {}).get("best", {})
     models = []
     for e in evals:
@@ -117,7 +117,7 @@ def write_report(run_dir: str | Path) -> Path:
     data = collect(run_dir)
     models = data["models"]
     baseline = next((m for m in models if m["sparsity"] == 0), None)
-    set_names = list(models[0]["metrics"])
+    set_names = list(models[0]["metrics"]) if models else []
     sources = [n for n in set_names if n not in ("combined_val", "combined_test") and "/" not in n]
 
     md: list[str] = [f"# Report: {run_dir.name}", ""]
@@ -151,7 +151,11 @@ def write_report(run_dir: str | Path) -> Path:
     t5_sets = ["combined_test", *sources] if len(sources) > 1 else ["combined_test"]
     t5_header = ["Model", *(f"Accuracy: {n}" for n in t5_sets)]
     t5_rows = [[m["name"], *(_pct(m["metrics"][n]["accuracy"]) for n in t5_sets)] for m in models]
-    md += ["## Table 5. Accuracy comparison on the test sets", "", _md_table(t5_header, t5_rows), ""]
+    if models:
+        md += ["## Table 5. Accuracy comparison on the test sets", "", _md_table(t5_header, t5_rows), ""]
+    else:
+        md += ["No model has been evaluated yet (the evaluate stage writes `eval/`): tables 3, 5 and 6 follow "
+               "once it has run.", ""]
 
     # Table 6: efficiency.
     t6_header = ["Model", "Sparsity (%)", "Non-zero params", "Total params", "Size (MB)", "Latency (ms, batch 1)",
@@ -161,9 +165,10 @@ def write_report(run_dir: str | Path) -> Path:
         e = m["efficiency"]
         t6_rows.append([m["name"], f"{100 * e['sparsity']:.2f}", f"{e['nonzero_params']:,}", f"{e['total_params']:,}",
                         f"{e['size_mb']:.2f}", f"{e['latency_ms']:.2f}", f"{e['throughput']:.1f}", e.get("device", "")])
-    md += ["## Table 6. Model efficiency", "", _md_table(t6_header, t6_rows), ""]
-    md += ["Sizes are the dense saved state dict (MiB); unstructured pruning zeroes weights without removing them, "
-           "so size and latency do not fall with sparsity.", ""]
+    if models:
+        md += ["## Table 6. Model efficiency", "", _md_table(t6_header, t6_rows), ""]
+        md += ["Sizes are the dense saved state dict (MiB); unstructured pruning zeroes weights without removing "
+               "them, so size and latency do not fall with sparsity.", ""]
 
     # Full metrics, per model and data set (per-generator rows included).
     full_header = ["Model", "Data set", *METRIC_KEYS, "samples", "TN (fake->fake)", "FP (fake->real)",
@@ -174,10 +179,11 @@ def write_report(run_dir: str | Path) -> Path:
             cm = v["confusion_matrix"]["matrix"] if v.get("confusion_matrix") else [[None, None], [None, None]]
             full_rows.append([m["name"], name, *(v[k] for k in METRIC_KEYS), v["samples"], cm[0][0], cm[0][1],
                               cm[1][0], cm[1][1]])
-    md += ["## All metrics", "", "Positive class: real (label 1). Confusion-matrix rows are true classes, "
-           "columns predicted ones.", "",
-           _md_table(full_header, [[r[0], r[1], *(_pct(x) if i < 4 else ("n/a" if x is None else f"{x:.4f}")
-                                                   for i, x in enumerate(r[2:7])), *r[7:]] for r in full_rows]), ""]
+    if models:
+        shown = [[r[0], r[1], *(_pct(x) if i < 4 else ("n/a" if x is None else f"{x:.4f}")
+                                for i, x in enumerate(r[2:7])), *r[7:]] for r in full_rows]
+        md += ["## All metrics", "", "Positive class: real (label 1). Confusion-matrix rows are true classes, "
+               "columns predicted ones.", "", _md_table(full_header, shown), ""]
 
     if data["trials"]:
         tr_header = ["Sparsity", "Trial", "Optimizer", "Learning rate", "Val accuracy", "Epochs", "Start", "End", "Status"]
@@ -186,7 +192,7 @@ def write_report(run_dir: str | Path) -> Path:
                    for t in data["trials"]]
         md += ["## Search trials", "", _md_table(tr_header, tr_rows), ""]
 
-    figures = write_figures(run_dir, data, out)
+    figures = write_figures(data, out)
     md += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
 
     atomic_write_text(out / "table3_baseline.csv", _csv(t3_header, t3_rows))
@@ -209,16 +215,14 @@ def _fmt_time(t: float | None) -> str:
     return "-" if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%H:%M:%S")
 
 
-def write_figures(run_dir: Path, data: dict[str, Any], out: Path) -> list[Path]:
+def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-    from sklearn.metrics import roc_curve
 
     models = data["models"]
-    paths = []
+    paths: list[Path] = []
 
     def save(fig: Any, name: str) -> None:
         path = out / name
@@ -226,6 +230,17 @@ def write_figures(run_dir: Path, data: dict[str, Any], out: Path) -> list[Path]:
             fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
+
+    if models:
+        _model_figures(models, save)
+    _search_figure(data["trials"], save)
+    return paths
+
+
+def _model_figures(models: list[dict[str, Any]], save: Callable[[Any, str], None]) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import roc_curve
 
     # Fig 5: confusion matrices of every model on the combined test set.
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False)
@@ -270,8 +285,12 @@ def write_figures(run_dir: Path, data: dict[str, Any], out: Path) -> list[Path]:
     ax.legend(fontsize=8)
     save(fig, "accuracy_vs_sparsity.png")
 
+
+def _search_figure(trials: list[dict[str, Any]], save: Callable[[Any, str], None]) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     # Each search's trial history: trial value in launch order, and the best so far.
-    trials = data["trials"]
     if trials:
         sparsities = sorted({t["sparsity"] for t in trials})
         fig, axes = plt.subplots(1, len(sparsities), figsize=(3.4 * len(sparsities), 3.2), squeeze=False, sharey=True)
@@ -287,4 +306,3 @@ def write_figures(run_dir: Path, data: dict[str, Any], out: Path) -> list[Path]:
         axes[0][0].set_ylabel("val accuracy (%)  (blue adam, orange sgd)")
         fig.suptitle("Search history: each trial, and the best so far")
         save(fig, "search_history.png")
-    return paths

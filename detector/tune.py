@@ -76,6 +76,8 @@ class SparsitySearcher(Searcher):
         self.sparsities = [float(s) for s in sparsities]
         self.trials_per_sparsity = trials_per_sparsity
         self.studies: dict[float, OptunaSearch] = {}
+        # Tune's search-space objects -> Optuna distributions, once, so each study gets a resolved space.
+        space = OptunaSearch.convert_search_space(space)
         for i, s in enumerate(self.sparsities):
             sampler = optuna.samplers.TPESampler(seed=seed + i, n_startup_trials=tpe_startup_trials)
             self.studies[s] = OptunaSearch(
@@ -103,12 +105,16 @@ class SparsitySearcher(Searcher):
         return {**params, "sparsity": sparsity}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.trial_sparsity and self.metric in result:
+        if trial_id in self.trial_sparsity and not result.get("trial_failed"):
             self.studies[self.trial_sparsity[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.trial_sparsity:
-            self.studies[self.trial_sparsity[trial_id]].on_trial_complete(trial_id, result, error=error)
+        if trial_id not in self.trial_sparsity:
+            return
+        if result and result.get("trial_failed"):
+            # A trial that diverged is a failed Optuna trial, not a result of NaN.
+            result, error = None, True
+        self.studies[self.trial_sparsity[trial_id]].on_trial_complete(trial_id, result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         state = {
@@ -189,7 +195,9 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
         train()
     except NonFiniteLossError as e:
         log.error("trial %s: %s", tune.get_context().get_trial_name(), e)
-        tune.report({**extra, "trial_failed": str(e), "trial_start": trial_start, "time_now": time.time()})
+        # Tune insists on the metric in every result; NaN marks it as no value (the searcher records a failure).
+        tune.report({**extra, "val_accuracy": float("nan"), "trial_failed": str(e), "trial_start": trial_start,
+                     "time_now": time.time()})
 
 
 def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
@@ -340,8 +348,8 @@ def trial_row(result: tune.Result, *, metric: str) -> dict[str, Any]:
         "trial_id": m.get("trial_id") or Path(result.path).name,
         "sparsity": float(cfg.get("sparsity", m.get("sparsity", 0.0))),
         "params": {k: cfg[k] for k in ("optimizer", "lr") if k in cfg},
-        metric: m.get(metric),
-        "best_val_accuracy": m.get("best_val_accuracy"),
+        metric: m.get(metric) if status == "completed" else None,
+        "best_val_accuracy": m.get("best_val_accuracy") if status == "completed" else None,
         "epochs": int(m.get("training_iteration", 0) or 0),
         "start": m.get("trial_start"),
         "end": m.get("time_now"),

@@ -35,12 +35,13 @@ def test_each_study_sees_only_its_own_trials():
         assert study.study_name == f"sparsity-{sparsity:g}"
 
 
-def test_a_trial_without_the_metric_is_not_counted_as_a_result():
+def test_a_diverged_trial_is_a_failed_optuna_trial_not_a_value():
     s = make()
     s.suggest("t0")
-    s.on_trial_complete("t0", {"trial_failed": "non-finite loss", "training_iteration": 1})
+    s.on_trial_result("t0", {"val_accuracy": float("nan"), "trial_failed": "loss became nan", "training_iteration": 1})
+    s.on_trial_complete("t0", {"val_accuracy": float("nan"), "trial_failed": "loss became nan", "training_iteration": 1})
     (trial,) = s.studies[0.1]._ot_study.trials
-    assert trial.value is None and trial.state.name == "PRUNED"
+    assert trial.value is None and trial.state.name == "FAIL"
 
 
 def test_save_and_restore_continue_every_study(tmp_path):

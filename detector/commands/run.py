@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             config = args.config
         return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address)
-    except ConfigError as e:
+    except (ConfigError, FileNotFoundError) as e:
         print(f"detector run: error: {e}", file=sys.stderr)
         return 2
 

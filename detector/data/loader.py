@@ -148,9 +148,10 @@ class ShardDataset(IterableDataset):
                  sources: Sequence[str] | None = None, generators: Sequence[str] | None = None, seed: int = 0,
                  with_meta: bool = False, verify: bool = True, shuffle: bool | None = None,
                  hflip_prob: float = 0.5, shuffle_buffer: int = 1024, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, jpeg_draft: bool = False) -> None:
         super().__init__()
         self.data = str(data)
+        self.jpeg_draft = jpeg_draft
         self.split = split
         self.image_size = image_size
         self.train = train
@@ -291,7 +292,8 @@ class ShardDataset(IterableDataset):
 
     def decode(self, row: dict[str, Any], flip: bool = False) -> torch.Tensor:
         """uint8 (3, S, S) image of an encoded row, resized and (when ``flip``) flipped."""
-        img = decode_image(row["image"], name=row.get("original_path") or "shard row")
+        img = decode_image(row["image"], name=row.get("original_path") or "shard row",
+                           draft_size=self.image_size if self.jpeg_draft else None)
         return self.transform.to_uint8(img, flip=flip)
 
     def meta(self, row: dict[str, Any]) -> dict[str, str]:
@@ -322,8 +324,10 @@ class _Batches(IterableDataset):
     memory when in a worker so the DataLoader ships it without another copy.
     """
 
-    def __init__(self, dataset: ShardDataset, batch_size: int, drop_last: bool, num_workers: int) -> None:
+    def __init__(self, dataset: ShardDataset, batch_size: int, drop_last: bool, num_workers: int,
+                 normalize: bool = True) -> None:
         super().__init__()
+        self.normalize = normalize
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
@@ -360,14 +364,19 @@ class _Batches(IterableDataset):
 
     def _emit(self, images: list[torch.Tensor], labels: list[int], metas: list[dict[str, str]], shared: bool):
         size = self.dataset.image_size
+        dtype = torch.float32 if self.normalize else torch.uint8
+        shape = (len(images), 3, size, size)
         if shared:
-            storage = torch.UntypedStorage._new_shared(len(images) * 3 * size * size * 4)
-            out = torch.empty(0, dtype=torch.float32).set_(storage).view(len(images), 3, size, size)
+            storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+            out = torch.empty(0, dtype=dtype).set_(storage).view(shape)
         else:
-            out = torch.empty((len(images), 3, size, size), dtype=torch.float32)
+            out = torch.empty(shape, dtype=dtype)
         for i, x in enumerate(images):
-            # per image, so the float write stays in cache between the multiply and the subtract
-            self.dataset.transform.normalize(x, out=out[i])
+            if self.normalize:
+                # per image, so the float write stays in cache between the multiply and the subtract
+                self.dataset.transform.normalize(x, out=out[i])
+            else:
+                out[i].copy_(x)
         batch: tuple = (out, torch.tensor(labels, dtype=torch.int64))
         if self.dataset.with_meta:
             batch += ({k: [m[k] for m in metas] for k in META_KEYS},)
@@ -421,18 +430,22 @@ def build_loader(data: str, split: str, *, batch_size: int, image_size: int = 22
                  num_workers: int = 2, seed: int = 0, sources: Sequence[str] | None = None,
                  generators: Sequence[str] | None = None, with_meta: bool = False, pin_memory: bool = False,
                  drop_last: bool = False, verify: bool = True, shuffle: bool | None = None,
-                 prefetch_factor: int | None = None) -> ShardLoader:
+                 prefetch_factor: int | None = None, normalize: bool = True, jpeg_draft: bool = False) -> ShardLoader:
     """A DataLoader of ``(images [B, 3, S, S] float32, labels [B] int64)`` batches (plus a ``meta`` dict of
     lists with ``with_meta``) over one split. ``train=True`` flips at random and reshuffles every epoch.
 
     ``len(loader)`` (batches) is exact: each worker forms its own batches, so with ``drop_last=False`` up to
     one partial batch per worker. Epochs advance on every ``iter(loader)``; ``loader.set_epoch(e)`` sets it.
 
+    ``normalize=False`` yields uint8 images (4x fewer bytes to move); normalise them on the device with
+    ``loader.shard_dataset.transform.normalize(images.to(device))``. ``jpeg_draft=True`` decodes large JPEGs
+    at a reduced scale (see :func:`~detector.data.images.decode_image`); predict must then do the same.
+
     >>> loader = build_loader("data/demo", "train", batch_size=32, image_size=64, train=True)  # doctest: +SKIP
     >>> for images, labels in loader: ...  # doctest: +SKIP
     """
     dataset = ShardDataset(data, split, image_size=image_size, train=train, sources=sources, generators=generators,
-                           seed=seed, with_meta=with_meta, verify=verify, shuffle=shuffle)
+                           seed=seed, with_meta=with_meta, verify=verify, shuffle=shuffle, jpeg_draft=jpeg_draft)
     kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers > 0:
         # workers run decoding only; one torch thread each avoids oversubscribing the cores
@@ -440,7 +453,7 @@ def build_loader(data: str, split: str, *, batch_size: int, image_size: int = 22
         kwargs["persistent_workers"] = False  # a fresh copy per epoch carries the epoch number
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-    return ShardLoader(_Batches(dataset, batch_size, drop_last, num_workers), **kwargs)
+    return ShardLoader(_Batches(dataset, batch_size, drop_last, num_workers, normalize), **kwargs)
 
 
 def _worker_init(worker_id: int) -> None:

@@ -47,10 +47,17 @@ class _Preset:
         return F.resize(x, size, antialias=True) if list(x.shape[1:]) != size else x
 
     def normalize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (..., 3, S, S) -> float32 normalised; into ``out`` (same shape, float32) when given."""
+        """uint8 (..., 3, S, S) -> float32 normalised; into ``out`` (same shape, float32) when given.
+
+        Works on any device: a loader built with ``normalize=False`` ships uint8 batches (4x fewer
+        bytes) and the trainer calls this on the GPU.
+        """
         if out is None:
-            out = torch.empty(x.shape, dtype=torch.float32)
-        return torch.mul(x, self._scale, out=out).sub_(self._shift)
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        scale, shift = self._scale, self._shift
+        if scale.device != x.device:
+            scale, shift = scale.to(x.device), shift.to(x.device)
+        return torch.mul(x, scale, out=out).sub_(shift)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.normalize(self.to_uint8(img))

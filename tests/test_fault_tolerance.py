@@ -1,0 +1,206 @@
+"""The job survives what a shared cluster does to it: a driver that dies, a worker node that disappears,
+a trial whose loss diverges; and it runs when submitted as a Ray job to a running head."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from detector.config import save_yaml
+from detector.pipeline import run
+from detector.tune import read_trials
+from pipeline_helpers import make_tiny_data, tiny_experiment, write_untrained_baseline
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_tiny_data(tmp_path_factory.mktemp("data") / "shards")
+
+
+def search_trials(run_dir: Path) -> list[dict]:
+    return [t for t in read_trials(run_dir) if t["stage"] == "search"]
+
+
+def result_rows(run_dir: Path, trial_id: str) -> list[dict]:
+    path = run_dir / "tune" / "search" / trial_id / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def kill_processes_under(marker: str) -> None:
+    """Stop the Ray processes that our killed driver left, found by their own temp dir; nothing else."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_driver_resumes_without_running_finished_trials_again(data, tmp_path):
+    run_dir = tmp_path / "run"
+    exp = tiny_experiment(data, search_train={"max_epochs": 2})
+    config = tmp_path / "tiny.yaml"
+    save_yaml(exp, config)
+    write_untrained_baseline(run_dir, exp)
+    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cmd = [sys.executable, "-m", "detector.cli", "run", "--config", str(config), "--out", str(run_dir),
+           "--stages", "search"]
+    with open(tmp_path / "first.log", "w") as log:
+        driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no two trials finished within 300 s"
+            finished = [t for t in search_trials(run_dir) if t["state"] == "TERMINATED"] \
+                if (run_dir / "tune" / "search").is_dir() else []
+            if len(finished) >= 2:
+                break
+            time.sleep(1)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies, with no chance to clean up
+        driver.wait()
+    finally:
+        kill_processes_under(ray_tmp)
+    before = {t["trial_id"]: result_rows(run_dir, t["trial_id"]) for t in finished}
+    assert not (run_dir / "search" / "results.json").exists()
+
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rk", dir="/tmp")
+    resumed = subprocess.run([sys.executable, "-m", "detector.cli", "run", "--resume", "--out", str(run_dir),
+                              "--stages", "search"], env=env, capture_output=True, text=True, timeout=400)
+    kill_processes_under(env["RAY_TMPDIR"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    results = json.loads((run_dir / "search" / "results.json").read_text())
+    assert len(results["trials"]) == 8 and all(t["status"] == "completed" for t in results["trials"])
+    for trial_id, rows in before.items():
+        assert result_rows(run_dir, trial_id) == rows, f"finished trial {trial_id} ran again"
+
+
+@pytest.mark.timeout(600)
+def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    run_dir = tmp_path / "run"
+    exp = tiny_experiment(
+        data,
+        search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 2},
+        search_train={"max_epochs": 3},
+        resources={"cpus_per_trial": 1, "max_failures": 3},
+    )
+    write_untrained_baseline(run_dir, exp)
+    # As on Kubernetes: a head that takes no trials, and one-trial worker nodes. (Nodes can only be
+    # added from the main thread, so the survivors are there from the start.)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    cluster.wait_for_nodes()
+    killed = threading.Event()
+
+    def kill_a_worker_mid_trial() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            started = [p for p in (run_dir / "tune" / "search").glob("*/result.json") if p.stat().st_size > 0] \
+                if (run_dir / "tune" / "search").is_dir() else []
+            if started:
+                cluster.remove_node(workers[0])
+                killed.set()
+                return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_a_worker_mid_trial, daemon=True)
+    killer.start()
+    try:
+        run(exp, run_dir, address=cluster.address, stages=["search"])
+    finally:
+        killer.join(timeout=5)
+        ray.shutdown()
+        cluster.shutdown()
+    assert killed.is_set(), "the worker node was never killed"
+    results = json.loads((run_dir / "search" / "results.json").read_text())
+    assert len(results["trials"]) == 4
+    assert all(t["status"] == "completed" and t["epochs"] == 3 for t in results["trials"])
+    # at least one trial lost its node after a checkpoint and went on from it, not from epoch 1
+    restored = [t for t in results["trials"]
+                if any(r["iterations_since_restore"] < r["training_iteration"]
+                       for r in result_rows(run_dir, t["trial_id"]))]
+    assert restored
+
+
+@pytest.mark.timeout(300)
+def test_a_diverging_trial_fails_alone_with_its_reason(data, tmp_path):
+    run_dir = tmp_path / "run"
+    # Seed 6 draws lr 1.2e12 for sparsity 0.1 (diverges) and 2.4e-3 for sparsity 0.2 (trains).
+    exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1, "seed": 6,
+                                        "optimizers": ["sgd"], "lr_min": 1e-4, "lr_max": 1e14})
+    write_untrained_baseline(run_dir, exp)
+    with pytest.raises(RuntimeError, match="no trial at sparsity 0.1 completed"):
+        run(exp, run_dir, stages=["search"])
+    trials = {t["sparsity"]: t for t in search_trials(run_dir)}
+    assert "nan" in trials[0.1]["failed"] or "inf" in trials[0.1]["failed"]
+    assert len(result_rows(run_dir, trials[0.1]["trial_id"])) == 1  # ended, not retried
+    assert trials[0.2]["failed"] is None and trials[0.2]["epochs"] == 1
+
+
+def _local_cluster_module():
+    spec = importlib.util.spec_from_file_location("local_cluster", REPO / "cluster" / "local_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["local_cluster"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(400)
+def test_the_job_submitted_to_a_running_head_runs_to_the_end(data, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    local_cluster = _local_cluster_module()
+    run_dir = tmp_path / "run"
+    exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
+                          resources={"cpus_per_trial": 1})
+    config = tmp_path / "tiny.yaml"
+    save_yaml(exp, config)
+    write_untrained_baseline(run_dir, exp)
+    temp = Path(tempfile.mkdtemp(prefix="dj-", dir="/tmp"))
+    cluster = local_cluster.up(workers=2, cpus_per_worker=1, object_store_mb=80, temp_dir=temp,
+                               state_path=temp / "cluster.json")
+    try:
+        client = JobSubmissionClient(cluster.dashboard_url,
+                                     headers={"Authorization": f"Bearer {cluster.token()}"})
+        job_id = client.submit_job(
+            entrypoint=f"{sys.executable} jobs/run.py --config {config} --out {run_dir} --stages search,report",
+            runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "runs", "data"]},
+        )
+        deadline = time.monotonic() + 300
+        while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                                JobStatus.STOPPED}:
+            assert time.monotonic() < deadline, f"job still {status} after 300 s"
+            time.sleep(2)
+        logs = client.get_job_logs(job_id)
+        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    finally:
+        local_cluster.down(temp / "cluster.json", remove_temp_dir=True)
+    results = json.loads((run_dir / "search" / "results.json").read_text())
+    assert sorted(results["best"]) == ["0.1", "0.2"]
+    assert "Table 4." in (run_dir / "report" / "report.md").read_text()  # a search-only report
