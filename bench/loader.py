@@ -9,8 +9,9 @@ Both sides read the same files, decode with Pillow, apply the training preset
 batches of ``--batch-size`` float tensors through a ``DataLoader`` with the same number of worker
 processes, each limited to one torch thread. The baseline reads the image files (``ImageFolder``, the
 default PIL loader, ``RandomSampler``, ``default_collate``); ours reads the shards ``detector prepare``
-wrote from the same folder (``build_loader(..., train=True)``). One warm-up epoch is not timed; the
-images/s figure is over the timed epochs, worker start-up included (what a training epoch pays).
+wrote from the same folder (``build_loader(..., train=True)``). After one untimed warm-up epoch each,
+the two alternate for ``--epochs`` epochs and the best epoch of each is reported (worker start-up
+included, as a training epoch pays it), so load from other jobs does not favour either side.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import io
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -37,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader workers (several: one run each)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs of each, alternating, after a warm-up")
     p.add_argument("--work-dir", type=Path, help="where to put generated images and shards (default: a temp dir)")
     p.add_argument("--markdown", action="store_true", help="print the results as a Markdown table")
     return p.parse_args(argv)
@@ -66,16 +68,42 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def time_loader(loader, epochs: int) -> tuple[float, int]:
-    """(images/s over ``epochs`` timed epochs, images per epoch), after one untimed warm-up epoch."""
-    for _ in loader:
-        pass
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (DataLoader workers exit every epoch)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def epoch_rate(loader) -> tuple[float, float, int]:
+    """(images/s of wall time, images per CPU-second, images) of one pass, worker start-up included."""
     n = 0
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    for batch in loader:
+        n += len(batch[1])
+    del batch
+    wall = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu0
+    return n / wall, n / cpu, n
+
+
+def compare(loaders: dict[str, object], epochs: int) -> tuple[dict[str, tuple[float, float]], int]:
+    """Best (images/s, images per CPU-second) of each loader over ``epochs`` epochs, after a warm-up each.
+
+    The loaders take turns epoch by epoch and the best epoch of each is kept, so load from other jobs
+    on the machine does not favour one of them. Images per CPU-second is the per-core throughput; it
+    counts the main process too, and is the steadier figure on a shared machine.
+    """
+    for loader in loaders.values():
+        epoch_rate(loader)
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in loaders}
+    counts = set()
     for _ in range(epochs):
-        for batch in loader:
-            n += len(batch[1])
-    return n / (time.perf_counter() - t0), n // epochs
+        for name, loader in loaders.items():
+            wall, per_cpu, n = epoch_rate(loader)
+            rates[name].append((wall, per_cpu))
+            counts.add(n)
+    assert len(counts) == 1, f"the loaders saw different numbers of images: {counts}"
+    return {name: (max(w for w, _ in r), max(c for _, c in r)) for name, r in rates.items()}, counts.pop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,38 +131,42 @@ def main(argv: list[str] | None = None) -> int:
     data = work / "shards"
     manifest = prepare(data, sources={"folder": folder.parent}, workers=max(args.workers), progress=False)
     n_images = manifest["totals"]["train"]["real"] + manifest["totals"]["train"]["fake"]
-    sizes = {Image.open(p).size for p in list(folder.rglob("*.*"))[:50]}
+    sizes = {Image.open(p).size for p in list((args.images or folder).glob("*/*.*"))[:50] if p.suffix != ".txt"}
 
-    rows = []
+    variants = {
+        "shards": {},
+        "shards, uint8 out": {"normalize": False},
+        "shards, JPEG draft": {"jpeg_draft": True},
+    }
+    results = []
     for workers in args.workers:
         baseline_ds = ImageFolder(str(folder), transform=ClassificationPresetTrain(image_size=args.image_size))
-        baseline = torch.utils.data.DataLoader(
+        loaders = {"ImageFolder+PIL": torch.utils.data.DataLoader(
             baseline_ds, batch_size=args.batch_size, shuffle=True, num_workers=workers,
-            worker_init_fn=_one_thread if workers else None)
-        ours = build_loader(str(data), "train", batch_size=args.batch_size, image_size=args.image_size, train=True,
-                            num_workers=workers)
-        base_rate, base_n = time_loader(baseline, args.epochs)
-        our_rate, our_n = time_loader(ours, args.epochs)
-        assert base_n == our_n == n_images, (base_n, our_n, n_images)
-        cores = max(1, workers)
-        rows.append((workers, base_rate, our_rate, base_rate / cores, our_rate / cores))
+            worker_init_fn=_one_thread if workers else None)}
+        for name, extra in variants.items():
+            loaders[name] = build_loader(str(data), "train", batch_size=args.batch_size, image_size=args.image_size,
+                                         train=True, num_workers=workers, **extra)
+        rates, n = compare(loaders, args.epochs)
+        assert n == n_images, (n, n_images)
+        results.append((workers, rates))
 
     print(f"images: {what}, {n_images} images, sizes e.g. {sorted(sizes)[:3]}; transform: training preset "
-          f"{args.image_size} px; batch {args.batch_size}; {args.epochs} timed epochs")
+          f"{args.image_size} px; batch {args.batch_size}; best of {args.epochs} epochs, loaders taking turns")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"python {sys.version.split()[0]}")
-    header = "| workers | ImageFolder+PIL img/s | shards img/s | speed-up | ImageFolder img/s/core | shards img/s/core |"
+    names = list(results[0][1])
     if args.markdown:
-        print(header)
-        print("|---:|---:|---:|---:|---:|---:|")
-    for workers, base, ours, base_core, our_core in rows:
-        if args.markdown:
-            print(f"| {workers} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x | {base_core:.0f} | {our_core:.0f} |")
-        else:
-            print(f"workers={workers}: ImageFolder {base:.0f} img/s, shards {ours:.0f} img/s ({ours / base:.2f}x); "
-                  f"per core {base_core:.0f} vs {our_core:.0f}")
-    best = max(r[4] for r in rows)
-    print(f"feeding 3,500 img/s at {best:.0f} img/s per core takes ~{3500 / best:.1f} decoding cores")
+        print("| workers | " + " | ".join(f"{n}: img/s, img per CPU-s" for n in names) + " |")
+        print("|---:|" + "---:|" * len(names))
+    for workers, rates in results:
+        base_wall, base_cpu = rates["ImageFolder+PIL"]
+        cells = [f"{w:.0f}, {c:.0f}" + ("" if n == "ImageFolder+PIL" else f" ({w / base_wall:.2f}x, {c / base_cpu:.2f}x)")
+                 for n, (w, c) in rates.items()]
+        print(("| " + str(workers) + " | " + " | ".join(cells) + " |") if args.markdown
+              else f"workers={workers}: " + "; ".join(f"{n}: {c}" for n, c in zip(names, cells)))
+    best = max(r["shards"][1] for _, r in results)
+    print(f"feeding 3,500 img/s at {best:.0f} images per CPU-second (float batches) takes ~{3500 / best:.1f} cores")
     return 0
 
 

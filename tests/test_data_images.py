@@ -132,3 +132,16 @@ def test_presets_resize_normalise_and_flip():
     assert torch.equal(train.normalize(train.to_uint8(img, flip=False)), ev)
     never = ClassificationPresetTrain(image_size=16, hflip_prob=0.0)
     assert all(torch.equal(never(img), ev) for _ in range(5))
+
+
+def test_jpeg_draft_decodes_large_jpegs_smaller_and_close():
+    yy, xx = np.mgrid[0:512, 0:640]
+    img = Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8))
+    data = encode(img, "JPEG", quality=90)
+    full = decode_image(data)
+    small = decode_image(data, draft_size=100)
+    assert full.size == (640, 512) and small.size == (160, 128)  # 1/4 scale, still >= 100 on both sides
+    preset = ClassificationPresetEval(image_size=100)
+    diff = (preset.to_uint8(full).float() - preset.to_uint8(small).float()).abs().mean()
+    assert diff < 3
+    assert decode_image(data, draft_size=300).size == (640, 512)  # not twice as large: full decode

@@ -165,3 +165,12 @@ def test_webdataset_shards_read_the_same(tmp_path, demo_shards):
                           generators=["bilinear"], with_meta=True)
     seen = [p for *_, m in loader for p in m["original_path"]]
     assert len(seen) == len(set(seen)) == len(loader.dataset) > 0
+
+
+def test_uint8_batches_normalise_to_the_float_ones(demo_shards):
+    kwargs = dict(batch_size=8, image_size=16, num_workers=0)
+    floats = list(build_loader(str(demo_shards), "val", **kwargs))
+    raw = list(build_loader(str(demo_shards), "val", normalize=False, **kwargs))
+    assert raw[0][0].dtype == torch.uint8
+    preset = build_loader(str(demo_shards), "val", **kwargs).shard_dataset.transform
+    assert all(torch.equal(preset.normalize(r[0]), f[0]) for r, f in zip(raw, floats))
