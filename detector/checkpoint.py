@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 FORMAT = "detector-checkpoint"
 VERSION = 1
 REQUIRED_METADATA = ("arch", "image_size")
+# First bytes of a compact export (``detector export --format sparse``), which loads like a checkpoint.
+SPARSE_MAGIC = b"DETECTOR-SPARSE\n"
 
 
 class CheckpointError(ValueError):
@@ -97,6 +99,12 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(SPARSE_MAGIC):
+        from detector.export import read_sparse
+
+        return read_sparse(path, map_location=map_location)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -154,6 +162,11 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: metadata arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
     model = build_model(arch)
+    if meta.get("pruning_method") == "structured":
+        from detector.structured import conform_to_state_dict
+
+        # Channel-pruned: each layer takes the shape of its saved weights (the wiring stays the arch's).
+        conform_to_state_dict(model, payload["model"])
     load_state_into(model, payload["model"], source=path)
     model.to(device).eval()
     return model, meta

@@ -1,0 +1,306 @@
+"""Uncertainty of the results: bootstrap confidence intervals and McNemar's test between two models.
+
+A test set is a sample; an accuracy of 98.86 % against 98.79 % on it says nothing until we know how much
+such numbers move from sample to sample. Two tools:
+
+- **Percentile bootstrap** (``bootstrap_metrics``): draw the test images with replacement ``resamples``
+  times, recompute accuracy, F1 (Real positive) and ROC AUC on each draw, and report the central
+  ``confidence`` share of those values. Several models scored on the same images are resampled with the
+  *same* draws, so the interval of a difference between two models is paired (it accounts for the images
+  both get right or wrong).
+- **McNemar's test** (``mcnemar``): only the images on which the two models disagree carry information
+  about which is more accurate: b (first right, second wrong) and c (the reverse). Under "equally
+  accurate" b ~ Binomial(b + c, 1/2). With b + c < 25 the exact two-sided binomial p-value is used;
+  otherwise the chi-square statistic with continuity correction, (|b - c| - 1)^2 / (b + c), on 1 degree
+  of freedom.
+
+Each draw is a vector of counts (how often each image was drawn), so every metric is a weighted count:
+accuracy and F1 are matrix products, AUC is the weighted Mann-Whitney statistic over scores sorted once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from detector import REAL
+
+EXACT_BELOW = 25  # McNemar: exact binomial test when fewer discordant pairs than this
+METRICS = ("accuracy", "f1", "auc")
+
+
+def resample_counts(n: int, resamples: int, *, seed: int = 0, chunk: int = 100) -> Iterator[np.ndarray]:
+    """Bootstrap draws of ``n`` items as count vectors, ``chunk`` draws at a time: arrays (k, n) whose rows
+    sum to ``n``. The same ``seed`` gives the same draws (so models can be compared on them)."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < resamples:
+        k = min(chunk, resamples - done)
+        picks = rng.integers(0, n, size=(k, n)) + (np.arange(k) * n)[:, None]
+        yield np.bincount(picks.ravel(), minlength=k * n).reshape(k, n).astype(np.float64)
+        done += k
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+class _Scorer:
+    """Accuracy, F1 and AUC of one model's predictions under any weighting of the images."""
+
+    def __init__(self, labels: np.ndarray, probs_real: np.ndarray, threshold: float) -> None:
+        pos = labels == REAL
+        pred = probs_real >= threshold
+        self.correct = (pred == pos).astype(np.float64)
+        self.tp = (pos & pred).astype(np.float64)
+        self.errors = (pos != pred).astype(np.float64)  # false positives + false negatives
+        # AUC: images sorted by score once; tied scores form one group (a tie counts one half).
+        order = np.argsort(probs_real, kind="stable")
+        sorted_scores = probs_real[order]
+        self.order = order
+        self.starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+        self.pos_sorted = pos[order].astype(np.float64)
+
+    def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Metrics per row of ``w`` (k, n): counts of each image; NaN where a metric is undefined."""
+        n = w.sum(axis=1)
+        tp = w @ self.tp
+        ws = w[:, self.order]
+        pos = np.add.reduceat(ws * self.pos_sorted, self.starts, axis=1)
+        neg = np.add.reduceat(ws * (1.0 - self.pos_sorted), self.starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower than each group
+        wins = (pos * (below + 0.5 * neg)).sum(axis=1)
+        return {
+            "accuracy": w @ self.correct / n,
+            "f1": _divide(2 * tp, 2 * tp + w @ self.errors),
+            "auc": _divide(wins, pos.sum(axis=1) * neg.sum(axis=1)),
+        }
+
+
+def _interval(estimate: float, draws: np.ndarray, confidence: float) -> dict[str, Any]:
+    if math.isnan(estimate):
+        return {"estimate": None, "low": None, "high": None, "undefined_resamples": int(draws.size)}
+    ok = draws[~np.isnan(draws)]
+    tail = 100 * (1 - confidence) / 2
+    low, high = (np.percentile(ok, [tail, 100 - tail]) if ok.size else (math.nan, math.nan))
+    return {"estimate": float(estimate), "low": float(low), "high": float(high),
+            "undefined_resamples": int(draws.size - ok.size)}
+
+
+def bootstrap_metrics(
+    labels: Sequence[int] | np.ndarray,
+    probs_by_model: Mapping[str, Sequence[float] | np.ndarray],
+    *,
+    reference: str | None = None,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    threshold: float = 0.5,
+) -> dict[str, dict[str, Any]]:
+    """Percentile bootstrap intervals of accuracy, F1 (Real positive) and AUC for each model scored on the
+    same images (``labels``), and of each model's difference from ``reference`` on the same draws.
+
+    ``{model: {"accuracy": {"estimate", "low", "high", "undefined_resamples"}, "f1": ..., "auc": ...,
+    "difference": {metric: {...}}}}``; ``difference`` is ``model - reference`` (absent for the reference).
+    A metric undefined on the data (AUC with one class present) has ``estimate: None``; resamples on
+    which it is undefined (e.g. no image predicted Real, for F1) are left out and counted.
+
+    >>> r = bootstrap_metrics([1, 1, 0, 0], {"m": [0.9, 0.8, 0.3, 0.6]}, resamples=200)
+    >>> r["m"]["accuracy"]["estimate"], r["m"]["auc"]["estimate"]
+    (0.75, 1.0)
+    """
+    y = np.asarray(labels).astype(int).ravel()
+    if y.size == 0:
+        raise ValueError("no samples to bootstrap")
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples}, {confidence}")
+    if reference is not None and reference not in probs_by_model:
+        raise ValueError(f"reference {reference!r} is not one of the models {list(probs_by_model)}")
+    scorers = {}
+    for name, probs in probs_by_model.items():
+        p = np.asarray(probs, dtype=np.float64).ravel()
+        if p.shape != y.shape:
+            raise ValueError(f"{name}: {p.size} probabilities for {y.size} labels")
+        scorers[name] = _Scorer(y, p, threshold)
+    estimates = {name: {k: float(v[0]) for k, v in s(np.ones((1, y.size))).items()} for name, s in scorers.items()}
+    draws: dict[str, dict[str, list[np.ndarray]]] = {name: {k: [] for k in METRICS} for name in scorers}
+    for w in resample_counts(y.size, resamples, seed=seed):
+        for name, s in scorers.items():
+            for k, v in s(w).items():
+                draws[name][k].append(v)
+    stacked = {name: {k: np.concatenate(v) for k, v in d.items()} for name, d in draws.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for name in scorers:
+        out[name] = {k: _interval(estimates[name][k], stacked[name][k], confidence) for k in METRICS}
+        if reference is not None and name != reference:
+            out[name]["difference"] = {
+                k: _interval(estimates[name][k] - estimates[reference][k],
+                             stacked[name][k] - stacked[reference][k], confidence)
+                for k in METRICS
+            }
+    return out
+
+
+def mcnemar(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bool] | np.ndarray) -> dict[str, Any]:
+    """McNemar's test of "A and B are equally accurate" on the same images (paired).
+
+    ``b``: images A gets right and B wrong; ``c``: the reverse. Exact two-sided binomial p-value when
+    b + c < 25, else chi-square with continuity correction (1 df).
+
+    >>> r = mcnemar([1, 1, 1, 1, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0, 0, 1])
+    >>> r["b"], r["c"], r["p_value"], r["method"]
+    (6, 1, 0.125, 'exact binomial')
+    """
+    a = np.asarray(correct_a, dtype=bool).ravel()
+    bb = np.asarray(correct_b, dtype=bool).ravel()
+    if a.shape != bb.shape:
+        raise ValueError(f"the two models were scored on different numbers of images ({a.size}, {bb.size})")
+    b, c = int(np.sum(a & ~bb)), int(np.sum(~a & bb))
+    n = b + c
+    if n < EXACT_BELOW:
+        # P(X <= min(b, c)) for X ~ Binomial(n, 1/2), doubled (the distribution is symmetric).
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+        return {"b": b, "c": c, "statistic": None, "p_value": min(1.0, 2 * tail), "method": "exact binomial"}
+    chi2 = (abs(b - c) - 1) ** 2 / n
+    # Survival function of chi-square with 1 df: P(Z^2 > x) = erfc(sqrt(x / 2)).
+    return {"b": b, "c": c, "statistic": chi2, "p_value": math.erfc(math.sqrt(chi2 / 2)),
+            "method": "chi-square with continuity correction"}
+
+
+def comparison_sentence(name: str, reference: str, difference: Mapping[str, Any], test: Mapping[str, Any], *,
+                        confidence: float = 0.95, alpha: float = 0.05) -> str:
+    """One line that states an accuracy difference with its interval and p-value, and only the conclusion
+    they support.
+
+    >>> comparison_sentence("prune-40", "baseline", {"estimate": 0.0007, "low": -0.002, "high": 0.003},
+    ...                     {"p_value": 0.61})
+    'prune-40 vs baseline: accuracy difference +0.07 pp, 95 % CI [-0.20, +0.30] pp, McNemar p = 0.61: no significant difference detected'
+    """
+    est, low, high = (100 * difference[k] for k in ("estimate", "low", "high"))
+    p = float(test["p_value"])
+    if p >= alpha:
+        verdict = "no significant difference detected"
+    elif est < 0:
+        verdict = f"significantly lower accuracy than {reference}"
+    else:
+        verdict = f"significantly higher accuracy than {reference}"
+    p_text = f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+    return (f"{name} vs {reference}: accuracy difference {est:+.2f} pp, {round(100 * confidence)} % CI "
+            f"[{low:+.2f}, {high:+.2f}] pp, McNemar p = {p_text}: {verdict}")
+
+
+def _generator_name(g: Any) -> str:
+    # Predictions store str(generator): a missing one arrives as "None" or "".
+    return "unspecified" if g in (None, "", "None") else str(g)
+
+
+def prediction_sets(predictions: Mapping[str, Mapping[str, Sequence[Any]]]) -> dict[str, tuple[str, np.ndarray]]:
+    """The data sets the report names (``detector.report.test_sets``) as (split, row indices) into one
+    model's ``eval/<model>.predictions.json``: combined_val, combined_test, each source's test set and,
+    where a source has several generators, ``source/generator``."""
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    if "val" in predictions:
+        out["combined_val"] = ("val", np.arange(len(predictions["val"]["labels"])))
+    test = predictions["test"]
+    out["combined_test"] = ("test", np.arange(len(test["labels"])))
+    sources = np.asarray([str(s) for s in test.get("source", ["all"] * len(test["labels"]))])
+    generators = np.asarray([_generator_name(g) for g in test.get("generator", [None] * len(sources))])
+    for source in sorted(set(sources.tolist())):
+        sel = sources == source
+        out[source] = ("test", np.flatnonzero(sel))
+        gens = sorted(set(generators[sel].tolist()))
+        if len(gens) > 1:
+            for gen in gens:
+                out[f"{source}/{gen}"] = ("test", np.flatnonzero(sel & (generators == gen)))
+    return out
+
+
+def alignment(reference: Mapping[str, Sequence[Any]], other: Mapping[str, Sequence[Any]]) -> np.ndarray:
+    """Row indices that put ``other``'s predictions in ``reference``'s image order, matched by sha256.
+
+    Raises ValueError naming the reason when the two were not scored on the same images.
+    """
+    ref, oth = reference.get("sha256"), other.get("sha256")
+    if ref is None or oth is None:
+        raise ValueError("predictions carry no sha256 per image, so the images cannot be matched")
+    if len(ref) != len(oth):
+        raise ValueError(f"scored on {len(ref)} and {len(oth)} images")
+    if list(ref) == list(oth):
+        order = np.arange(len(ref))
+    else:
+        if len(set(ref)) != len(ref) or set(ref) != set(oth):
+            raise ValueError("the two prediction files hold different images (sha256 sets differ or repeat)")
+        where = {h: i for i, h in enumerate(oth)}
+        order = np.asarray([where[h] for h in ref])
+    if not np.array_equal(np.asarray(reference["labels"]), np.asarray(other["labels"])[order]):
+        raise ValueError("the same images carry different labels in the two prediction files")
+    return order
+
+
+def compare_models(
+    predictions: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]],
+    *,
+    reference: str | None,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    alpha: float = 0.05,
+    threshold: float = 0.5,
+) -> dict[str, dict[str, Any]]:
+    """Intervals for every model on every data set, and tests of each model against ``reference``.
+
+    ``predictions``: model name -> its predictions file (``{"val": {...}, "test": {...}}``). Returns
+    model -> ``{"intervals": {set: bootstrap intervals}, "vs_reference": {set: {"accuracy_difference",
+    "f1_difference", "auc_difference", "mcnemar", "significant", "sentence"}} | {"unpaired": reason}}``.
+    Pairs are formed by sha256, never by position alone.
+    """
+    ref_pred = predictions.get(reference) if reference is not None else None
+    aligned: dict[str, dict[str, np.ndarray]] = {}  # model -> split -> row order matching the reference
+    unpaired: dict[str, str] = {}
+    for name, pred in predictions.items():
+        if ref_pred is None:
+            continue
+        try:
+            missing = set(ref_pred) - set(pred)
+            if missing:
+                raise ValueError(f"no {', '.join(sorted(missing))} predictions")
+            aligned[name] = {split: alignment(ref_pred[split], pred[split]) for split in ref_pred}
+        except ValueError as e:
+            unpaired[name] = str(e)
+    out: dict[str, dict[str, Any]] = {name: {"intervals": {}} for name in predictions}
+    # Paired models share the reference's image order, sets and draws; the others are bootstrapped alone.
+    groups = [[n for n in predictions if n in aligned]] if aligned else []
+    groups += [[n] for n in predictions if n not in aligned]
+    for members in groups:
+        paired = members[0] in aligned
+        base = predictions[reference] if paired else predictions[members[0]]
+        for set_name, (split, idx) in prediction_sets(base).items():
+            labels = np.asarray(base[split]["labels"])[idx]
+            probs = {}
+            for n in members:
+                p = np.asarray(predictions[n][split]["probs_real"], dtype=np.float64)
+                probs[n] = (p[aligned[n][split]] if paired else p)[idx]
+            ref = reference if paired else None
+            result = bootstrap_metrics(labels, probs, reference=ref, resamples=resamples, confidence=confidence,
+                                       seed=seed, threshold=threshold)
+            for n in members:
+                out[n]["intervals"][set_name] = {k: result[n][k] for k in METRICS}
+                if ref is None or n == ref:
+                    continue
+                correct = {m: (probs[m] >= threshold) == (labels == REAL) for m in (ref, n)}
+                test = mcnemar(correct[ref], correct[n])
+                diff = result[n]["difference"]
+                out[n].setdefault("vs_reference", {})[set_name] = {
+                    **{f"{k}_difference": diff[k] for k in METRICS},
+                    "mcnemar": test,
+                    "significant": test["p_value"] < alpha,
+                    "sentence": comparison_sentence(n, ref, diff["accuracy"], test, confidence=confidence,
+                                                    alpha=alpha),
+                }
+    for name, reason in unpaired.items():
+        if name != reference:
+            out[name]["vs_reference"] = {"unpaired": reason}
+    return out
