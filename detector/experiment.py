@@ -35,11 +35,15 @@ class DataSection:
 @dataclass(frozen=True)
 class SearchSection:
     sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    # How pruned models lose their weights: "unstructured" (global L1, the paper's: zeros in dense
+    # tensors) or "structured" (L1 channel pruning: `sparsities` of the prunable weights removed).
+    method: Literal["unstructured", "structured"] = "unstructured"
     trials_per_sparsity: int = 5
     optimizers: tuple[str, ...] = ("adam", "sgd")
     lr_min: float = 1e-6
     lr_max: float = 1e-4
     metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"  # "min" for a loss, e.g. metric: val_loss
     seed: int = 0
     # Optuna's TPE samples at random for its first n trials (Optuna's default is 10).
     tpe_startup_trials: int = 10
@@ -54,6 +58,8 @@ class SearchSection:
         for s in self.sparsities:
             if not 0.0 < s < 1.0:
                 raise ValueError(f"search.sparsities: {s} is not in (0, 1)")
+        if self.method == "structured" and max(self.sparsities) >= 0.9:
+            raise ValueError(f"search.sparsities: channel pruning takes budgets below 0.9, got {max(self.sparsities)}")
         if len(set(self.sparsities)) != len(self.sparsities):
             raise ValueError(f"search.sparsities: duplicates in {list(self.sparsities)}")
         if self.trials_per_sparsity < 1:

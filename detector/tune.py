@@ -231,6 +231,7 @@ def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
         tb_dir=run / "tensorboard" / "search" / f"s{sparsity:g}-{name}",
         init=stages.model_path(run, 0.0),
         sparsity=sparsity,
+        method=ctx.experiment.search.method,
         early_stopping=False,
         on_epoch=_reporter({"sparsity": sparsity}, start),
     ), {"sparsity": sparsity}, start)
@@ -252,6 +253,7 @@ def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
         tb_dir=run / "tensorboard" / "finetune" / f"s{sparsity:g}",
         init=stages.model_path(run, 0.0),
         sparsity=sparsity,
+        method=ctx.experiment.search.method,
         model_path=stages.model_path(run, sparsity),
         on_epoch=_reporter({"sparsity": sparsity}, start),
     ), {"sparsity": sparsity}, start)
@@ -348,7 +350,8 @@ def trial_row(result: tune.Result, *, metric: str) -> dict[str, Any]:
         "trial_id": m.get("trial_id") or Path(result.path).name,
         "sparsity": float(cfg.get("sparsity", m.get("sparsity", 0.0))),
         "params": {k: cfg[k] for k in ("optimizer", "lr") if k in cfg},
-        metric: m.get(metric) if status == "completed" else None,
+        "objective": m.get(metric) if status == "completed" else None,  # the searched metric, last epoch
+        "val_accuracy": m.get("val_accuracy") if status == "completed" else None,
         "best_val_accuracy": m.get("best_val_accuracy") if status == "completed" else None,
         "epochs": int(m.get("training_iteration", 0) or 0),
         "start": m.get("trial_start"),
@@ -366,7 +369,7 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
     max_epochs = exp.stage_train("search_train").max_epochs
     space = {"optimizer": tune.choice(list(s.optimizers)), "lr": tune.loguniform(s.lr_min, s.lr_max)}
     searcher = SparsitySearcher(
-        s.sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric,
+        s.sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric, mode=s.mode,
         seed=s.seed, tpe_startup_trials=s.tpe_startup_trials,
     )
     # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
@@ -376,7 +379,7 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
     scheduler = None
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
-            metric=s.metric, mode="max", time_attr="training_iteration", max_t=max_epochs,
+            metric=s.metric, mode=s.mode, time_attr="training_iteration", max_t=max_epochs,
             grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
         )
     results = run_experiment(
@@ -386,16 +389,18 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
     trials = sorted((trial_row(r, metric=s.metric) for r in results), key=lambda t: (t["sparsity"], t["start"] or 0))
     best: dict[str, Any] = {}
     for sp in s.sparsities:
-        done = [t for t in trials if t["sparsity"] == sp and t["status"] == "completed" and t[s.metric] is not None]
+        done = [t for t in trials if t["sparsity"] == sp and t["status"] == "completed" and t["objective"] is not None]
         if not done:
             raise RuntimeError(
                 f"search: no trial at sparsity {sp:g} completed; see {Path(ctx.run_dir) / 'tune' / 'search'} "
                 "and `detector status` for the errors"
             )
-        top = max(done, key=lambda t: t[s.metric])
-        best[f"{sp:g}"] = {"sparsity": sp, **top["params"], s.metric: top[s.metric], "trial_id": top["trial_id"]}
+        top = (max if s.mode == "max" else min)(done, key=lambda t: t["objective"])
+        best[f"{sp:g}"] = {"sparsity": sp, **top["params"], "objective": top["objective"],
+                           "val_accuracy": top["val_accuracy"], "trial_id": top["trial_id"]}
     return {
         "metric": s.metric,
+        "mode": s.mode,
         "scheduler": s.scheduler,
         "epochs_run": sum(t["epochs"] for t in trials),
         "epochs_budget": len(trials) * max_epochs,

@@ -98,6 +98,22 @@ def test_a_killed_driver_resumes_without_running_finished_trials_again(data, tmp
         assert result_rows(run_dir, trial_id) == rows, f"finished trial {trial_id} ran again"
 
 
+def worker_hosting(pid: int, workers: list) -> object | None:
+    """The worker node whose raylet started process ``pid`` (trial actors are the raylet's children)."""
+    from ray._private import ray_constants
+
+    raylets = {n.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: n for n in workers}
+    while pid > 1:
+        if pid in raylets:
+            return raylets[pid]
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: the parent's pid
+    return None
+
+
 @pytest.mark.timeout(600)
 def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
     import ray
@@ -107,7 +123,7 @@ def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
     exp = tiny_experiment(
         data,
         search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 2},
-        search_train={"max_epochs": 3},
+        search_train={"max_epochs": 4},
         resources={"cpus_per_trial": 1, "max_failures": 3},
     )
     write_untrained_baseline(run_dir, exp)
@@ -119,15 +135,18 @@ def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
     killed = threading.Event()
 
     def kill_a_worker_mid_trial() -> None:
+        # Wait for a trial that has a checkpoint but has not finished, then kill the node it runs on.
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            started = [p for p in (run_dir / "tune" / "search").glob("*/result.json") if p.stat().st_size > 0] \
-                if (run_dir / "tune" / "search").is_dir() else []
-            if started:
-                cluster.remove_node(workers[0])
-                killed.set()
-                return
-            time.sleep(0.5)
+            for result in (run_dir / "tune" / "search").glob("*/result.json"):
+                rows = result_rows(run_dir, result.parent.name)
+                if rows and rows[-1]["training_iteration"] < 4 and not rows[-1].get("done"):
+                    node = worker_hosting(rows[-1]["pid"], workers)
+                    if node is not None:
+                        cluster.remove_node(node)
+                        killed.set()
+                        return
+            time.sleep(0.2)
 
     killer = threading.Thread(target=kill_a_worker_mid_trial, daemon=True)
     killer.start()
@@ -140,7 +159,7 @@ def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
     assert killed.is_set(), "the worker node was never killed"
     results = json.loads((run_dir / "search" / "results.json").read_text())
     assert len(results["trials"]) == 4
-    assert all(t["status"] == "completed" and t["epochs"] == 3 for t in results["trials"])
+    assert all(t["status"] == "completed" and t["epochs"] == 4 for t in results["trials"])
     # at least one trial lost its node after a checkpoint and went on from it, not from epoch 1
     restored = [t for t in results["trials"]
                 if any(r["iterations_since_restore"] < r["training_iteration"]

@@ -113,3 +113,23 @@ def test_a_run_folder_refuses_a_different_config(finished_run, data):
 
     with pytest.raises(ConfigError, match="different config"):
         run(tiny_experiment(data, search={"trials_per_sparsity": 3}), finished_run)
+
+
+def test_asha_stops_weak_trials_and_saves_trial_epochs(data, tmp_path):
+    from pipeline_helpers import write_untrained_baseline
+
+    run_dir = tmp_path / "run"
+    # val_loss, not val_accuracy: on tiny data accuracies tie at chance, and ASHA cannot rank ties.
+    exp = tiny_experiment(data, search={"sparsities": [0.2], "trials_per_sparsity": 6, "scheduler": "asha",
+                                        "metric": "val_loss", "mode": "min",
+                                        "asha_grace_period": 1, "asha_reduction_factor": 2},
+                          search_train={"max_epochs": 4})
+    write_untrained_baseline(run_dir, exp)
+    run(exp, run_dir, stages=["search", "report"])
+    results = json.loads((run_dir / "search" / "results.json").read_text())
+    trials = results["trials"]
+    assert len(trials) == 6 and all(t["status"] == "completed" for t in trials)
+    assert results["epochs_budget"] == 24 and results["epochs_run"] == sum(t["epochs"] for t in trials) < 24
+    assert any(t["epochs"] < 4 for t in trials), "ASHA stopped no trial"
+    assert results["best"]["0.2"]["objective"] == min(t["objective"] for t in trials)
+    assert "asha" in (run_dir / "report" / "report.md").read_text()
