@@ -310,7 +310,7 @@ def _write_shards(out: Path, pending: Sequence[ShardPlan], options: ImportOption
                     for k in ("label", "source", "generator", "sha256", "original_path", "frame"):
                         state["index"][k].append(row[k])
                     state["sources"][row["source"]] += 1
-                state["rejected"] += [r.as_dict() for r in rejected]
+                state["rejected"] += [dataclasses.asdict(r) for r in rejected]
             state["left"] -= len(results)
             bar.update(len(results))
             if state["left"] == 0:
@@ -348,7 +348,7 @@ def build_manifest(out: Path, plans: Sequence[ShardPlan], receipts: dict[str, di
     splits = {split: {name: {"real": 0, "fake": 0} for name in names} for split in SPLITS}
     generators: dict[str, dict[str, dict[str, int]]] = {split: {} for split in SPLITS}
     by_hash: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
-    all_rejected = [r.as_dict() for r in rejected]
+    all_rejected = [dataclasses.asdict(r) for r in rejected]
     shards = []
     for plan in plans:
         receipt = receipts[plan.name]
@@ -387,7 +387,7 @@ def build_manifest(out: Path, plans: Sequence[ShardPlan], receipts: dict[str, di
         "shards": shards,
         "rejected": all_rejected,
         "rejected_counts": dict(sorted(collections.Counter(r["source"] for r in all_rejected).items())),
-        "notes": sorted((n.as_dict() for n in notes), key=lambda n: (n["source"], n["path"])),
+        "notes": sorted((dataclasses.asdict(n) for n in notes), key=lambda n: (n["source"], n["path"])),
         "duplicates": {
             "policy": "reported, not removed: the official splits are kept as published; an image whose bytes "
                       "occur in two splits is listed here so results can be checked for leakage",

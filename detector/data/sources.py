@@ -69,9 +69,6 @@ class Rejection:
     path: str
     reason: str
 
-    def as_dict(self) -> dict[str, str]:
-        return {"source": self.source, "path": self.path, "reason": self.reason}
-
 
 @dataclass(frozen=True)
 class Note:
@@ -80,9 +77,6 @@ class Note:
     source: str
     path: str
     message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"source": self.source, "path": self.path, "message": self.message}
 
 
 @dataclass
