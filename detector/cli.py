@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("detector.commands.prune", "prune a checkpoint (global L1 unstructured) to a sparsity"),
     "evaluate": ("detector.commands.evaluate", "metrics of checkpoints on every test set (Tables 3, 5)"),
     "efficiency": ("detector.commands.efficiency", "parameters, size, latency, throughput (Table 6)"),
+    "export": ("detector.commands.export", "export a model as a compact sparse file, a dense checkpoint or ONNX"),
     "predict": ("detector.commands.predict", "probability that each image is real"),
 }
 

@@ -4,6 +4,8 @@ Unstructured pruning zeroes weights but keeps every tensor dense, so the paper f
 and latency (~30 ms) unchanged across sparsities; these measurements reproduce that protocol:
 
 - ``size_mb``: bytes of the saved dense state dict (masks made permanent) / 2^20; 89.98 for ResNet-50.
+- ``sparse_size_mb``: the same weights in the compact sparse format (``detector export --format sparse``),
+  which does shrink with sparsity; ``macs``: multiply-accumulates per image (what channel pruning cuts).
 - ``latency_ms``: median over ``repeats`` forward passes at batch 1, after ``warmup`` passes.
 - ``throughput``: images/s of forward passes at batch ``throughput_batch``.
 """
@@ -84,12 +86,17 @@ def efficiency_row(
     many = torch.randn(throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     forward(many)  # warm-up at this shape (cuDNN picks its kernels here)
     elapsed = _timed(lambda: [forward(many) for _ in range(throughput_repeats)], device)
+    from detector.export import sparse_size_mb
+    from detector.structured import count_macs
     return {
         "sparsity": report["sparsity"],
         "nonzero_params": report["nonzero_params"],
         "prunable_params": report["prunable_params"],
         "total_params": report["total_params"],
         "size_mb": state_dict_size_mb(model),
+        "sparse_size_mb": sparse_size_mb(model),
+        "macs": count_macs(net, image_size),
+        "batch_latency_ms": 1000 * elapsed / throughput_repeats,
         "latency_ms": 1000 * statistics.median(latencies),
         "throughput": throughput_batch * throughput_repeats / elapsed,
         "device": device_name(device),

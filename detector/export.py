@@ -188,8 +188,17 @@ def onnx_bytes(model: nn.Module, *, image_size: int, metadata: Mapping[str, Any]
     batch = torch.export.Dim("batch", min=1, max=4096)
     # A batch of 2: torch.export specialises a dimension it sees as 1, which would fix the batch size.
     example = torch.zeros(2, 3, image_size, image_size)
-    program = torch.onnx.export(net, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+    # The exporter's graph passes log every step at INFO; only their warnings concern our users.
+    chatty = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [lg.level for lg in chatty]
+    for lg in chatty:
+        lg.setLevel(logging.WARNING)
+    try:
+        program = torch.onnx.export(net, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+    finally:
+        for lg, level in zip(chatty, levels):
+            lg.setLevel(level)
     proto = program.model_proto
     props = {"producer": "detector", "output": "logit; sigmoid(logit) = P(real), real = 1, fake = 0",
              **{k: str(v) for k, v in (metadata or {}).items()}}

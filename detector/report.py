@@ -93,7 +93,13 @@ def collect(run_dir: Path) -> dict[str, Any]:
             "metrics": test_sets(e),
             "efficiency": e["efficiency"],
             "predictions": str(eval_path(run_dir, s).with_suffix(".predictions.json")),
+            "pruning_method": e.get("pruning_method", "unstructured") if s > 0 else None,
+            "params_removed": e.get("params_removed", e["sparsity"]),
+            **({"semistructured": e["semistructured"]} if "semistructured" in e else {}),
         })
+    from detector.report_stats import add_statistics
+
+    statistics = add_statistics(run_dir, models)
     trials = []
     if cfg_search:
         for t in cfg_search["trials"]:
@@ -106,11 +112,14 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "models": models,
         "trials": trials,
         "search": {k: v for k, v in (cfg_search or {}).items() if k != "trials"},
+        "statistics": statistics,
     }
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report/`` (report.md, report.json, *.csv, *.png); returns the report.md path."""
+    from detector.report_stats import efficiency_note, semistructured_section, statistics_section
+
     run_dir = Path(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -155,22 +164,27 @@ def write_report(run_dir: str | Path) -> Path:
     t5_rows = [[m["name"], *(_pct(m["metrics"][n]["accuracy"]) for n in t5_sets)] for m in models]
     if models:
         md += ["## Table 5. Accuracy comparison on the test sets", "", _md_table(t5_header, t5_rows), ""]
+        stats_md, stats_header, stats_rows = statistics_section(data)
+        md += stats_md
     else:
         md += ["No model has been evaluated yet (the evaluate stage writes `eval/`): tables 3, 5 and 6 follow "
                "once it has run.", ""]
 
     # Table 6: efficiency.
-    t6_header = ["Model", "Sparsity (%)", "Non-zero params", "Total params", "Size (MB)", "Latency (ms, batch 1)",
-                 "Throughput (img/s)", "Device"]
+    t6_header = ["Model", "Sparsity (%)", "Non-zero params", "Total params", "Size (MB)", "Sparse file (MB)",
+                 "GMACs", "Latency (ms, batch 1)", "Throughput (img/s)", "Device"]
     t6_rows = []
     for m in models:
         e = m["efficiency"]
-        t6_rows.append([m["name"], f"{100 * e['sparsity']:.2f}", f"{e['nonzero_params']:,}", f"{e['total_params']:,}",
-                        f"{e['size_mb']:.2f}", f"{e['latency_ms']:.2f}", f"{e['throughput']:.1f}", e.get("device", "")])
+        t6_rows.append([m["name"], f"{100 * m['params_removed']:.2f}", f"{e['nonzero_params']:,}", f"{e['total_params']:,}",
+                        f"{e['size_mb']:.2f}", _num(e.get("sparse_size_mb"), ".2f"), _num(e.get("macs"), ".3f", 1e-9),
+                        f"{e['latency_ms']:.2f}", f"{e['throughput']:.1f}", e.get("device", "")])
     if models:
         md += ["## Table 6. Model efficiency", "", _md_table(t6_header, t6_rows), ""]
-        md += ["Sizes are the dense saved state dict (MiB); unstructured pruning zeroes weights without removing "
-               "them, so size and latency do not fall with sparsity.", ""]
+        md += ["Sparsity: prunable weights zeroed (unstructured) or removed (structured). Size: the dense saved "
+               "state dict (MiB); sparse file: the compact export (`detector export --format sparse`). "
+               + efficiency_note(models), ""]
+    md += semistructured_section(models)
 
     # Full metrics, per model and data set (per-generator rows included).
     full_header = ["Model", "Data set", *METRIC_KEYS, "samples", "TN (fake->fake)", "FP (fake->real)",
@@ -202,6 +216,8 @@ def write_report(run_dir: str | Path) -> Path:
     atomic_write_text(out / "table5_accuracy.csv", _csv(t5_header, t5_rows))
     atomic_write_text(out / "table6_efficiency.csv", _csv(t6_header, t6_rows))
     atomic_write_text(out / "metrics.csv", _csv(full_header, full_rows))
+    if models and stats_rows:
+        atomic_write_text(out / "statistics.csv", _csv(stats_header, stats_rows))
     if data["trials"]:
         atomic_write_text(out / "trials.csv", _csv(tr_header, [[*r[:6], t["start"], t["end"], r[8]]
                                                                 for r, t in zip(tr_rows, data["trials"])]))
@@ -209,6 +225,10 @@ def write_report(run_dir: str | Path) -> Path:
     atomic_write_text(out / "report.md", "\n".join(md))
     log.info("report: %s", out / "report.md")
     return out / "report.md"
+
+
+def _num(x: float | None, fmt: str, scale: float = 1.0) -> str:
+    return "n/a" if x is None else format(scale * x, fmt)
 
 
 def _fmt_time(t: float | None) -> str:

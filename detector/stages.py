@@ -20,6 +20,7 @@ from detector.experiment import EvaluateSection
 from detector.io import atomic_write_json
 from detector.model import build_model
 from detector.pruning import prune_global_l1, sparsity_report
+from detector.structured import METHODS, prune_channels_l1
 from detector.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def train_stage(
     tb_dir: Path | None,
     init: Path | None = None,
     sparsity: float = 0.0,
+    method: str = "unstructured",
     early_stopping: bool = True,
     model_path: Path | None = None,
     on_epoch: Callable[[dict[str, float], Path], None] | None = None,
@@ -53,7 +55,9 @@ def train_stage(
     """Train one model for a stage and return its fit summary.
 
     ``init``: start from this checkpoint (the baseline) instead of a fresh model; ``sparsity`` > 0 prunes
-    it first (global L1, masks kept on). ``model_path``: where to save the final (best-epoch) model.
+    it first: ``method`` "unstructured" (global L1, masks kept on) or "structured" (L1 channel pruning
+    that removes ``sparsity`` of the prunable weights). ``model_path``: where to save the final
+    (best-epoch) model.
     A search trial passes ``early_stopping=False``: its epochs are the budget, not a limit.
     """
     from detector.data.loader import build_loader, manifest_sha256
@@ -64,8 +68,14 @@ def train_stage(
             raise ValueError(f"{init}: the checkpoint is a {init_meta['arch']}, the config asks for {cfg.arch}")
     else:
         model = build_model(cfg.arch, seed=cfg.seed)
-    if sparsity > 0:
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    pruning: dict[str, Any] = {}
+    if sparsity > 0 and method == "structured":
+        pruning = prune_channels_l1(model, sparsity, arch=cfg.arch)
+    elif sparsity > 0:
         prune_global_l1(model, sparsity)
+        pruning = {"pruning_method": "unstructured"}
     if not early_stopping:
         cfg = _replace(cfg, patience=max(cfg.patience, cfg.max_epochs))
     train_loader = build_loader(data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size, train=True,
@@ -74,9 +84,9 @@ def train_stage(
     val_loader = build_loader(data, "val", batch_size=cfg.batch_size, image_size=cfg.image_size,
                               num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
     hparams = {"arch": cfg.arch, "sparsity": sparsity, "optimizer": cfg.optimizer, "lr": cfg.lr,
-               "batch_size": cfg.batch_size}
+               "batch_size": cfg.batch_size, "pruning_method": pruning.get("pruning_method", "none")}
     result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,
-                 hparams=hparams)
+                 hparams=hparams, metadata=pruning)
     summary = {
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy,
@@ -96,6 +106,7 @@ def train_stage(
                 "config": to_dict(cfg),
                 "target_sparsity": sparsity,
                 "init": str(init) if init else None,
+                **pruning,
             },
         )
         atomic_write_json(model_path.with_suffix(".json"), {"config": to_dict(cfg), **summary})
@@ -126,6 +137,16 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     test = evaluate_split(model, data, "test", image_size=image_size, batch_size=cfg.batch_size, device=device)
     eff = efficiency_row(model, device=device, image_size=image_size, repeats=cfg.latency_repeats,
                          throughput_batch=cfg.throughput_batch)
+    method = meta.get("pruning_method", "unstructured")
+    extra: dict[str, Any] = {
+        "pruning_method": method,
+        # The budget both methods are compared at: prunable weights zeroed (unstructured) or removed.
+        "params_removed": meta.get("params_removed", sparsity_report(model)["sparsity"]),
+    }
+    if float(meta.get("target_sparsity", 0.0)) == 0:
+        from detector.semistructured import semistructured_benchmark
+
+        extra["semistructured"] = semistructured_benchmark(model, image_size=image_size, repeats=cfg.latency_repeats)
     result = {
         "name": model_name(float(meta.get("target_sparsity", 0.0))),
         "checkpoint": str(checkpoint),
@@ -135,6 +156,7 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
         "train_config": meta.get("config", {}),
         "metrics": {"val": val["metrics"], "test": test["metrics"]},
         "efficiency": eff,
+        **extra,
     }
     atomic_write_json(out, _finite(result))
     atomic_write_json(out.with_suffix(".predictions.json"), {"val": val["predictions"], "test": test["predictions"]})

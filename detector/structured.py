@@ -184,3 +184,15 @@ def conform_to_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         replaced += 1
     return replaced
+
+
+def count_macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass on a (1, 3, S, S) image (dense arithmetic: zeros count)."""
+    import torch_pruning as tp
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, image_size, image_size, device=device))
+    model.train(was_training)
+    return int(macs)

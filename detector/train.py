@@ -421,12 +421,15 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _check_arch(model: nn.Module, arch: str) -> None:
-    """Refuse to label a model's checkpoints with the wrong architecture (load_model rebuilds from it)."""
+def _check_arch(model: nn.Module, arch: str, *, channel_pruned: bool = False) -> None:
+    """Refuse to label a model's checkpoints with the wrong architecture (load_model rebuilds from it).
+    A channel-pruned model has the arch's layers at smaller widths: then the layer names must agree."""
     with torch.device("meta"):
         reference = build_model(arch)
     want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in dense_state_dict(model).items()}
+    if channel_pruned:
+        want, have = {k: None for k in want}, {k: None for k in have}
     if want != have:
         raise ValueError(f"arch: the model passed to fit is not a {arch} with a single-logit head")
 
@@ -462,7 +465,7 @@ def fit(
     state_path, best_path = ckpt_dir / "state.pt", ckpt_dir / "best.pt"
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    _check_arch(model, cfg.arch)
+    _check_arch(model, cfg.arch, channel_pruned=(metadata or {}).get("pruning_method") == "structured")
 
     stopper = EarlyStopping(cfg.patience)
     history: list[dict[str, float]] = []

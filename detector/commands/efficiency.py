@@ -3,6 +3,7 @@ latency (batch 1, median after warm-up) and throughput (batch 64), on a named de
 
   detector efficiency --checkpoint CKPT [CKPT ...]
   detector efficiency --arch resnet50 --sparsities 0,0.1,0.2,0.3,0.4 --json
+  detector efficiency --arch resnet50 --sparsities 0,0.4 --method structured
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from detector.commands._common import fail, markdown_table, user_errors
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["model", "sparsity", "nonzero_params", "total_params", "size_mb", "latency_ms", "throughput"]
+COLUMNS = ["model", "sparsity", "nonzero_params", "total_params", "size_mb", "sparse_size_mb", "macs", "latency_ms",
+           "throughput"]
 
 
 def _sparsities(text: str) -> list[float]:
@@ -34,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", nargs="+", type=Path, help="measure these models")
     src.add_argument("--arch", help="measure fresh models of this architecture (e.g. resnet50)")
     p.add_argument("--sparsities", type=_sparsities, default=[0.0], help="with --arch: e.g. 0,0.1,0.2,0.3,0.4")
+    p.add_argument("--method", choices=["unstructured", "structured"], default="unstructured",
+                   help="with --arch: zero weights (global L1) or remove channels (L1) to each budget")
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's, or 224)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -62,6 +66,7 @@ def _measure(args: argparse.Namespace) -> list[dict]:
     from detector.efficiency import efficiency_row
     from detector.model import build_model
     from detector.pruning import prune_global_l1
+    from detector.structured import prune_channels_l1
     from detector.train import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
@@ -77,7 +82,9 @@ def _measure(args: argparse.Namespace) -> list[dict]:
     else:
         for sparsity in args.sparsities:
             model = build_model(args.arch, seed=0)
-            if sparsity > 0:
+            if sparsity > 0 and args.method == "structured":
+                prune_channels_l1(model, sparsity, arch=args.arch)
+            elif sparsity > 0:
                 prune_global_l1(model, sparsity)
             row = efficiency_row(model, image_size=args.image_size or 224, **timing)
             rows.append({"model": f"{args.arch} @ {sparsity:g}", "arch": args.arch, **row})
