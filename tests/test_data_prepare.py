@@ -226,6 +226,7 @@ def test_resume_ignores_shards_of_other_inputs(tmp_path):
     assert os.listdir(tmp_path / "data" / ".import") and len(shard_rows(tmp_path / "data")) == 10
 
 
+@pytest.mark.slow  # ~30 s on 2 idle cores: four resnet18 epochs on 600 images
 def test_a_resnet18_learns_the_demo_data_clearly_above_chance(tmp_path):
     import torchvision
 
