@@ -134,3 +134,19 @@ def test_strict_passes_when_nothing_is_rejected(tmp_path):
         write_file(tmp_path / "raw" / cls / "a.png", image_bytes("PNG", (8, 8), (1, 2, 3) if cls == "real" else (3, 2, 1)))
     assert cli(["prepare", "--out", str(tmp_path / "data"), "--folder", str(tmp_path / "raw"), "--strict",
                 "--workers", "1"]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_a_shard_of_only_rejected_inputs_is_empty_and_skipped_by_the_loader(tmp_path, fmt):
+    for i in range(4):
+        write_file(tmp_path / "raw" / "train" / "real" / f"bad{i}.png", b"not a png")
+    for i in range(3):
+        write_file(tmp_path / "raw" / "train" / "fake" / f"ok{i}.png", image_bytes("PNG", (8, 8), (i, 2, 3)))
+    from detector.data.loader import build_loader
+    from detector.data.prepare import prepare
+
+    manifest = prepare(tmp_path / "data", sources={"folder": tmp_path / "raw"}, fmt=fmt, workers=1, shard_rows=1,
+                       progress=False)
+    assert sorted(s["rows"] for s in manifest["shards"]) == [0, 0, 0, 0, 1, 1, 1]
+    loader = build_loader(str(tmp_path / "data"), "train", batch_size=2, image_size=8, num_workers=0)
+    assert len(loader.dataset) == 3 and sum(len(y) for _, y in loader) == 3

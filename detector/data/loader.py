@@ -195,7 +195,7 @@ class ShardDataset(IterableDataset):
                 rows = None if keep is None else tuple(i - start for i in keep[bisect.bisect_left(keep, start):
                                                                                  bisect.bisect_left(keep, start + u.rows)])
                 start += u.rows
-                if rows is None or rows:
+                if rows or (rows is None and u.rows):  # a shard whose inputs were all rejected has no rows
                     self._pieces.append(_Piece(u, rows))
         self.total = sum(p.n for p in self._pieces)
         if self.total == 0:
