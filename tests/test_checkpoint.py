@@ -55,6 +55,7 @@ class _RunsCode:
     ("torch_zip", "it asks to import or call code"),
     ("raw_pickle", "not a weights-only checkpoint"),  # refused at the first opcode torch's loader rejects
 ])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_booby_trapped_checkpoint_is_refused_without_running_it(tmp_path, container, reason):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"

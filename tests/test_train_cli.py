@@ -11,6 +11,7 @@ TINY = ["--set", "arch=resnet18", "--set", "image_size=16", "--set", "batch_size
         "--set", "num_workers=0", "--set", "channels_last=false", "--set", "max_epochs=2", "--set", "patience=2"]
 
 
+@pytest.mark.slow
 def test_train_then_resume_then_fine_tune_a_pruned_copy(demo_shards, tmp_path, capsys):
     out = tmp_path / "baseline"
     assert cli_main(["train", "--data", str(demo_shards), "--out", str(out), *TINY]) == 0
