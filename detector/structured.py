@@ -57,17 +57,18 @@ def _prune_channels_in_place(model: nn.Module, ratio: float, importance: Any, ro
     import torch_pruning as tp
 
     device = next(model.parameters()).device
-    # The graph is traced through autograd, so no no_grad here; eval mode keeps BatchNorm's running
-    # statistics from learning the random example.
+    # The dependency graph is traced through autograd, so gradients are switched on whatever the caller
+    # runs under; eval mode keeps BatchNorm's running statistics from learning the random example.
     was_training = model.training
     model.eval()
-    example = torch.randn(1, 3, 32, 32, device=device) if device.type != "meta" else torch.empty(
-        1, 3, 32, 32, device="meta")
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[model.fc],
-        round_to=round_to if round_to > 1 else None,
-    )
-    pruner.step()
+    with torch.inference_mode(False), torch.enable_grad():
+        example = torch.randn(1, 3, 32, 32, device=device) if device.type != "meta" else torch.empty(
+            1, 3, 32, 32, device="meta")
+        pruner = tp.pruner.MetaPruner(
+            model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[model.fc],
+            round_to=round_to if round_to > 1 else None,
+        )
+        pruner.step()
     model.train(was_training)
 
 
