@@ -58,8 +58,9 @@ def data_path(exp: ExperimentConfig, run_dir: Path) -> str:
 def check_run_config(exp: ExperimentConfig, run_dir: Path) -> None:
     """A run folder belongs to one experiment: refuse to mix a different config into finished results."""
     paths = RunPaths(run_dir)
-    if not paths.config.exists():
-        return
+    produced = [d for d in ("tune", "models", "search", "eval") if (run_dir / d).exists()]
+    if not paths.config.exists() or not produced:
+        return  # nothing was produced under the old config: the new one may take its place
     saved = load_yaml(paths.config)
     if saved != to_dict(exp):
         changed = sorted(k for k in set(saved) | set(to_dict(exp)) if saved.get(k) != to_dict(exp).get(k))

@@ -28,6 +28,6 @@ def main(args: argparse.Namespace) -> int:
     try:
         return execute(args.config or demo_config(), args.overrides, out=args.out, stages=args.stages,
                        address=args.address)
-    except ConfigError as e:
+    except (ConfigError, FileNotFoundError) as e:
         print(f"detector demo: error: {e}", file=sys.stderr)
         return 2

@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.experiment import STAGES
-
 log = logging.getLogger(__name__)
 
 
@@ -18,8 +16,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_required: bool) -> N
                    help="experiment YAML (jobs/configs/paper.yaml, jobs/configs/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.trials_per_sparsity=2 (repeatable)")
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help=f"comma-separated stages to run (default: all: {','.join(STAGES)})")
+    p.add_argument("--stages", default=None,
+                   help="comma-separated stages to run, from prepare,baseline,search,finetune,evaluate,report "
+                        "(default: all)")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: 'auto' or ray://HOST:10001 (default: RAY_ADDRESS, else an "
                         "embedded local Ray)")
@@ -34,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from detector.config import ConfigError
+    from detector.data.prepare import StrictImportError
+    from detector.data.sources import SourceError
     from detector.pipeline import CONFIG_FILE
 
     try:
@@ -49,18 +50,19 @@ def main(args: argparse.Namespace) -> int:
         else:
             config = args.config
         return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, SourceError, StrictImportError) as e:
         print(f"detector run: error: {e}", file=sys.stderr)
         return 2
 
 
-def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str, address: str | None) -> int:
-    from detector.experiment import load_experiment
+def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str | None,
+            address: str | None) -> int:
+    from detector.experiment import STAGES, load_experiment
     from detector.pipeline import run
 
     exp = load_experiment(config, overrides)
     out = out or Path("runs") / exp.name
-    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else list(STAGES)
     result = run(exp, out, address=address, stages=chosen)
     print()
     print(f"run folder:   {result['run_dir']}")
