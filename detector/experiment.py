@@ -105,8 +105,13 @@ class ExperimentConfig:
     search: SearchSection = field(default_factory=SearchSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    # Where Ray Tune keeps trial checkpoints and results: null = RUN/tune; or an absolute path on shared
+    # storage, or a pyarrow URI (s3://bucket/prefix, gs://...); the run's folder name is appended.
+    storage: str | None = None
 
     def __post_init__(self) -> None:
+        if self.storage is not None and "://" not in self.storage and not Path(self.storage).is_absolute():
+            raise ValueError(f"storage: {self.storage!r} must be an absolute path or a URI such as s3://bucket/runs")
         # Build each stage's TrainConfig now, so a bad override fails before any trial starts.
         for section in ("baseline", "search_train", "finetune"):
             self.stage_train(section)  # type: ignore[arg-type]

@@ -198,6 +198,9 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
         # Tune insists on the metric in every result; NaN marks it as no value (the searcher records a failure).
         tune.report({**extra, "val_accuracy": float("nan"), "trial_failed": str(e), "trial_start": trial_start,
                      "time_now": time.time()})
+    # The trial has ended and Tune holds its last checkpoint in storage: the working copy on this node's
+    # disk (model + optimizer state, hundreds of MB for a ResNet-50) would only pile up, trial after trial.
+    shutil.rmtree(_trial_dir() / "checkpoint", ignore_errors=True)
 
 
 def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
@@ -302,8 +305,8 @@ def run_experiment(
     continue where they stopped.
     """
     exp = ctx.experiment
-    storage = str((Path(ctx.run_dir) / "tune").resolve())
-    path = os.path.join(storage, name)
+    storage = tune_storage(exp, ctx.run_dir)
+    path = f"{storage}/{name}"
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
     if tune.Tuner.can_restore(path):
         log.info("resuming the %s experiment from %s", name, path)
@@ -491,18 +494,29 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+def tune_storage(exp: ExperimentConfig, run_dir: str | Path) -> str:
+    """Where Tune keeps this run's experiments: ``RUN/tune``, or ``<storage>/<run folder name>``."""
+    if exp.storage:
+        return f"{exp.storage.rstrip('/')}/{Path(run_dir).name}"
+    return str((Path(run_dir) / "tune").resolve())
+
+
 def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The trials of every stage of a run, live or finished, from the run folder alone (no cluster)."""
+    """The trials of every stage of a run, live or finished, from its storage alone (no cluster)."""
+    from ray.tune import ExperimentAnalysis
+
+    from detector.config import from_dict, load_yaml
+    from detector.pipeline import CONFIG_FILE
+
+    exp = from_dict(ExperimentConfig, load_yaml(Path(run_dir) / CONFIG_FILE))
+    root = tune_storage(exp, run_dir)
     rows = []
     for stage in ("baseline", "search", "finetune", "evaluate"):
-        path = Path(run_dir) / "tune" / stage
-        states = sorted(path.glob("experiment_state-*.json"))
-        if not states:
+        path = f"{root}/{stage}"
+        if not tune.Tuner.can_restore(path):
             continue
-        from ray.tune import ExperimentAnalysis
-
         try:
-            analysis = ExperimentAnalysis(str(path))
+            analysis = ExperimentAnalysis(path)
         except Exception as e:  # a state file half-way through its first write
             log.warning("%s: cannot read the experiment state yet (%s)", path, e)
             continue

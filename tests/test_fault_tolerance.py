@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,8 @@ def test_a_killed_driver_resumes_without_running_finished_trials_again(data, tmp
     resumed = subprocess.run([sys.executable, "-m", "detector.cli", "run", "--resume", "--out", str(run_dir),
                               "--stages", "search"], env=env, capture_output=True, text=True, timeout=400)
     kill_processes_under(env["RAY_TMPDIR"])
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     results = json.loads((run_dir / "search" / "results.json").read_text())

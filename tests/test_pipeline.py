@@ -133,3 +133,21 @@ def test_asha_stops_weak_trials_and_saves_trial_epochs(data, tmp_path):
     assert any(t["epochs"] < 4 for t in trials), "ASHA stopped no trial"
     assert results["best"]["0.2"]["objective"] == min(t["objective"] for t in trials)
     assert "asha" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
+    """As with storage: s3://bucket/runs on a cluster; here a file:// URI stands in for the bucket."""
+    from pipeline_helpers import write_untrained_baseline
+
+    from detector.tune import read_trials
+
+    run_dir, remote = tmp_path / "run", tmp_path / "bucket"
+    exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
+                          storage=f"file://{remote}")
+    write_untrained_baseline(run_dir, exp)
+    run(exp, run_dir, stages=["search"])
+    assert list((remote / "run" / "search").glob("experiment_state-*.json"))
+    assert list((remote / "run" / "search").glob("*/checkpoint_*"))
+    assert not (run_dir / "tune").exists()
+    trials = read_trials(run_dir)
+    assert sorted(t["sparsity"] for t in trials) == [0.1, 0.2] and all(t["state"] == "TERMINATED" for t in trials)

@@ -35,8 +35,10 @@ def format_table(rows: list[dict]) -> str:
 def main(args: argparse.Namespace) -> int:
     from detector.tune import read_trials
 
-    if not (args.run / "tune").is_dir():
-        print(f"detector status: error: {args.run}: no trials yet (no {args.run / 'tune'} folder)", file=sys.stderr)
+    from detector.pipeline import CONFIG_FILE
+
+    if not (args.run / CONFIG_FILE).is_file():
+        print(f"detector status: error: {args.run}: not a run folder (no {CONFIG_FILE})", file=sys.stderr)
         return 2
     while True:
         rows = read_trials(args.run)
