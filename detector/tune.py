@@ -18,14 +18,16 @@ The work itself is done by ``detector.stages`` (Ray-free); the trainables here o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import ray
 from ray import tune
@@ -156,26 +158,33 @@ class StageContext:
     best_params: dict[float, dict[str, Any]] | None = None
 
 
-def _trial_dir() -> Path:
-    return Path(tune.get_context().get_trial_dir())
+@contextlib.contextmanager
+def _trial_workspace() -> Iterator[tuple[Path, float]]:
+    """A node-local scratch folder for the training loop's per-epoch state, and the trial's start time.
 
-
-def _restore_checkpoint(out_dir: Path) -> float:
-    """Copy Tune's last checkpoint (if this trial is a restart) into out_dir/checkpoint; return the trial's
-    original start time, so that a restarted trial keeps its place on the timeline."""
-    ckpt_dir = out_dir / "checkpoint"
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
-        log.info("trial %s restarts from its checkpoint", tune.get_context().get_trial_name())
-    start_file = ckpt_dir / TRIAL_START_FILE
-    if start_file.is_file():
-        return float(start_file.read_text())
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    start_file.write_text(repr(start))
-    return start
+    The loop's ``checkpoint/`` folder goes to Tune through ``tune.report`` every epoch; the scratch copy is
+    kept out of the trial's folder (which lives in the run's storage) so that it is not stored twice, and
+    is removed when the trial ends. A restarted trial starts from Tune's last checkpoint, copied in here,
+    and keeps its original start time, so that the report's timeline stays honest.
+    """
+    out_dir = Path(tempfile.mkdtemp(prefix=f"detector-{tune.get_context().get_trial_id()}-"))
+    try:
+        ckpt_dir = out_dir / "checkpoint"
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
+            log.info("trial %s restarts from its checkpoint", tune.get_context().get_trial_name())
+        start_file = ckpt_dir / TRIAL_START_FILE
+        if start_file.is_file():
+            start = float(start_file.read_text())
+        else:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            start = time.time()
+            start_file.write_text(repr(start))
+        yield out_dir, start
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _reporter(extra: dict[str, Any], trial_start: float) -> Callable[[dict[str, float], Path], None]:
@@ -198,46 +207,41 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
         # Tune insists on the metric in every result; NaN marks it as no value (the searcher records a failure).
         tune.report({**extra, "val_accuracy": float("nan"), "trial_failed": str(e), "trial_start": trial_start,
                      "time_now": time.time()})
-    # The trial has ended and Tune holds its last checkpoint in storage: the working copy on this node's
-    # disk (model + optimizer state, hundreds of MB for a ResNet-50) would only pile up, trial after trial.
-    shutil.rmtree(_trial_dir() / "checkpoint", ignore_errors=True)
 
 
 def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
     from detector import stages
 
-    out_dir = _trial_dir()
-    start = _restore_checkpoint(out_dir)
     run = Path(ctx.run_dir)
-    _train_or_fail(lambda: stages.train_stage(
-        ctx.experiment.stage_train("baseline"),
-        data=ctx.data,
-        out_dir=out_dir,
-        tb_dir=run / "tensorboard" / "baseline",
-        model_path=stages.model_path(run, 0.0),
-        on_epoch=_reporter({"sparsity": 0.0}, start),
-    ), {"sparsity": 0.0}, start)
+    with _trial_workspace() as (out_dir, start):
+        _train_or_fail(lambda: stages.train_stage(
+            ctx.experiment.stage_train("baseline"),
+            data=ctx.data,
+            out_dir=out_dir,
+            tb_dir=run / "tensorboard" / "baseline",
+            model_path=stages.model_path(run, 0.0),
+            on_epoch=_reporter({"sparsity": 0.0}, start),
+        ), {"sparsity": 0.0}, start)
 
 
 def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
     from detector import stages
 
     sparsity = float(config["sparsity"])
-    out_dir = _trial_dir()
-    start = _restore_checkpoint(out_dir)
     run = Path(ctx.run_dir)
     name = tune.get_context().get_trial_name()
-    _train_or_fail(lambda: stages.train_stage(
-        ctx.experiment.stage_train("search_train", optimizer=config["optimizer"], lr=float(config["lr"])),
-        data=ctx.data,
-        out_dir=out_dir,
-        tb_dir=run / "tensorboard" / "search" / f"s{sparsity:g}-{name}",
-        init=stages.model_path(run, 0.0),
-        sparsity=sparsity,
-        method=ctx.experiment.search.method,
-        early_stopping=False,
-        on_epoch=_reporter({"sparsity": sparsity}, start),
-    ), {"sparsity": sparsity}, start)
+    with _trial_workspace() as (out_dir, start):
+        _train_or_fail(lambda: stages.train_stage(
+            ctx.experiment.stage_train("search_train", optimizer=config["optimizer"], lr=float(config["lr"])),
+            data=ctx.data,
+            out_dir=out_dir,
+            tb_dir=run / "tensorboard" / "search" / f"s{sparsity:g}-{name}",
+            init=stages.model_path(run, 0.0),
+            sparsity=sparsity,
+            method=ctx.experiment.search.method,
+            early_stopping=False,
+            on_epoch=_reporter({"sparsity": sparsity}, start),
+        ), {"sparsity": sparsity}, start)
 
 
 def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
@@ -246,20 +250,19 @@ def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
     sparsity = float(config["sparsity"])
     assert ctx.best_params is not None
     params = ctx.best_params[sparsity]
-    out_dir = _trial_dir()
-    start = _restore_checkpoint(out_dir)
     run = Path(ctx.run_dir)
-    _train_or_fail(lambda: stages.train_stage(
-        ctx.experiment.stage_train("finetune", optimizer=params["optimizer"], lr=float(params["lr"])),
-        data=ctx.data,
-        out_dir=out_dir,
-        tb_dir=run / "tensorboard" / "finetune" / f"s{sparsity:g}",
-        init=stages.model_path(run, 0.0),
-        sparsity=sparsity,
-        method=ctx.experiment.search.method,
-        model_path=stages.model_path(run, sparsity),
-        on_epoch=_reporter({"sparsity": sparsity}, start),
-    ), {"sparsity": sparsity}, start)
+    with _trial_workspace() as (out_dir, start):
+        _train_or_fail(lambda: stages.train_stage(
+            ctx.experiment.stage_train("finetune", optimizer=params["optimizer"], lr=float(params["lr"])),
+            data=ctx.data,
+            out_dir=out_dir,
+            tb_dir=run / "tensorboard" / "finetune" / f"s{sparsity:g}",
+            init=stages.model_path(run, 0.0),
+            sparsity=sparsity,
+            method=ctx.experiment.search.method,
+            model_path=stages.model_path(run, sparsity),
+            on_epoch=_reporter({"sparsity": sparsity}, start),
+        ), {"sparsity": sparsity}, start)
 
 
 def _evaluate_trial(config: dict[str, Any], ctx: StageContext) -> None:
