@@ -41,6 +41,13 @@ def result_rows(run_dir: Path, trial_id: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def remove_scratch_of_killed_trials(run_dir: Path) -> None:
+    """A trial killed with its process cannot remove its node-local scratch folder; the test does."""
+    for trial in (run_dir / "tune" / "search").iterdir():
+        for scratch in Path(tempfile.gettempdir()).glob(f"detector-{trial.name}-*"):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def kill_processes_under(marker: str) -> None:
     """Stop the Ray processes that our killed driver left, found by their own temp dir; nothing else."""
     for pid_dir in Path("/proc").iterdir():
@@ -95,6 +102,7 @@ def test_a_killed_driver_resumes_without_running_finished_trials_again(data, tmp
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
+    remove_scratch_of_killed_trials(run_dir)
     results = json.loads((run_dir / "search" / "results.json").read_text())
     assert len(results["trials"]) == 8 and all(t["status"] == "completed" for t in results["trials"])
     for trial_id, rows in before.items():
@@ -159,6 +167,7 @@ def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
         killer.join(timeout=5)
         ray.shutdown()
         cluster.shutdown()
+        remove_scratch_of_killed_trials(run_dir)
     assert killed.is_set(), "the worker node was never killed"
     results = json.loads((run_dir / "search" / "results.json").read_text())
     assert len(results["trials"]) == 4
