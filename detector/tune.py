@@ -224,45 +224,40 @@ def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
         ), {"sparsity": 0.0}, start)
 
 
-def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
+def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *, section: str, tb_name: str,
+                  early_stopping: bool, save: bool) -> None:
+    """Prune the baseline to ``sparsity`` and train it with ``params`` (optimizer, lr) for a stage."""
     from detector import stages
 
-    sparsity = float(config["sparsity"])
     run = Path(ctx.run_dir)
-    name = tune.get_context().get_trial_name()
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
-            ctx.experiment.stage_train("search_train", optimizer=config["optimizer"], lr=float(config["lr"])),
+            ctx.experiment.stage_train(section, optimizer=params["optimizer"], lr=float(params["lr"])),
             data=ctx.data,
             out_dir=out_dir,
-            tb_dir=run / "tensorboard" / "search" / f"s{sparsity:g}-{name}",
+            tb_dir=run / "tensorboard" / tb_name,
             init=stages.model_path(run, 0.0),
             sparsity=sparsity,
             method=ctx.experiment.search.method,
-            early_stopping=False,
+            early_stopping=early_stopping,
+            model_path=stages.model_path(run, sparsity) if save else None,
             on_epoch=_reporter({"sparsity": sparsity}, start),
         ), {"sparsity": sparsity}, start)
+
+
+def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
+    # A search trial's epochs are its budget, not a limit: no early stopping, nothing saved but its result.
+    sparsity = float(config["sparsity"])
+    name = tune.get_context().get_trial_name()
+    _train_pruned(ctx, sparsity, config, section="search_train", tb_name=f"search/s{sparsity:g}-{name}",
+                  early_stopping=False, save=False)
 
 
 def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
-    from detector import stages
-
     sparsity = float(config["sparsity"])
     assert ctx.best_params is not None
-    params = ctx.best_params[sparsity]
-    run = Path(ctx.run_dir)
-    with _trial_workspace() as (out_dir, start):
-        _train_or_fail(lambda: stages.train_stage(
-            ctx.experiment.stage_train("finetune", optimizer=params["optimizer"], lr=float(params["lr"])),
-            data=ctx.data,
-            out_dir=out_dir,
-            tb_dir=run / "tensorboard" / "finetune" / f"s{sparsity:g}",
-            init=stages.model_path(run, 0.0),
-            sparsity=sparsity,
-            method=ctx.experiment.search.method,
-            model_path=stages.model_path(run, sparsity),
-            on_epoch=_reporter({"sparsity": sparsity}, start),
-        ), {"sparsity": sparsity}, start)
+    _train_pruned(ctx, sparsity, ctx.best_params[sparsity], section="finetune", tb_name=f"finetune/s{sparsity:g}",
+                  early_stopping=True, save=True)
 
 
 def _evaluate_trial(config: dict[str, Any], ctx: StageContext) -> None:
