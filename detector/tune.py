@@ -464,6 +464,12 @@ def connect(address: str | None, exp: ExperimentConfig) -> ClusterInfo:
             dashboard_host="127.0.0.1",
             log_to_driver=True,
         )
+    elif address and address.startswith("ray://"):
+        # Through Ray Client the Tune driver runs on the cluster, not here: Tune's settings travel with it.
+        env = {k: v for k, v in os.environ.items() if k.startswith("TUNE_")}
+        env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        env.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(len(exp.search.sparsities)))
+        ctx = ray.init(address=address, runtime_env={"env_vars": env})
     else:
         ctx = ray.init(address=address)
     resources = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}

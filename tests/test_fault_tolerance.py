@@ -235,3 +235,30 @@ def test_the_job_submitted_to_a_running_head_runs_to_the_end(data, tmp_path):
     results = json.loads((run_dir / "search" / "results.json").read_text())
     assert sorted(results["best"]) == ["0.1", "0.2"]
     assert "Table 4." in (run_dir / "report" / "report.md").read_text()  # a search-only report
+
+
+@pytest.mark.timeout(300)
+def test_the_job_runs_through_ray_client_against_a_running_head(data, tmp_path):
+    local_cluster = _local_cluster_module()
+    run_dir = tmp_path / "run"
+    exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
+                          resources={"cpus_per_trial": 1})
+    config = tmp_path / "tiny.yaml"
+    save_yaml(exp, config)
+    write_untrained_baseline(run_dir, exp)
+    temp = Path(tempfile.mkdtemp(prefix="dc-", dir="/tmp"))
+    cluster = local_cluster.up(workers=2, cpus_per_worker=1, object_store_mb=80, temp_dir=temp,
+                               state_path=temp / "cluster.json")
+    try:
+        env = {**os.environ, **cluster.env()}
+        env.pop("RAY_ADDRESS", None)
+        result = subprocess.run([sys.executable, "-m", "detector.cli", "run", "--config", str(config), "--out",
+                                 str(run_dir), "--stages", "search,report", "--address", cluster.client_address],
+                                env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        local_cluster.down(temp / "cluster.json", remove_temp_dir=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "search" / "results.json").read_text())
+    assert sorted(results["best"]) == ["0.1", "0.2"]
+    # the trials ran on the cluster's workers, not in this process's machine-local Ray
+    assert {r["node_ip"] for t in results["trials"] for r in result_rows(run_dir, t["trial_id"])} <= {"127.0.0.3", "127.0.0.4"}
