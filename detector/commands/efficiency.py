@@ -87,5 +87,6 @@ def _measure(args: argparse.Namespace) -> list[dict]:
             elif sparsity > 0:
                 prune_global_l1(model, sparsity)
             row = efficiency_row(model, image_size=args.image_size or 224, **timing)
-            rows.append({"model": f"{args.arch} @ {sparsity:g}", "arch": args.arch, **row})
+            label = f"{args.arch} @ {sparsity:g}" + (" (channels removed)" if args.method == "structured" else "")
+            rows.append({"model": label, "arch": args.arch, **row})
     return rows
