@@ -459,6 +459,8 @@ def connect(address: str | None, exp: ExperimentConfig) -> ClusterInfo:
         ctx = None
     elif embedded:
         ctx = ray.init(
+            # "local": always a new in-process cluster, never one that `ray start` left on this machine
+            address="local",
             num_cpus=exp.resources.local_num_cpus or None,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
