@@ -51,8 +51,9 @@ def build_models(arch: str, budgets: list[float]) -> dict[str, tuple[torch.nn.Mo
         models[f"unstructured-{round(100 * b)}"] = (exported_copy(m).eval(), {"method": "unstructured", "budget": b})
         m = build_model(arch, seed=0)
         info = prune_channels_l1(m, b, arch=arch)
-        models[f"structured-{round(100 * b)}"] = (m.eval(), {"method": "structured", "budget": b,
-                                                            "channel_ratio": info["channel_ratio"]})
+        models[f"structured-{round(100 * b)} (x{info['channel_multiple']})"] = (
+            m.eval(), {"method": "structured", "budget": b, "channel_ratio": info["channel_ratio"],
+                       "channel_multiple": info["channel_multiple"], "params_removed": info["params_removed"]})
     return models
 
 
@@ -76,7 +77,8 @@ def _measure(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]
 
 @torch.inference_mode()
 def time_models(runners: dict[str, Callable[[torch.Tensor], Any]], *, device: torch.device, image_size: int,
-                batch_sizes: list[int], repeats: dict[int, int], rounds: int) -> dict[str, dict[str, Any]]:
+                batch_sizes: list[int], repeats: dict[int, int], rounds: int,
+                memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, dict[str, Any]]:
     """Latency per model and batch size over rounds of interleaved runs, and speed-ups against ``dense``.
 
     On a CPU shared with other jobs, wall time measures their load as much as the model, so a CPU run is
@@ -84,7 +86,8 @@ def time_models(runners: dict[str, Callable[[torch.Tensor], Any]], *, device: to
     core would show) and by the best wall time; on CUDA by wall time (the CPU only waits there).
     ``speedup_b*`` is the median over rounds of dense time / model time within the same round.
     """
-    inputs = {b: torch.randn(b, 3, image_size, image_size, device=device) for b in batch_sizes}
+    inputs = {b: torch.randn(b, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+              for b in batch_sizes}
     for run in runners.values():  # warm-up: allocator, kernel choice, lazy init
         for b in batch_sizes:
             run(inputs[b])
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-cuda", action="store_true", help="CPU only, even where CUDA is present")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs (PyTorch runs)")
     p.add_argument("--onnxruntime", action="store_true", help="also time dense and channel-pruned models in ONNX Runtime (CPU)")
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--smoke-test", action="store_true", help="resnet18, 32 px, budget 0.4, one round (seconds)")
@@ -198,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
 
     devices = ["cpu"]
     timing = dict(image_size=args.image_size, batch_sizes=batch_sizes, repeats=repeats, rounds=args.rounds)
-    cpu = time_models({n: m for n, (m, _) in models.items()}, device=torch.device("cpu"), **timing)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    cpu = time_models({n: m.to(memory_format=fmt) for n, (m, _) in models.items()}, device=torch.device("cpu"),
+                      memory_format=fmt, **timing)
     for r in rows:
         r["cpu"] = cpu[r["model"]]
     if args.onnxruntime:
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda_ok:
         devices.append("cuda")
         dev = torch.device("cuda")
-        gpu = time_models({n: m.to(dev) for n, (m, _) in models.items()}, device=dev, **timing)
+        gpu = time_models({n: m.to(dev) for n, (m, _) in models.items()}, device=dev, memory_format=fmt, **timing)
         for r in rows:
             r["cuda"] = gpu[r["model"]]
     reason = "--no-cuda given" if args.no_cuda else semistructured_unavailable()

@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 
 METHODS = ("unstructured", "structured")
 
-# Pruned channel counts are multiples of this. 1 lets the budget be met exactly; 8 would suit SIMD
-# kernels better, but moves each layer by up to 7 channels, and the budget with it.
-DEFAULT_ROUND_TO = 1
+# Channel counts that are multiples of 16 (or 8) run faster on SIMD CPUs and tensor cores: ResNet-50 at
+# 40 % on one CPU core, 1.59x the dense model's speed with multiples of 16 against 1.46x with any count.
+# But rounding moves every layer by up to 15 channels, and the budget with it, so an alignment is used
+# only where the calibrated budget stays within ALIGNED_TOLERANCE; otherwise any count (round_to 1).
+ALIGNMENTS = (16, 8, 1)
+ALIGNED_TOLERANCE = 0.005
+BUDGET_TOLERANCE = 0.01  # the promise: each budget is met to +-1 percentage point
 
 
 def _prunable(model: nn.Module) -> int:
@@ -84,11 +88,12 @@ def _removed_at(arch: str, ratio: float, round_to: int) -> float:
 
 @functools.lru_cache(maxsize=128)
 def calibrate_channel_ratio(arch: str, budget: float, *, tolerance: float = 0.0025,
-                            round_to: int = DEFAULT_ROUND_TO) -> tuple[float, float]:
-    """The per-layer channel ratio that removes ``budget`` of ``arch``'s prunable weights.
+                            round_to: int = 1) -> tuple[float, float]:
+    """The per-layer channel ratio that removes ``budget`` of ``arch``'s prunable weights, with channel
+    counts rounded to multiples of ``round_to``.
 
     Returns ``(ratio, removed)`` with ``|removed - budget| <= tolerance`` where the channel counts allow it
-    (otherwise the closest ratio found, with a warning).
+    (otherwise the closest ratio found).
 
     >>> ratio, removed = calibrate_channel_ratio("resnet18", 0.4)
     >>> round(removed, 2)
@@ -112,20 +117,34 @@ def calibrate_channel_ratio(arch: str, budget: float, *, tolerance: float = 0.00
             hi = ratio
         step = ratio + (budget - removed) / (2.0 * (1.0 - ratio))
         ratio = step if lo < step < hi else (lo + hi) / 2
-    ratio, error, removed = best
-    if error > tolerance:
-        log.warning("%s: channel pruning removes %.4f at best, not %.4f +- %.4f", arch, removed, budget, tolerance)
+    ratio, _, removed = best
     return ratio, removed
 
 
-def prune_channels_l1(model: nn.Module, budget: float, *, arch: str,
-                      round_to: int = DEFAULT_ROUND_TO) -> dict[str, Any]:
+def choose_channel_ratio(arch: str, budget: float) -> tuple[float, float, int]:
+    """``(ratio, removed, round_to)``: the widest channel alignment of ``ALIGNMENTS`` that still meets
+    ``budget`` within ``ALIGNED_TOLERANCE``, and its calibrated ratio.
+
+    >>> choose_channel_ratio("resnet50", 0.4)[2]
+    16
+    """
+    for round_to in ALIGNMENTS[:-1]:
+        ratio, removed = calibrate_channel_ratio(arch, budget, round_to=round_to)
+        if abs(removed - budget) <= ALIGNED_TOLERANCE:
+            return ratio, removed, round_to
+    return (*calibrate_channel_ratio(arch, budget, round_to=1), 1)
+
+
+def prune_channels_l1(model: nn.Module, budget: float, *, arch: str, round_to: int | None = None) -> dict[str, Any]:
     """Remove channels of ``model`` (an unpruned ``arch``), lowest L1 norm first, until ``budget`` of its
     prunable weights are gone. In place; returns what was done (plain data, for checkpoint metadata).
 
+    ``round_to``: pruned channel counts are multiples of it; None picks the widest alignment that keeps
+    the budget (``choose_channel_ratio``).
+
     >>> model = build_model("resnet18", seed=0)
     >>> info = prune_channels_l1(model, 0.3, arch="resnet18")
-    >>> round(info["params_removed"], 2), model(torch.zeros(1, 3, 32, 32)).shape
+    >>> round(info["params_removed"], 2), model.eval()(torch.zeros(1, 3, 32, 32)).shape
     (0.3, torch.Size([1, 1]))
     """
     import torch_pruning as tp
@@ -134,15 +153,23 @@ def prune_channels_l1(model: nn.Module, budget: float, *, arch: str,
     if already > 0:
         raise ValueError(f"the model has already lost {already:.4f} of its weights to channel pruning; "
                          "prune the unpruned model to the new budget instead")
-    ratio, _ = calibrate_channel_ratio(arch, budget, round_to=round_to)
+    if round_to is None:
+        ratio, _, round_to = choose_channel_ratio(arch, budget)
+    else:
+        ratio, _ = calibrate_channel_ratio(arch, budget, round_to=round_to)
     # L1 norm of each channel's weights, summed over the whole dependency group (so a residual channel is
     # ranked by every layer that reads or writes it).
     _prune_channels_in_place(model, ratio, tp.importance.MagnitudeImportance(p=1), round_to)
     removed = removed_fraction(model, arch)
-    log.info("channel pruning (L1, per-layer ratio %.4f): removed %.2f%% of prunable weights", ratio, 100 * removed)
+    log.info("channel pruning (L1, per-layer ratio %.4f, channels in multiples of %d): removed %.2f%% of "
+             "prunable weights", ratio, round_to, 100 * removed)
+    if abs(removed - budget) > BUDGET_TOLERANCE:
+        log.warning("%s: channel pruning removed %.4f of the prunable weights, not %.4f +- %.2f (channel counts "
+                    "too coarse at multiples of %d)", arch, removed, budget, BUDGET_TOLERANCE, round_to)
     return {
         "pruning_method": "structured",
         "channel_ratio": ratio,
+        "channel_multiple": round_to,
         "params_removed": removed,
         "dense_prunable_params": dense_prunable_params(arch),
     }
