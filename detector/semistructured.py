@@ -10,7 +10,7 @@ Those kernels take a 2-D weight of shape (out, in) with out a multiple of 32 and
 - ``nn.Linear`` qualifies directly when its shape does; ResNet's head (one output) does not.
 - A 1x1 ``Conv2d`` without padding is a matrix product over pixels: ``Conv1x1AsLinear`` takes every
   ``stride``-th pixel, flattens (N, C, H, W) to (N*H*W, C) and applies the weight as a linear layer.
-  ResNet-50's 1x1 convolutions hold about 45 % of its weights.
+  ResNet-50's 36 1x1 convolutions hold 51.7 % of its prunable weights.
 - A kxk convolution (k > 1) would have to be unfolded into a (N*H*W, C*k*k) matrix first (im2col), whose
   memory traffic costs more than the sparse product saves; it stays dense and is listed as unsupported.
 
@@ -204,7 +204,13 @@ def semistructured_benchmark(
 
     dense = exported_copy(model).eval().to(device=device, dtype=dtype)
     sparse = copy.deepcopy(dense)
-    info = to_semistructured(sparse)
+    try:
+        info = to_semistructured(sparse)
+        sparse(torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype))
+    except (RuntimeError, NotImplementedError) as e:
+        # An optional measurement: a torch build without cuSPARSELt/CUTLASS kernels must not fail the evaluation.
+        log.warning("2:4 semi-structured sparsity failed on %s: %s", device, e)
+        return {"status": f"skipped: the 2:4 kernels failed on this GPU: {str(e).splitlines()[0]}"}
     latency: dict[str, dict[str, float]] = {}
     speedup: dict[str, float] = {}
     for batch in batch_sizes:
