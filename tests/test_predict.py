@@ -71,8 +71,7 @@ def test_predict_command_table_and_errors(checkpoint, image_folder, tmp_path, ca
 
 
 def test_predict_on_the_shared_realorfake_sample(checkpoint, capsys):
-    if not SAMPLES.is_dir():
-        pytest.skip(f"{SAMPLES} is not in this checkout (the folder-based tests above cover predict)")
+    assert SAMPLES.is_dir(), f"{SAMPLES}: the shared samples must sit beside the checkout (../shared)"
     assert cli_main(["predict", "--checkpoint", str(checkpoint), str(SAMPLES), "--json", "--batch-size", "64"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 176 and all(r["error"] is None for r in rows)
