@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from detector.report import _md_table as _table
 from detector.stats import EXACT_BELOW, compare_models
@@ -49,6 +49,7 @@ def add_statistics(run_dir: Path, models: list[dict[str, Any]]) -> dict[str, Any
             missing.append(m["name"])
     baseline = next((m["name"] for m in models if m["sparsity"] == 0), None)
     reference = baseline if baseline in predictions else None
+    log.info("statistics: %d models, %d bootstrap resamples, reference %s", len(predictions), resamples, reference)
     results = compare_models(predictions, reference=reference, resamples=resamples, confidence=CONFIDENCE,
                              seed=SEED, alpha=ALPHA) if predictions else {}
     for m in models:
