@@ -9,9 +9,12 @@ Both sides read the same files, decode with Pillow, apply the training preset
 batches of ``--batch-size`` float tensors through a ``DataLoader`` with the same number of worker
 processes, each limited to one torch thread. The baseline reads the image files (``ImageFolder``, the
 default PIL loader, ``RandomSampler``, ``default_collate``); ours reads the shards ``detector prepare``
-wrote from the same folder (``build_loader(..., train=True)``). After one untimed warm-up epoch each,
-the two alternate for ``--epochs`` epochs and the best epoch of each is reported (worker start-up
-included, as a training epoch pays it), so load from other jobs does not favour either side.
+wrote from the same folder (``build_loader(..., train=True)``). Variants of ours: uint8 batches
+(``normalize=False``; the trainer normalises them on the device), JPEG draft decoding, and the
+decode-once dataset ``detector pixels`` derives from the shards (its one-time cost is printed too).
+After one untimed warm-up epoch each, the loaders take turns for ``--epochs`` epochs and the best epoch
+of each is reported (worker start-up included, as a training epoch pays it), so load from other jobs
+does not favour any of them.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.datasets import ImageFolder
 
     from detector.data.loader import build_loader
+    from detector.data.pixels import derive_pixels
     from detector.data.prepare import prepare
     from detector.data.transforms import ClassificationPresetTrain
 
@@ -133,10 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     n_images = manifest["totals"]["train"]["real"] + manifest["totals"]["train"]["fake"]
     sizes = {Image.open(p).size for p in list((args.images or folder).glob("*/*.*"))[:50] if p.suffix != ".txt"}
 
+    # the decode-once dataset (`detector pixels`), and what deriving it costs: paid once, not per epoch
+    pixels = work / f"pixels-{args.image_size}"
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    pixel_manifest = derive_pixels(str(data), pixels, size=args.image_size, workers=max(args.workers), progress=False)
+    derive_wall, derive_cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+    shard_bytes = {name: sum(s["bytes"] for s in m["shards"]) / n_images
+                   for name, m in (("shards", manifest), ("pixels", pixel_manifest))}
+
     variants = {
-        "shards": {},
-        "shards, uint8 out": {"normalize": False},
-        "shards, JPEG draft": {"jpeg_draft": True},
+        "shards": (data, {}),
+        "shards, uint8 out": (data, {"normalize": False}),
+        "shards, JPEG draft": (data, {"jpeg_draft": True}),
+        "pixels": (pixels, {}),
+        "pixels, uint8 out": (pixels, {"normalize": False}),
     }
     results = []
     for workers in args.workers:
@@ -144,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         loaders = {"ImageFolder+PIL": torch.utils.data.DataLoader(
             baseline_ds, batch_size=args.batch_size, shuffle=True, num_workers=workers,
             worker_init_fn=_one_thread if workers else None)}
-        for name, extra in variants.items():
-            loaders[name] = build_loader(str(data), "train", batch_size=args.batch_size, image_size=args.image_size,
+        for name, (path, extra) in variants.items():
+            loaders[name] = build_loader(str(path), "train", batch_size=args.batch_size, image_size=args.image_size,
                                          train=True, num_workers=workers, **extra)
         rates, n = compare(loaders, args.epochs)
         assert n == n_images, (n, n_images)
@@ -165,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                  for n, (w, c) in rates.items()]
         print(("| " + str(workers) + " | " + " | ".join(cells) + " |") if args.markdown
               else f"workers={workers}: " + "; ".join(f"{n}: {c}" for n, c in zip(names, cells)))
-    best = max(r["shards"][1] for _, r in results)
-    print(f"feeding 3,500 img/s at {best:.0f} images per CPU-second (float batches) takes ~{3500 / best:.1f} cores")
+    print(f"bytes per image: {shard_bytes['shards'] / 1e3:.1f} KB in the shards, {shard_bytes['pixels'] / 1e3:.1f} KB "
+          f"as pixels; deriving the pixels took {derive_wall:.1f} s wall, {n_images / derive_cpu:.0f} images per "
+          f"CPU-second (once)")
+    for name in ("shards", "shards, uint8 out", "pixels", "pixels, uint8 out"):
+        best = max(r[name][1] for _, r in results)
+        print(f"feeding 3,500 img/s from {name!r} at {best:.0f} images per CPU-second takes ~{3500 / best:.1f} cores")
     return 0
 
 

@@ -5,8 +5,9 @@
     python bench/train_step.py --device cpu --batch-size 8 --steps 3 --warmup 1 --data DATA
 
 Synthetic = one batch already on the device, reused: the ceiling of model + optimizer. Loader = batches
-from ``build_loader(DATA, "train", train=True)`` (decode, resize, flip, collate, pinned copy): the
-difference is the input pipeline's cost. No Ray. Results are recorded in docs/benchmarks.md.
+from ``build_loader(DATA, "train", train=True, normalize=False)`` (decode, resize, flip, uint8 batch,
+pinned copy; normalised on the device by ``to_device``, as in training): the difference is the input
+pipeline's cost. No Ray. Results are recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         from detector.data.loader import build_loader
 
         loader = build_loader(args.data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size, train=True,
-                              num_workers=args.num_workers, seed=0, pin_memory=device.type == "cuda", drop_last=True)
+                              num_workers=args.num_workers, seed=0, pin_memory=device.type == "cuda", drop_last=True,
+                              normalize=False)
         if len(loader) == 0:
             print(f"{args.data}: fewer train images than one batch of {cfg.batch_size}", file=sys.stderr)
             return 2

@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("detector.data.prepare", "import datasets into Parquet/WebDataset shards"),
+    "pixels": ("detector.data.pixels", "derive a dataset of decoded, resized pixels (decode once, not every epoch)"),
     "run": ("detector.commands.run", "run the whole experiment (or chosen stages) on a local or remote Ray"),
     "demo": ("detector.commands.demo", "the whole job on an embedded local Ray with the built-in demo data"),
     "report": ("detector.commands.report", "(re)write a run's report from its run folder"),

@@ -43,3 +43,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def make_readable(path: str | Path) -> None:
+    """Give a file written by :func:`atomic_open` (created 0600) the usual umask-derived mode: datasets
+    and results are shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

@@ -169,7 +169,8 @@ def evaluate_split(
     if not any(expected.values()):
         raise ValueError(f"{data}: the manifest lists no {split} samples")
     loader = build_loader(data, split, batch_size=batch_size, image_size=image_size, train=False,
-                          num_workers=num_workers, with_meta=True, pin_memory=device.type == "cuda")
+                          num_workers=num_workers, with_meta=True, pin_memory=device.type == "cuda",
+                          normalize=False)
     labels, probs, metas = collect_predictions(model, loader, device=device, precision=precision)
     if metas is None or "source" not in metas:
         raise ValueError(f"{data}: the {split} loader returned no per-sample source (with_meta=True)")

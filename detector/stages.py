@@ -80,9 +80,10 @@ def train_stage(
         cfg = _replace(cfg, patience=max(cfg.patience, cfg.max_epochs))
     train_loader = build_loader(data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size, train=True,
                                 num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=torch.cuda.is_available(),
-                                drop_last=True)
+                                drop_last=True, normalize=False)
     val_loader = build_loader(data, "val", batch_size=cfg.batch_size, image_size=cfg.image_size,
-                              num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+                              num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
+                              normalize=False)
     hparams = {"arch": cfg.arch, "sparsity": sparsity, "optimizer": cfg.optimizer, "lr": cfg.lr,
                "batch_size": cfg.batch_size, "pruning_method": pruning.get("pruning_method", "none")}
     result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,

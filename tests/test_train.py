@@ -193,3 +193,13 @@ def test_fp16_needs_cuda():
     with pytest.raises(ValueError, match="fp16"):
         train_mod.resolve_precision("fp16", torch.device("cpu"))
     assert train_mod.resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_uint8_batches_are_normalised_on_the_device_like_the_loader_does():
+    from detector.data.transforms import ClassificationPresetEval
+
+    raw = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    on_device, labels = train_mod.to_device(raw, torch.tensor([1, 0, 1, 0]), torch.device("cpu"), channels_last=True)
+    expected = ClassificationPresetEval(image_size=16).normalize(raw)
+    assert on_device.dtype == torch.float32 and torch.equal(on_device, expected)
+    assert on_device.is_contiguous(memory_format=torch.channels_last) and labels.dtype == torch.float32

@@ -83,9 +83,9 @@ def _run(args: argparse.Namespace) -> int:
     pin = torch.cuda.is_available() and cfg.device != "cpu"
     train_loader = build_loader(args.data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size,
                                 train=True, num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin,
-                                drop_last=True)
+                                drop_last=True, normalize=False)
     val_loader = build_loader(args.data, "val", batch_size=cfg.batch_size, image_size=cfg.image_size,
-                              num_workers=cfg.num_workers, pin_memory=pin)
+                              num_workers=cfg.num_workers, pin_memory=pin, normalize=False)
     result = fit(
         model, train_loader, val_loader, cfg, out_dir=args.out,
         tb_dir=None if args.no_tensorboard else args.out / "tb",

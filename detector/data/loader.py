@@ -33,6 +33,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -111,6 +112,13 @@ def verify_shard(filesystem, path: str, expected: str, *, name: str = "") -> Non
     _VERIFIED[key] = actual
 
 
+def _planar(data: bytes, size: int, *, name: str) -> torch.Tensor:
+    """The uint8 (3, size, size) tensor of a pixel row's bytes (a writable copy)."""
+    if len(data) != 3 * size * size:
+        raise ValueError(f"{name}: {len(data)} bytes of pixels, expected 3x{size}x{size} = {3 * size * size}")
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()).view(3, size, size)
+
+
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -169,6 +177,14 @@ class ShardDataset(IterableDataset):
                           else ClassificationPresetEval(image_size=image_size))
         manifest = read_manifest(self.data)
         self.format = manifest["format"]
+        # a dataset from `detector pixels`: rows are already decoded and resized
+        self.pixels: int | None = manifest["pixels"]["size"] if "pixels" in manifest else None
+        if self.pixels is not None and self.pixels != image_size:
+            raise ValueError(f"{self.data}/{MANIFEST}: holds images decoded at {self.pixels}x{self.pixels} "
+                             f"(pixels.size), not the {image_size}x{image_size} asked for; derive one at that size "
+                             f"with `detector pixels {manifest['pixels']['from']['data']} --size {image_size}`")
+        if self.pixels is not None and jpeg_draft:
+            raise ValueError(f"{self.data}: jpeg_draft has no effect on a pixel dataset (nothing is decoded)")
         if split not in manifest["splits"]:
             raise ValueError(f"{self.data}: no split {split!r}; the manifest has {', '.join(manifest['splits'])}")
         known = set(manifest["splits"][split])
@@ -292,6 +308,9 @@ class ShardDataset(IterableDataset):
 
     def decode(self, row: dict[str, Any], flip: bool = False) -> torch.Tensor:
         """uint8 (3, S, S) image of an encoded row, resized and (when ``flip``) flipped."""
+        if self.pixels is not None:
+            x = _planar(row["image"], self.pixels, name=row.get("original_path") or "shard row")
+            return x.flip(-1) if flip else x
         img = decode_image(row["image"], name=row.get("original_path") or "shard row",
                            draft_size=self.image_size if self.jpeg_draft else None)
         return self.transform.to_uint8(img, flip=flip)

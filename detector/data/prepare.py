@@ -50,6 +50,7 @@ from detector.data.sources import (
     plan_sources,
 )
 from detector.data.demo import DEMO_COUNTS, DEMO_IMAGE_SIZE, DemoConfig
+from detector.io import make_readable
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +215,6 @@ def plan_shards(tasks: Sequence[Task], options: ImportOptions, seed: int) -> lis
     return plans
 
 
-def _readable(path: Path) -> None:
-    # temporary files are created 0600; a dataset is shared, so give it the usual umask-derived mode
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _receipt_path(out: Path, plan: ShardPlan) -> Path:
     return out / RECEIPT_DIR / (Path(plan.name).name + ".json")
 
@@ -317,7 +311,7 @@ def _write_shards(out: Path, pending: Sequence[ShardPlan], options: ImportOption
                 writer.close()
                 writer = None
                 shard = out / plan.name
-                _readable(shard)
+                make_readable(shard)
                 with open(shard, "rb") as f:
                     digest = sha256_file(f)
                 atomic_write_json(_receipt_path(out, plan), {
@@ -472,7 +466,7 @@ def prepare(out: Path, *, sources: Sequence[Source] | Mapping[str, str | Path] =
         atomic_write_json(out / REJECTED, manifest["rejected"])
         raise StrictImportError(manifest)
     atomic_write_json(out / MANIFEST, manifest)
-    _readable(out / MANIFEST)
+    make_readable(out / MANIFEST)
     log.info("import finished in %.1fs: %s", time.perf_counter() - t0, out / MANIFEST)
     return manifest
 

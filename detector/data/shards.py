@@ -32,7 +32,8 @@ COLUMNS = ("label", "source", "split", "generator", "group", "frame", "original_
            "format", "width", "height", "resized")
 META_COLUMNS = tuple(c for c in COLUMNS if c != "image")
 _EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif",
-        "PPM": "ppm", "JPEG2000": "jp2", "ICO": "ico", "TGA": "tga", "AVIF": "avif", "HEIF": "heif"}
+        "PPM": "ppm", "JPEG2000": "jp2", "ICO": "ico", "TGA": "tga", "AVIF": "avif", "HEIF": "heif",
+        "RAW": "raw"}
 
 
 def _arrow_schema():
@@ -127,6 +128,12 @@ class ShardWriter:
         info.mode = 0o644
         info.mtime = 0
         self._tar.addfile(info, io.BytesIO(data))
+
+    def end_group(self) -> None:
+        """End the current Parquet row group here (a copy keeps its source's row groups, and so its
+        shuffle units); nothing for a tar."""
+        if self._pq is not None:
+            self._flush_group()
 
     def _flush_group(self) -> None:
         import pyarrow as pa

@@ -38,6 +38,7 @@ class _Preset:
         std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _resize(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         x = pil_to_uint8(img) if isinstance(img, Image.Image) else img
@@ -56,7 +57,9 @@ class _Preset:
             out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         scale, shift = self._scale, self._shift
         if scale.device != x.device:
-            scale, shift = scale.to(x.device), shift.to(x.device)
+            if x.device not in self._on_device:  # once per device: no small copies per batch
+                self._on_device[x.device] = (scale.to(x.device), shift.to(x.device))
+            scale, shift = self._on_device[x.device]
         return torch.mul(x, scale, out=out).sub_(shift)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
@@ -92,3 +95,15 @@ class ClassificationPresetEval(_Preset):
         if flip:
             raise ValueError("the evaluation preset never flips")
         return self._resize(img)
+
+
+_IMAGENET = ClassificationPresetEval(image_size=1)
+
+
+def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, S, S) on any device -> float32 with the presets' ImageNet mean/std.
+
+    The same arithmetic as the loader's CPU normalisation (so the same values): the trainer applies it
+    on the device to the uint8 batches of ``build_loader(..., normalize=False)``.
+    """
+    return _IMAGENET.normalize(x)
