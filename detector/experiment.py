@@ -30,6 +30,12 @@ class DataSection:
     demo: bool = False
     format: Literal["parquet", "webdataset"] = "parquet"
     seed: int = 0
+    # Decode once (beyond the paper): derive a dataset of resized pixels from `path` (`detector pixels`,
+    # at train.image_size) and train and evaluate from it. Exact, the same batches; ~147 KB per image
+    # at 224 px; reused while it matches `path`. See docs/data.md.
+    pixels: bool = False
+    # Where the pixels go: default "<path>-pixels-<image_size>"; relative paths are taken from the run folder.
+    pixels_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,10 @@ class ExperimentConfig:
             raise ValueError(f"storage: {self.storage!r} must be an absolute path or a URI such as s3://bucket/runs")
         # Build each stage's TrainConfig now, so a bad override fails before any trial starts.
         for section in ("baseline", "search_train", "finetune"):
-            self.stage_train(section)  # type: ignore[arg-type]
+            size = self.stage_train(section).image_size  # type: ignore[arg-type]
+            if self.data.pixels and size != self.train.image_size:
+                raise ValueError(f"{section}.image_size: {size} differs from train.image_size "
+                                 f"({self.train.image_size}); data.pixels stores one size")
 
     def stage_train(self, section: Literal["baseline", "search_train", "finetune"], **extra: Any) -> TrainConfig:
         """The TrainConfig of a stage: `train`, then the stage's overrides, then ``extra`` (e.g. a trial's lr)."""

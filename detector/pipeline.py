@@ -47,12 +47,36 @@ class RunPaths:
         return self.root / "tensorboard"
 
 
-def data_path(exp: ExperimentConfig, run_dir: Path) -> str:
+def data_path(exp: ExperimentConfig, run_dir: Path, p: str | None = None) -> str:
     """The shards' location: a URI or absolute path as given, a relative path inside the run folder."""
-    p = exp.data.path
+    p = exp.data.path if p is None else p
     if "://" in p or Path(p).is_absolute():
         return p
     return str((run_dir / p).resolve())
+
+
+def pixel_data(exp: ExperimentConfig, run_dir: Path, data: str, *, derive: bool) -> str:
+    """With ``data.pixels``: the decode-once dataset of ``data`` at train.image_size, derived when missing
+    or stale (only when ``derive``: it belongs to the prepare stage)."""
+    from detector.data.loader import manifest_sha256, read_manifest
+    from detector.data.pixels import derive_pixels
+
+    size = exp.train.image_size
+    out = data_path(exp, run_dir, exp.data.pixels_path or f"{data.rstrip('/')}-pixels-{size}")
+    if "://" in out:
+        raise ConfigError(f"data.pixels_path: {out}: pixels are written to a local or mounted path")
+    try:
+        meta = read_manifest(out).get("pixels", {})
+        if meta.get("size") == size and meta.get("from", {}).get("manifest_sha256") == manifest_sha256(data):
+            log.info("data: using the %d px pixels in %s", size, out)
+            return out
+    except FileNotFoundError:
+        pass
+    if not derive:
+        raise ConfigError(f"data.pixels: {out} does not hold {data} at {size} px; run the prepare stage")
+    log.info("data: decoding %s once into %d px pixels in %s", data, size, out)
+    derive_pixels(data, Path(out), size=size)
+    return out
 
 
 def check_run_config(exp: ExperimentConfig, run_dir: Path) -> None:
@@ -133,6 +157,8 @@ def run(
 
     if "prepare" in stages:
         prepare_data(exp, data)
+    if exp.data.pixels:
+        data = pixel_data(exp, run_dir, data, derive="prepare" in stages)
 
     todo = pending_work(exp, run_dir, stages)
     for stage, left in todo.items():

@@ -28,7 +28,7 @@ TINY: dict[str, Any] = {
 }
 
 
-def tiny_experiment(data: Path, **sections: dict[str, Any]) -> ExperimentConfig:
+def tiny_experiment(data: Path, /, **sections: dict[str, Any]) -> ExperimentConfig:
     cfg = copy.deepcopy(TINY)
     cfg["data"] = {"path": str(data)}
     for name, values in sections.items():

@@ -55,3 +55,10 @@ def test_overrides_reach_the_stage_configs():
 def test_stage_train_applies_trial_parameters():
     cfg = ExperimentConfig().stage_train("search_train", optimizer="sgd", lr=3e-5)
     assert (cfg.optimizer, cfg.lr) == ("sgd", 3e-5)
+
+
+def test_pixels_decoded_once_have_one_size_for_every_stage():
+    assert load_experiment(CONFIGS / "demo.yaml").data.pixels
+    with pytest.raises(ConfigError, match=r"finetune\.image_size: 256 differs from train\.image_size \(224\)"):
+        load_experiment(CONFIGS / "paper.yaml", ["data.pixels=true", "finetune.image_size=256"])
+    load_experiment(CONFIGS / "paper.yaml", ["finetune.image_size=256"])  # without pixels, stages may differ

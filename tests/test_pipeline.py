@@ -25,7 +25,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(data, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
-    run(tiny_experiment(data), run_dir)
+    run(tiny_experiment(data, data={"pixels": True}), run_dir)  # decoded once, read by every stage
     return run_dir
 
 
@@ -72,6 +72,18 @@ def test_report_holds_every_model_on_every_test_set(finished_run):
         assert (finished_run / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("table3_baseline", "table4_best_params", "table5_accuracy", "table6_efficiency", "trials"):
         assert (finished_run / "report" / f"{name}.csv").stat().st_size > 0
+
+
+def test_every_stage_read_the_pixels_decoded_once(finished_run, data):
+    from detector.data.loader import manifest_sha256, read_manifest
+
+    pixels = data.parent / f"{data.name}-pixels-32"
+    assert read_manifest(str(pixels))["pixels"]["from"]["manifest_sha256"] == manifest_sha256(str(data))
+    from detector.checkpoint import load_checkpoint
+
+    for name in ("baseline", "prune-10", "prune-40"):
+        meta = load_checkpoint(finished_run / "models" / f"{name}.pt")["metadata"]
+        assert meta["data_manifest_sha256"] == manifest_sha256(str(pixels))
 
 
 def test_tensorboard_has_a_run_per_trial_and_fine_tune(finished_run):
