@@ -24,6 +24,7 @@ then a receipt; a re-run skips the shards whose receipt matches, and the manifes
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -57,8 +58,6 @@ def _receipt_path(out: Path, shard: str) -> Path:
 
 
 def _load_receipt(out: Path, shard: dict[str, Any], size: int) -> dict[str, Any] | None:
-    import json
-
     try:
         receipt = json.loads(_receipt_path(out, shard["path"]).read_text())
         path = out / shard["path"]
@@ -73,10 +72,10 @@ def _load_receipt(out: Path, shard: dict[str, Any], size: int) -> dict[str, Any]
 
 def convert_shard(data: str, shard: dict[str, Any], fmt: str, out: str, size: int) -> dict[str, Any]:
     """Write the pixel version of one source shard under ``out`` (same relative path); its receipt."""
+    import torch
+
     from detector.data.loader import _join, _resolve, verify_shard
     from detector.io import atomic_write_json
-
-    import torch
 
     torch.set_num_threads(1)  # one shard per process; the pool supplies the parallelism
     filesystem, root = _resolve(data)
