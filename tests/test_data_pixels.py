@@ -89,6 +89,11 @@ def test_an_interrupted_derivation_is_finished_by_running_it_again(demo_shards, 
     assert not list(out.rglob("*.tmp"))
 
 
+def test_the_source_can_be_a_uri(demo_shards, pixels16, tmp_path):
+    manifest = derive_pixels(demo_shards.as_uri(), tmp_path / "px", size=16, workers=1, progress=False)
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in read_manifest(str(pixels16))["shards"]]
+
+
 def test_a_damaged_source_shard_stops_the_derivation_with_its_name(demo_shards, tmp_path):
     copy = tmp_path / "src"
     shutil.copytree(demo_shards, copy)
