@@ -8,7 +8,7 @@ the file and the reason.
 Layout (all plain data)::
 
     {"format": "detector-checkpoint", "version": 1,
-     "model": state_dict,                # pruned models keep weight_orig/weight_mask
+     "model": state_dict,                # pruned models keep weight_orig/weight_mask (bool)
      "metadata": {"arch", "image_size", "sparsity", "nonzero_params", "metrics",
                   "data_manifest_sha256", "config", ...},
      "optimizer": state_dict | None,
@@ -84,7 +84,7 @@ def save_checkpoint(
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: _compact(k, v.detach().cpu()) for k, v in model.state_dict().items()},
         "metadata": meta,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         **(extra or {}),
@@ -92,6 +92,13 @@ def save_checkpoint(
     with atomic_open(path, "wb") as f:
         torch.save(payload, f)
     return path
+
+
+def _compact(key: str, value: torch.Tensor) -> torch.Tensor:
+    """Pruning masks as bool: a quarter of their float bytes (a pruned ResNet-50 file shrinks by ~38 %)."""
+    if key.endswith("_mask") and value.is_floating_point() and bool(((value == 0) | (value == 1)).all()):
+        return value.to(torch.bool)
+    return value
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -139,6 +146,9 @@ def load_state_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
     """Load a (possibly pruned) state dict into ``model``, attaching masks first where the state has them."""
     masked = {k[: -len(".weight_mask")] for k in state_dict if k.endswith(".weight_mask")}
     attach_identity_masks(model, masked)
+    # masks are saved as bool (older files: float); the model's masks are in the weights' dtype
+    state_dict = {k: v.to(state_dict[k[: -len("_mask")] + "_orig"].dtype)
+                  if k.endswith("_mask") and v.dtype == torch.bool else v for k, v in state_dict.items()}
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
