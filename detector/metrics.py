@@ -55,7 +55,11 @@ def classification_metrics(
     prec, rec, f1, support = precision_recall_fscore_support(
         y, pred, labels=classes, zero_division=np.nan, average=None
     )
+    # F1 of a class with no images is undefined (its recall is): scikit-learn's count formula would give
+    # 0 whenever another class is called it, and a fake-only test set would read "F1 (real) = 0".
+    f1 = np.where(support > 0, f1, np.nan)
     macro = precision_recall_fscore_support(y, pred, labels=classes, zero_division=np.nan, average="macro")
+    macro = (macro[0], macro[1], float(np.nanmean(f1)) if np.isfinite(f1).any() else np.nan)
     per_class = {
         CLASS_NAMES[c]: {
             "precision": _none_if_nan(prec[i]),

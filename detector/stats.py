@@ -56,6 +56,7 @@ class _Scorer:
         pred = probs_real >= threshold
         self.correct = (pred == pos).astype(np.float64)
         self.tp = (pos & pred).astype(np.float64)
+        self.positives = pos.astype(np.float64)
         self.errors = (pos != pred).astype(np.float64)  # false positives + false negatives
         # AUC: images sorted by score once; tied scores form one group (a tie counts one half).
         order = np.argsort(probs_real, kind="stable")
@@ -75,7 +76,8 @@ class _Scorer:
         wins = (pos * (below + 0.5 * neg)).sum(axis=1)
         return {
             "accuracy": w @ self.correct / n,
-            "f1": _divide(2 * tp, 2 * tp + w @ self.errors),
+            # undefined without a real image in the resample, as in classification_metrics
+            "f1": np.where(w @ self.positives > 0, _divide(2 * tp, 2 * tp + w @ self.errors), np.nan),
             "auc": _divide(wins, pos.sum(axis=1) * neg.sum(axis=1)),
         }
 

@@ -48,7 +48,9 @@ def test_fake_only_set_has_no_auc_and_no_real_recall():
     m = classification_metrics([0, 0, 0, 0], [0.1, 0.7, 0.2, 0.3])
     assert m["accuracy"] == 0.75
     assert m["auc"] is None and "only one class (fake)" in m["auc_note"]
-    assert m["recall"] is None  # no real image to recall
+    assert m["recall"] is None and m["f1"] is None  # no real image to recall: F1 (real) is n/a, not 0
+    assert m["precision"] == 0.0  # the fake at 0.7 was called real
+    assert m["macro"]["f1"] == pytest.approx(m["per_class"]["fake"]["f1"])  # the undefined one left out
     assert m["per_class"]["fake"]["recall"] == 0.75
     assert m["confusion_matrix"]["matrix"] == [[3, 1], [0, 0]]
 

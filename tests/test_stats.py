@@ -37,13 +37,16 @@ def test_point_estimates_equal_the_reported_metrics():
         assert r[k]["low"] <= r[k]["estimate"] <= r[k]["high"]
 
 
-def test_auc_is_undefined_on_a_one_class_set_and_f1_resamples_without_positives_are_left_out():
+def test_auc_and_f1_are_undefined_on_a_fake_only_set_and_resamples_without_reals_are_left_out():
     r = bootstrap_metrics([0, 0, 0], {"m": [0.1, 0.7, 0.2]}, resamples=50)["m"]
     assert r["auc"]["estimate"] is None and r["auc"]["low"] is None
-    # F1 (Real positive) on a fake-only set: 2TP / (2TP + FP + FN) = 0 while the fake at 0.7 is called real;
-    # resamples that leave it out have no positive at all, where F1 is undefined (counted, not averaged in).
-    assert r["f1"]["estimate"] == 0.0
-    assert 0 < r["f1"]["undefined_resamples"] < 50
+    # F1 (Real positive) without a real image is undefined, like its recall (not 2TP / (2TP + FP) = 0)
+    assert r["f1"]["estimate"] is None and r["f1"]["undefined_resamples"] == 50
+    assert r["accuracy"]["estimate"] == pytest.approx(2 / 3)
+    # one real among five: resamples that miss it are counted as undefined, not averaged in
+    r = bootstrap_metrics([1, 0, 0, 0, 0], {"m": [0.9, 0.7, 0.2, 0.1, 0.3]}, resamples=200)["m"]
+    assert r["f1"]["estimate"] == pytest.approx(2 / 3)
+    assert 0 < r["f1"]["undefined_resamples"] < 200
 
 
 def test_difference_of_a_model_with_itself_is_exactly_zero_and_paired():
