@@ -304,7 +304,7 @@ def run_experiment(
     """
     exp = ctx.experiment
     storage = tune_storage(exp, ctx.run_dir)
-    path = f"{storage}/{name}"
+    path = uri_join(storage, name)
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
     if tune.Tuner.can_restore(path):
         log.info("resuming the %s experiment from %s", name, path)
@@ -503,8 +503,14 @@ def shutdown() -> None:
 def tune_storage(exp: ExperimentConfig, run_dir: str | Path) -> str:
     """Where Tune keeps this run's experiments: ``RUN/tune``, or ``<storage>/<run folder name>``."""
     if exp.storage:
-        return f"{exp.storage.rstrip('/')}/{Path(run_dir).name}"
+        return uri_join(exp.storage, Path(run_dir).name)
     return str((Path(run_dir) / "tune").resolve())
+
+
+def uri_join(base: str, *parts: str) -> str:
+    """``base/part/...``, keeping a URI's query (``s3://b/p?endpoint_override=...``) at the end."""
+    path, sep, query = base.partition("?")
+    return "/".join([path.rstrip("/"), *parts]) + sep + query
 
 
 def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -518,7 +524,7 @@ def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
     root = tune_storage(exp, run_dir)
     rows = []
     for stage in ("baseline", "search", "finetune", "evaluate"):
-        path = f"{root}/{stage}"
+        path = uri_join(root, stage)
         if not tune.Tuner.can_restore(path):
             continue
         try:

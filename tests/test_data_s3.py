@@ -82,3 +82,27 @@ def test_a_training_stage_reads_its_data_from_the_bucket(bucket, tmp_path):
     summary = train_stage(cfg, data=bucket[0], out_dir=tmp_path / "train", tb_dir=None,
                           model_path=tmp_path / "model.pt")
     assert summary["epochs_run"] == 1 and (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
+    """`storage: s3://...` in the experiment config: Tune's experiment state and trial checkpoints go to the
+    bucket, the run folder keeps none of it, and `detector status` reads the trials back from there."""
+    from pipeline_helpers import tiny_experiment, write_untrained_baseline
+
+    from detector.pipeline import run
+    from detector.tune import read_trials
+
+    uri, s3, _ = bucket
+    storage = uri.replace("detector/data?", "detector/runs?")
+    run_dir = tmp_path / "run"
+    exp = tiny_experiment(demo_shards, train={"image_size": 16},
+                          search={"sparsities": [0.2], "trials_per_sparsity": 1}, storage=storage)
+    write_untrained_baseline(run_dir, exp)
+    run(exp, run_dir, stages=["search"])
+    stored = [f.path for f in s3.get_file_info(pafs.FileSelector("detector/runs/run/search", recursive=True))]
+    assert any("experiment_state-" in p for p in stored) and any("/checkpoint_" in p for p in stored)
+    assert not (run_dir / "tune").exists()
+    trials = read_trials(run_dir)
+    assert [(t["sparsity"], t["state"]) for t in trials] == [(0.2, "TERMINATED")]
