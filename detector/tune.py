@@ -376,17 +376,17 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
     # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
     # a cluster scaling up from zero GPUs would then start the searches one after another. One pending
     # trial per sparsity lets every search start at once.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(len(s.sparsities)))
     scheduler = None
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
             metric=s.metric, mode=s.mode, time_attr="training_iteration", max_t=max_epochs,
             grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
         )
-    results = run_experiment(
-        "search", _search_trial, ctx, search_alg=searcher, scheduler=scheduler,
-        num_samples=len(s.sparsities) * s.trials_per_sparsity,
-    )
+    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(len(s.sparsities))):
+        results = run_experiment(
+            "search", _search_trial, ctx, search_alg=searcher, scheduler=scheduler,
+            num_samples=len(s.sparsities) * s.trials_per_sparsity,
+        )
     trials = sorted((trial_row(r, metric=s.metric) for r in results), key=lambda t: (t["sparsity"], t["start"] or 0))
     best: dict[str, Any] = {}
     for sp in s.sparsities:
@@ -498,6 +498,20 @@ def connect(address: str | None, exp: ExperimentConfig) -> ClusterInfo:
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _env_default(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable unless the user did, for one experiment only: a later experiment in
+    the same process (a notebook, the test suite) must not inherit this one's value."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def tune_storage(exp: ExperimentConfig, run_dir: str | Path) -> str:

@@ -67,3 +67,19 @@ def test_restore_refuses_a_search_over_other_sparsities(tmp_path):
 def test_same_seed_same_suggestions():
     a, b = make(seed=3), make(seed=3)
     assert [a.suggest(f"t{i}") for i in range(4)] == [b.suggest(f"t{i}") for i in range(4)]
+
+
+def test_the_pending_trials_setting_lasts_one_experiment_and_yields_to_the_users(monkeypatch):
+    import os
+
+    from detector.tune import _env_default
+
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):
+        assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "4"
+    # gone again: a later search of 4 sparsities must not run with a 1-sparsity search's value
+    assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "2")
+    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):
+        assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "2"
+    assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "2"
