@@ -149,7 +149,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
     elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # torch counts the host's cores; a container or Ray worker may be allowed fewer.
-        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        from detector.system import usable_cpus
+
+        allowed = usable_cpus()
         if torch.get_num_threads() > allowed:
             torch.set_num_threads(allowed)
     return device

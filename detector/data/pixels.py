@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +34,7 @@ from typing import Any
 
 from detector.data.shards import COLUMNS, ShardLimits, ShardWriter, read_rows, sha256_file, shard_units
 from detector.io import make_readable
+from detector.system import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def derive_pixels(data: str, out: Path, *, size: int = 224, workers: int | None 
     done = {s["path"]: r for s in shards if (r := _load_receipt(out, s, size)) is not None}
     pending = [s for s in shards if s["path"] not in done]
     log.info("%d shards, %d already converted", len(shards), len(done))
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    workers = max(1, workers if workers is not None else usable_cpus())
     show = None if progress is None else not progress
     with tqdm(total=sum(s["rows"] for s in shards), initial=sum(s["rows"] for s in shards if s["path"] in done),
               unit="img", desc="pixels", disable=show, file=sys.stderr, dynamic_ncols=True) as bar:
@@ -168,7 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="a dataset written by `detector prepare` (folder or URI)")
     parser.add_argument("--out", required=True, type=Path, help="the pixel dataset's folder")
     parser.add_argument("--size", type=int, default=224, help="image size the loader will ask for (default 224)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (one shard each)")
+    parser.add_argument("--workers", type=int, default=usable_cpus(),
+                        help="processes, one shard each (default: the CPUs this process may use)")
 
 
 def main(args: argparse.Namespace) -> int:

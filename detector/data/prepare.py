@@ -51,6 +51,7 @@ from detector.data.sources import (
 )
 from detector.data.demo import DEMO_COUNTS, DEMO_IMAGE_SIZE, DemoConfig
 from detector.io import make_readable
+from detector.system import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +434,7 @@ def prepare(out: Path, *, sources: Sequence[Source] | Mapping[str, str | Path] =
     from detector.io import atomic_write_json
 
     sources = as_sources(sources, demo=demo)
-    workers = workers if workers is not None else (os.cpu_count() or 1)
+    workers = workers if workers is not None else usable_cpus()
     options = ImportOptions(fmt=fmt, shard_rows=shard_rows, row_group_rows=row_group_rows, max_size=max_size,
                             max_pixels=max_pixels)
     out = Path(out)
@@ -527,7 +528,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--synthbuster", type=Path, metavar="DIR", help="SynthBuster (fake-only, 80/10/10 per generator)")
     src.add_argument("--folder", type=Path, metavar="DIR", help="DIR/{real,fake}/ or DIR/{train,val,test}/{real,fake}/")
     src.add_argument("--demo", action="store_true", help="the built-in generated demo dataset (no download)")
-    parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="import processes")
+    parser.add_argument("--workers", type=_positive, default=usable_cpus(),
+                        help="import processes (default: the CPUs this process may use)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every split and shuffle (default 0)")
     parser.add_argument("--strict", action="store_true", help="fail (exit 1) if any input is rejected")
     parser.add_argument("--format", dest="fmt", choices=("parquet", "webdataset"), default="parquet",
