@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -142,7 +143,9 @@ def derive_pixels(data: str, out: Path, *, size: int = 224, workers: int | None 
                 done[s["path"]] = convert_shard(data, s, manifest["format"], str(out), size)
                 bar.update(s["rows"])
         else:
-            with ProcessPoolExecutor(min(workers, len(pending))) as pool:
+            # spawn, not fork: this process holds Arrow thread pools that a fork would copy mid-flight
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=spawn) as pool:
                 futures = {pool.submit(convert_shard, data, s, manifest["format"], str(out), size): s for s in pending}
                 for future in futures:
                     receipt = future.result()
