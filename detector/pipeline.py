@@ -157,7 +157,7 @@ def run(
 
     if "prepare" in stages:
         prepare_data(exp, data)
-    if exp.data.pixels:
+    if exp.data.pixels and set(stages) - {"report"}:  # the report reads the run folder only
         data = pixel_data(exp, run_dir, data, derive="prepare" in stages)
 
     todo = pending_work(exp, run_dir, stages)

@@ -203,11 +203,12 @@ def to_device(
     memory and over PCIe) are normalised here, on the device, with the presets' ImageNet mean/std.
     """
     fmt = torch.channels_last if channels_last and images.dim() == 4 else torch.contiguous_format
+    images = images.to(device, non_blocking=True, memory_format=fmt)
     if images.dtype == torch.uint8:
         from detector.data.transforms import normalize_imagenet
 
-        images = normalize_imagenet(images.to(device, non_blocking=True))
-    images = images.to(device, non_blocking=True, memory_format=fmt)
+        # into a float tensor of the same layout: no second copy to reach channels_last
+        images = normalize_imagenet(images, out=torch.empty_like(images, dtype=torch.float32))
     labels = labels.to(device, non_blocking=True).float()
     return images, labels
 

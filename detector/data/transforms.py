@@ -100,10 +100,10 @@ class ClassificationPresetEval(_Preset):
 _IMAGENET = ClassificationPresetEval(image_size=1)
 
 
-def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, S, S) on any device -> float32 with the presets' ImageNet mean/std.
+def normalize_imagenet(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (..., 3, S, S) on any device -> float32 with the presets' ImageNet mean/std (into ``out``).
 
     The same arithmetic as the loader's CPU normalisation (so the same values): the trainer applies it
     on the device to the uint8 batches of ``build_loader(..., normalize=False)``.
     """
-    return _IMAGENET.normalize(x)
+    return _IMAGENET.normalize(x, out=out)
