@@ -24,6 +24,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            # mkstemp creates 0600; results and datasets are shared, so give the mode open() would
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -45,9 +47,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def make_readable(path: str | Path) -> None:
-    """Give a file written by :func:`atomic_open` (created 0600) the usual umask-derived mode: datasets
-    and results are shared."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask(0) would open a window for other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # no /proc (macOS): set a strict mask for the instant it takes to read
+    os.umask(mask)
+    return mask

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from detector.data.shards import COLUMNS, ShardLimits, ShardWriter, read_rows, sha256_file, shard_units
-from detector.io import make_readable
 from detector.system import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,6 @@ def convert_shard(data: str, shard: dict[str, Any], fmt: str, out: str, size: in
                 writer.write(row)
                 rows += 1
             writer.end_group()
-    make_readable(target)
     if rows != shard["rows"]:
         raise ValueError(f"{data}/{shard['path']}: read {rows} rows, the manifest lists {shard['rows']}")
     with open(target, "rb") as f:
@@ -161,7 +159,6 @@ def derive_pixels(data: str, out: Path, *, size: int = 224, workers: int | None 
         "from": {"data": data, "manifest_sha256": manifest_sha256(data)},
     }
     atomic_write_json(out / MANIFEST, derived)
-    make_readable(out / MANIFEST)
     log.info("pixel dataset written in %.1fs: %s", time.perf_counter() - t0, out / MANIFEST)
     return derived
 

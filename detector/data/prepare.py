@@ -50,7 +50,6 @@ from detector.data.sources import (
     plan_sources,
 )
 from detector.data.demo import DEMO_COUNTS, DEMO_IMAGE_SIZE, DemoConfig
-from detector.io import make_readable
 from detector.system import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -312,7 +311,6 @@ def _write_shards(out: Path, pending: Sequence[ShardPlan], options: ImportOption
                 writer.close()
                 writer = None
                 shard = out / plan.name
-                make_readable(shard)
                 with open(shard, "rb") as f:
                     digest = sha256_file(f)
                 atomic_write_json(_receipt_path(out, plan), {
@@ -467,7 +465,6 @@ def prepare(out: Path, *, sources: Sequence[Source] | Mapping[str, str | Path] =
         atomic_write_json(out / REJECTED, manifest["rejected"])
         raise StrictImportError(manifest)
     atomic_write_json(out / MANIFEST, manifest)
-    make_readable(out / MANIFEST)
     log.info("import finished in %.1fs: %s", time.perf_counter() - t0, out / MANIFEST)
     return manifest
 
