@@ -243,8 +243,7 @@ def up(
     log_dir.mkdir(parents=True, exist_ok=True)
 
     token_path = temp / "auth_token"
-    atomic_write_text(token_path, secrets.token_hex(32))
-    token_path.chmod(0o600)
+    atomic_write_text(token_path, secrets.token_hex(32), private=True)
     env = _node_env(token_path)
 
     object_store = str(object_store_mb * 1024 * 1024)

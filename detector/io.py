@@ -15,8 +15,12 @@ from typing import Any, Iterator, BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``, on error it is removed."""
+def atomic_open(path: str | Path, mode: str = "wb", *, private: bool = False) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``, on error it is removed.
+
+    The file gets the mode ``open()`` would give it (0666 less the umask), or 0600 when ``private``
+    (a secret is then never readable by others, not even for an instant).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,8 +28,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            # mkstemp creates 0600; results and datasets are shared, so give the mode open() would
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            if not private:  # mkstemp creates 0600; results and datasets are shared
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -34,13 +38,13 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
+def atomic_write_bytes(path: str | Path, data: bytes, *, private: bool = False) -> None:
+    with atomic_open(path, "wb", private=private) as f:
         f.write(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, *, private: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), private=private)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -20,6 +20,15 @@ def test_the_file_gets_the_mode_of_the_umask_not_mkstemps_0600(tmp_path, umask, 
     assert stat.S_IMODE((tmp_path / "models" / "baseline.json").stat().st_mode) == mode
 
 
+def test_a_secret_is_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        atomic_write_text(tmp_path / "auth_token", "s3cr3t", private=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "auth_token").stat().st_mode) == 0o600
+
+
 def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
     (tmp_path / "report.md").write_text("the previous report")
     with pytest.raises(RuntimeError, match="disk full"):
