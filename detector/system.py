@@ -21,16 +21,21 @@ def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
 
 def _cgroup_quota(root: Path) -> float | None:
     """CPUs allowed by the cgroup quota, or None when unlimited or unknown."""
-    try:
-        text = (root / "cpu.max").read_text().split()  # v2: "<quota> <period>" or "max <period>"
-        if text and text[0] != "max":
-            return int(text[0]) / int(text[1])
+    v2 = _read(root / "cpu.max")  # "<quota> <period>", or "max <period>" when unlimited
+    if v2:
+        parts = v2.split()
+        ok = len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and int(parts[1]) > 0
+        return int(parts[0]) / int(parts[1]) if ok else None
+    try:  # v1: the quota is -1 when unlimited; a missing file reads "", a ValueError
+        q, p = int(_read(root / "cpu" / "cpu.cfs_quota_us")), int(_read(root / "cpu" / "cpu.cfs_period_us"))
+    except ValueError:
         return None
-    except (OSError, ValueError, IndexError):
-        pass
+    return q / p if q > 0 and p > 0 else None
+
+
+def _read(path: Path) -> str:
+    """The file's text, or "" when it cannot be read (no cgroup file system, another cgroup version)."""
     try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 when unlimited
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 and period > 0 else None
-    except (OSError, ValueError):
-        return None
+        return path.read_text()
+    except OSError:
+        return ""

@@ -31,10 +31,14 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from detector.data.images import decode_image
 from detector.data.shards import COLUMNS, ShardLimits, ShardWriter, read_rows, sha256_file, shard_units
 from detector.system import usable_cpus
+
+if TYPE_CHECKING:  # torch is imported in the worker, not for `detector --help`
+    from detector.data.transforms import ClassificationPresetEval
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +48,9 @@ RAW = "RAW"
 LAYOUT = "CHW uint8 RGB"
 
 
-def pixel_bytes(data: bytes, size: int, *, name: str = "") -> bytes:
-    """The stored form of one encoded image: decoded, resized like the presets, planar uint8 bytes."""
-    from detector.data.images import decode_image
-    from detector.data.transforms import ClassificationPresetEval
-
-    x = ClassificationPresetEval(image_size=size).to_uint8(decode_image(data, name=name))
-    return x.contiguous().numpy().tobytes()
+def pixel_bytes(data: bytes, preset: ClassificationPresetEval, *, name: str = "") -> bytes:
+    """The stored form of one encoded image: decoded, resized by ``preset``, planar uint8 bytes."""
+    return preset.to_uint8(decode_image(data, name=name)).contiguous().numpy().tobytes()
 
 
 def _receipt_path(out: Path, shard: str) -> Path:
@@ -75,6 +75,7 @@ def convert_shard(data: str, shard: dict[str, Any], fmt: str, out: str, size: in
     import torch
 
     from detector.data.loader import _join, _resolve, verify_shard
+    from detector.data.transforms import ClassificationPresetEval
     from detector.io import atomic_write_json
 
     torch.set_num_threads(1)  # one shard per process; the pool supplies the parallelism
@@ -83,12 +84,13 @@ def convert_shard(data: str, shard: dict[str, Any], fmt: str, out: str, size: in
     verify_shard(filesystem, path, shard["sha256"], name=f"{data}/{shard['path']}")
     target = Path(out) / shard["path"]
     rows = 0
+    preset = ClassificationPresetEval(image_size=size)
     # one row group per source row group: the same shuffle units, so the same epochs as the source
     with ShardWriter(target, fmt, ShardLimits(row_group_rows=1 << 30, row_group_bytes=1 << 62)) as writer:
         for unit in shard_units(filesystem, path, shard["path"], fmt, shard["rows"]):
             for row in read_rows(filesystem, path, fmt, unit, range(unit.rows), COLUMNS):
                 name = f"{data}/{shard['path']} ({row['original_path']})"
-                row.update(image=pixel_bytes(row["image"], size, name=name), format=RAW, width=size, height=size,
+                row.update(image=pixel_bytes(row["image"], preset, name=name), format=RAW, width=size, height=size,
                            resized=True)
                 writer.write(row)
                 rows += 1
