@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def main() -> int:
     from detector.data.demo import DemoConfig
     from detector.data.prepare import prepare
-    from detector.pipeline import run
-    from detector.stages import model_path
+    from detector.job.pipeline import run
+    from detector.job.runfolder import RunFolder
     from pipeline_helpers import tiny_experiment
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,21 +46,20 @@ def main() -> int:
                                          "asha_reduction_factor": 2},
                            search_train={"max_epochs": args.epochs}, train={"batch_size": 32, "max_epochs": 3})
     shared = args.out / "baseline"
-    if not model_path(shared, 0.0).exists():
+    if not RunFolder(shared).model(0.0).exists():
         run(full, shared, stages=["baseline"])
     rows = {}
     for name, exp in (("full", full), ("asha", asha)):
         run_dir = args.out / name
         shutil.rmtree(run_dir, ignore_errors=True)
         (run_dir / "models").mkdir(parents=True)
-        shutil.copy(model_path(shared, 0.0), model_path(run_dir, 0.0))
+        shutil.copy(RunFolder(shared).model(0.0), RunFolder(run_dir).model(0.0))
         t0 = time.perf_counter()
         run(exp, run_dir, stages=["search"])
         r = json.loads((run_dir / "search" / "results.json").read_text())
         rows[name] = {"makespan_s": time.perf_counter() - t0, "epochs_run": r["epochs_run"],
                       "epochs_budget": r["epochs_budget"],
-                      "best": {k: {"optimizer": v["optimizer"], "lr": v["lr"], "val_accuracy": v["val_accuracy"]}
-                               for k, v in r["best"].items()},
+                      "best": {k: {**v["params"], "val_accuracy": v["val_accuracy"]} for k, v in r["best"].items()},
                       "params": sorted((t["sparsity"], t["params"]["optimizer"], round(t["params"]["lr"], 12))
                                        for t in r["trials"])}
     same_trials = rows["full"]["params"] == rows["asha"]["params"]

@@ -34,12 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.efficiency import _timed, state_dict_size_mb  # noqa: E402
-from detector.export import sparse_size_mb  # noqa: E402
+from detector.checkpoint import sparse_size_mb, state_dict_size_mb  # noqa: E402
+from detector.evaluate.efficiency import _timed  # noqa: E402
 from detector.model import build_model, count_parameters  # noqa: E402
-from detector.pruning import exported_copy, prune_global_l1, sparsity_report  # noqa: E402
-from detector.semistructured import semistructured_benchmark, semistructured_unavailable  # noqa: E402
-from detector.structured import count_macs, prune_channels_l1  # noqa: E402
+from detector.prune.unstructured import exported_copy, prune_global_l1, sparsity_report  # noqa: E402
+from detector.prune.semistructured import semistructured_benchmark, semistructured_unavailable  # noqa: E402
+from detector.prune import prune  # noqa: E402
+from detector.prune.channels import count_macs  # noqa: E402
 
 
 def build_models(arch: str, budgets: list[float]) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
@@ -50,10 +51,10 @@ def build_models(arch: str, budgets: list[float]) -> dict[str, tuple[torch.nn.Mo
         prune_global_l1(m, b)
         models[f"unstructured-{round(100 * b)}"] = (exported_copy(m).eval(), {"method": "unstructured", "budget": b})
         m = build_model(arch, seed=0)
-        info = prune_channels_l1(m, b, arch=arch)
-        models[f"structured-{round(100 * b)} (x{info['channel_multiple']})"] = (
-            m.eval(), {"method": "structured", "budget": b, "channel_ratio": info["channel_ratio"],
-                       "channel_multiple": info["channel_multiple"], "params_removed": info["params_removed"]})
+        info = prune(m, b, method="structured", arch=arch)
+        models[f"structured-{round(100 * b)} (x{info.channel_multiple})"] = (
+            m.eval(), {"method": "structured", "budget": b, "channel_ratio": info.channel_ratio,
+                       "channel_multiple": info.channel_multiple, "params_removed": info.achieved})
     return models
 
 

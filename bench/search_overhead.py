@@ -27,7 +27,8 @@ def plain_optuna_loop(exp, run_dir: Path) -> dict:
     """The searches as a user would write them without Ray: one Optuna study per sparsity, in turn."""
     import optuna
 
-    from detector.stages import model_path, train_stage
+    from detector.job.runfolder import RunFolder
+    from detector.job.stages import train_stage
 
     import torch
 
@@ -44,8 +45,7 @@ def plain_optuna_loop(exp, run_dir: Path) -> dict:
             lr = trial.suggest_float("lr", s.lr_min, s.lr_max, log=True)
             cfg = exp.stage_train("search_train", optimizer=optimizer, lr=lr)
             summary = train_stage(cfg, data=exp.data.path, out_dir=run_dir / "plain" / f"{sparsity:g}-{trial.number}",
-                                  tb_dir=None, init=model_path(run_dir, 0.0), sparsity=sparsity,
-                                  early_stopping=False)
+                                  tb_dir=None, init=RunFolder(run_dir).model(0.0), sparsity=sparsity)
             return summary["history"][-1]["val_accuracy"]
 
         study.optimize(objective, n_trials=s.trials_per_sparsity)
@@ -58,7 +58,7 @@ def tune_search(exp, run_dir: Path, *, concurrent: bool) -> dict:
 
     import ray
 
-    from detector.pipeline import run
+    from detector.job.pipeline import run
 
     res = dataclasses.replace(exp.resources, max_concurrent_trials=0 if concurrent else 1)
     exp = dataclasses.replace(exp, resources=res)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from detector.efficiency import device_name
+from detector.device import device_name
 from detector.model import build_model
 from detector.train import (
     TrainConfig,

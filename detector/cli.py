@@ -1,7 +1,9 @@
 """The ``detector`` command: one subcommand per stage.
 
-Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
-``main(args) -> int``. Modules import torch/Ray inside ``main`` so that ``detector --help`` stays fast.
+Each subcommand lives in its own module of ``detector.commands``, which provides ``add_arguments(parser)``
+and ``main(args) -> int``. Modules import torch/Ray inside ``main`` so that ``detector --help`` stays fast.
+A user error (bad config value, file, checkpoint, data) raised by any of them is reported here, one way:
+``detector COMMAND: error: ...`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ import importlib
 import logging
 import sys
 
+from detector.commands._common import USER_ERRORS, fail
+
+log = logging.getLogger(__name__)
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("detector.data.prepare", "import datasets into Parquet/WebDataset shards"),
-    "pixels": ("detector.data.pixels", "derive a dataset of decoded, resized pixels (decode once, not every epoch)"),
+    "prepare": ("detector.commands.prepare", "import datasets into Parquet/WebDataset shards"),
+    "pixels": ("detector.commands.pixels", "derive a dataset of decoded, resized pixels (decode once, not every epoch)"),
     "run": ("detector.commands.run", "run the whole experiment (or chosen stages) on a local or remote Ray"),
     "demo": ("detector.commands.demo", "the whole job on an embedded local Ray with the built-in demo data"),
     "report": ("detector.commands.report", "(re)write a run's report from its run folder"),
     "status": ("detector.commands.status", "a table of a run's trials, live or finished"),
     "train": ("detector.commands.train", "train one model (the baseline, or a fine-tune of a checkpoint)"),
-    "prune": ("detector.commands.prune", "prune a checkpoint (global L1 unstructured) to a sparsity"),
+    "prune": ("detector.commands.prune", "prune a checkpoint to a sparsity (global L1, or L1 channels)"),
     "evaluate": ("detector.commands.evaluate", "metrics of checkpoints on every test set (Tables 3, 5)"),
     "efficiency": ("detector.commands.efficiency", "parameters, size, latency, throughput (Table 6)"),
     "export": ("detector.commands.export", "export a model as a compact sparse file, a dense checkpoint or ONNX"),
@@ -56,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except USER_ERRORS as e:
+        log.debug("detector %s failed", args.command, exc_info=True)
+        return fail(args.command, str(e))
 
 
 if __name__ == "__main__":

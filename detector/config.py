@@ -28,12 +28,11 @@ def _check_value(where: str, value: Any, tp: Any) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in args:
             try:
                 return _check_value(where, value, arg)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} matches none of {tp}")
     if tp is type(None):
         if value is not None:
@@ -144,6 +143,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """``search.trials_per_sparsity=2`` -> ``data["search"]["trials_per_sparsity"] = 2`` (value parsed as YAML),
+    in place; what ``--set`` does for every command that takes a config."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. search.trials_per_sparsity=2")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

@@ -11,11 +11,9 @@ to TensorBoard, to ``on_epoch`` (e.g. ``tune.report``) and to ``history.jsonl``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import random
 import re
 import sys
@@ -31,13 +29,13 @@ from torch import nn
 
 from detector.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from detector.config import save_yaml, to_dict
+from detector.device import PRECISIONS, Precision, autocast, resolve_device, resolve_precision, seed_everything
 from detector.io import atomic_write_text
 from detector.model import ARCHITECTURES, build_model
-from detector.pruning import dense_state_dict
+from detector.prune import PruningInfo
+from detector.prune.unstructured import dense_state_dict
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 # How many steps may pass between loss checks: checking every step would force a GPU sync per step.
 _FINITE_CHECK_EVERY = 25
@@ -59,7 +57,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 16
     max_epochs: int = 100
-    patience: int = 3  # epochs without a new best val_accuracy before stopping
+    # epochs without a new best val_accuracy before stopping; null: never stop early (a search trial,
+    # whose epochs are its budget)
+    patience: int | None = 3
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -82,15 +82,17 @@ class TrainConfig:
             raise ValueError(f"momentum: {self.momentum} is not in [0, 1)")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
-        for name in ("batch_size", "max_epochs", "patience"):
+        for name in ("batch_size", "max_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience: {self.patience} must be >= 1, or null for no early stopping")
         if self.num_workers < 0:
             raise ValueError(f"num_workers: {self.num_workers} must be >= 0")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"device: {self.device!r} is not auto, cpu, mps, cuda or cuda:N")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"precision: {self.precision!r} is not auto, bf16, fp16 or fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         for name in ("max_train_batches", "max_val_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -100,9 +102,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EarlyStopping:
     """Early stopping on a metric to maximise; ``update`` returns the next state (a plain value, so it
-    goes into checkpoints as a dict)."""
+    goes into checkpoints as a dict). ``patience=None`` never stops."""
 
-    patience: int
+    patience: int | None
     best: float = -math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
@@ -114,7 +116,10 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
 
 @dataclass(frozen=True)
@@ -127,57 +132,7 @@ class FitResult:
     best_checkpoint: Path
 
 
-# --- device and precision -------------------------------------------------------------------------
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; also applies the per-device speed settings."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: {name!r} requested but CUDA is not available")
-        # Fixed input shapes: let cuDNN pick the fastest kernels once; TF32 for fp32 matmuls/convs.
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # torch counts the host's cores; a container or Ray worker may be allowed fewer.
-        from detector.system import usable_cpus
-
-        allowed = usable_cpus()
-        if torch.get_num_threads() > allowed:
-            torch.set_num_threads(allowed)
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> Literal["bf16", "fp16", "fp32"]:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"precision: fp16 (with a gradient scaler) needs CUDA, not {device.type}; use bf16 or fp32")
-    if precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"precision: {precision!r} is not auto, bf16, fp16 or fp32")
-    return precision  # type: ignore[return-value]
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# --- optimizer, one step, one epoch, evaluation ---------------------------------------------------
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -189,9 +144,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            fused=fused or None)
-
-
-# --- one step, one epoch, evaluation --------------------------------------------------------------
 
 
 def to_device(
@@ -396,7 +348,7 @@ def collect_predictions(
     channels_last: bool = False,
     max_batches: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, list] | None]:
-    """Raw outputs for ``detector.metrics``: (labels int (N,), probability of Real (N,), metas or None)."""
+    """Raw outputs for ``detector.evaluate.metrics``: (labels int (N,), probability of Real (N,), metas or None)."""
     labels, logits, metas = _forward_all(
         model, loader, device=torch.device(device), precision=precision, channels_last=channels_last,
         max_batches=max_batches, desc="predict",
@@ -432,17 +384,117 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _check_arch(model: nn.Module, arch: str, *, channel_pruned: bool = False) -> None:
+def _check_arch(model: nn.Module, arch: str, pruning: PruningInfo) -> None:
     """Refuse to label a model's checkpoints with the wrong architecture (load_model rebuilds from it).
     A channel-pruned model has the arch's layers at smaller widths: then the layer names must agree."""
     with torch.device("meta"):
         reference = build_model(arch)
     want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in dense_state_dict(model).items()}
-    if channel_pruned:
+    if pruning.structured:
         want, have = {k: None for k in want}, {k: None for k in have}
     if want != have:
         raise ValueError(f"arch: the model passed to fit is not a {arch} with a single-logit head")
+
+
+# Metrics that describe the input pipeline and the hardware, not the model: TensorBoard files them under perf/.
+PERF_METRICS = ("images_per_s", "data_wait_s")
+# In every epoch's row but not plotted per epoch: bookkeeping, or the running best (HParams shows it).
+_UNPLOTTED = ("epoch", "best_val_accuracy", "best_epoch")
+
+
+def tensorboard_tag(key: str) -> str:
+    """A metric's TensorBoard tag, from its name: ``train_loss`` -> ``train/loss``, ``val_accuracy`` ->
+    ``val/accuracy``, ``images_per_s`` -> ``perf/images_per_s``, ``lr`` -> ``lr``."""
+    prefix, _, rest = key.partition("_")
+    if prefix in ("train", "val") and rest:
+        return f"{prefix}/{rest}"
+    return f"perf/{key}" if key in PERF_METRICS else key
+
+
+class _TensorBoard:
+    """One TensorBoard run per fit: every epoch's metrics, and the run's hparams at the end (or nothing
+    when ``tb_dir`` is None)."""
+
+    def __init__(self, tb_dir: str | Path | None) -> None:
+        self.writer = None
+        if tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(tb_dir))
+
+    def __enter__(self) -> "_TensorBoard":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def epoch(self, metrics: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            if key not in _UNPLOTTED:
+                self.writer.add_scalar(tensorboard_tag(key), value, int(metrics["epoch"]))
+        self.writer.flush()
+
+    def hparams(self, hparams: Mapping[str, Any], stopper: EarlyStopping) -> None:
+        if self.writer is None or not hparams:
+            return
+        self.writer.add_hparams(
+            {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()},
+            {"hparam/best_val_accuracy": stopper.best, "hparam/best_epoch": stopper.best_epoch},
+            run_name=".",
+        )
+
+
+@dataclass
+class _Progress:
+    """Where the loop stands between epochs: what ``state.pt`` restores."""
+
+    next_epoch: int
+    stopper: EarlyStopping
+    stopped: bool
+    history: list[dict[str, float]]
+
+
+def _load_resume_state(model: nn.Module, cfg: TrainConfig, state_path: Path) -> dict[str, Any] | None:
+    """The saved state of an interrupted fit, its weights (and masks) loaded into ``model``; or None."""
+    if not state_path.exists():
+        return None
+    resume = load_checkpoint(state_path)
+    saved_arch = resume["metadata"].get("arch")
+    if saved_arch != cfg.arch:
+        raise ValueError(f"{state_path}: resuming a {saved_arch} run with arch {cfg.arch}")
+    # Weights (and masks) before the optimizer is built: its parameter order must match the saved one.
+    load_state_into(model, resume["model"], source=state_path)
+    return resume
+
+
+def _restore(resume: Mapping[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+             cfg: TrainConfig, state_path: Path) -> _Progress:
+    state = resume["train_state"]
+    optimizer.load_state_dict(resume["optimizer"])
+    for group in optimizer.param_groups:  # the config may change lr between runs; the config wins
+        group["lr"] = cfg.lr
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    stopper = EarlyStopping(**{**state["early_stopping"], "patience": cfg.patience})
+    _set_rng_state(state["rng"])
+    log.info("resuming %s after epoch %d (best val_accuracy %.4f at epoch %d)",
+             state_path, state["epoch"], stopper.best, stopper.best_epoch)
+    return _Progress(state["epoch"] + 1, stopper, state["stopped_early"], list(state["history"]))
+
+
+def _train_state(progress: _Progress, epoch: int, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "early_stopping": progress.stopper.state(),
+        "stopped_early": progress.stopped,
+        "history": progress.history,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": _rng_state(),
+    }
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -466,7 +518,7 @@ def fit(
     Writes into ``out_dir``: ``config.yaml``, ``history.jsonl`` (one metrics row per epoch) and
     ``checkpoint/`` with ``state.pt`` (whole state, rewritten every epoch) and ``best.pt`` (the best
     epoch's weights, a checkpoint ``load_model`` reads). ``on_epoch(metrics, out_dir / "checkpoint")``
-    runs after both are on disk. ``metadata`` (e.g. ``data_manifest_sha256``) goes into every
+    runs after both are on disk. ``metadata`` (e.g. ``data_manifest_sha256``, ``pruning``) goes into every
     checkpoint. ``hparams`` (e.g. a trial's sparsity/optimizer/lr) go into the checkpoints' metadata and
     TensorBoard's HParams view. A model with pruning masks keeps them: pruned weights stay zero throughout.
     On return the model holds the best epoch's weights.
@@ -476,126 +528,82 @@ def fit(
     state_path, best_path = ckpt_dir / "state.pt", ckpt_dir / "best.pt"
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    _check_arch(model, cfg.arch, channel_pruned=(metadata or {}).get("pruning_method") == "structured")
+    _check_arch(model, cfg.arch, PruningInfo.from_metadata(metadata or {}, where="fit metadata"))
 
-    stopper = EarlyStopping(cfg.patience)
-    history: list[dict[str, float]] = []
-    start_epoch, stopped = 1, False
-    resume = load_checkpoint(state_path) if state_path.exists() else None
-    if resume is not None:
-        saved_arch = resume["metadata"].get("arch")
-        if saved_arch != cfg.arch:
-            raise ValueError(f"{state_path}: resuming a {saved_arch} run with arch {cfg.arch}")
-        # Weights (and masks) before the optimizer is built: its parameter order must match the saved one.
-        load_state_into(model, resume["model"], source=state_path)
+    resume = _load_resume_state(model, cfg, state_path)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if resume is not None:
-        state = resume["train_state"]
-        optimizer.load_state_dict(resume["optimizer"])
-        for group in optimizer.param_groups:  # the config may change lr between runs; the config wins
-            group["lr"] = cfg.lr
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = state["epoch"] + 1
-        stopper = EarlyStopping(**{**state["early_stopping"], "patience": cfg.patience})
-        stopped = state["stopped_early"]
-        history = list(state["history"])
-        _set_rng_state(state["rng"])
-        log.info("resuming %s after epoch %d (best val_accuracy %.4f at epoch %d)",
-                 state_path, state["epoch"], stopper.best, stopper.best_epoch)
+        progress = _restore(resume, optimizer, scaler, cfg, state_path)
     else:
         seed_everything(cfg.seed)
+        progress = _Progress(1, EarlyStopping(cfg.patience), False, [])
     save_yaml(cfg, out_dir / "config.yaml")
 
     net = torch.compile(model) if cfg.compile else model
-    writer = None
-    if tb_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(tb_dir))
-    base_meta = {**(metadata or {}), "hparams": dict(hparams or {}), "arch": cfg.arch, "image_size": cfg.image_size, "config": to_dict(cfg)}
+    base_meta = {**(metadata or {}), "hparams": dict(hparams or {}), "arch": cfg.arch,
+                 "image_size": cfg.image_size, "config": to_dict(cfg)}
     set_epoch = getattr(getattr(train_loader, "dataset", None), "set_epoch", None)
-    try:
-        for epoch in range(start_epoch, cfg.max_epochs + 1):
-            if stopped:
+    with _TensorBoard(tb_dir) as tensorboard:
+        for epoch in range(progress.next_epoch, cfg.max_epochs + 1):
+            if progress.stopped:
                 break
             if set_epoch is not None:
                 set_epoch(epoch)
-            train_metrics = train_one_epoch(
-                net, train_loader, optimizer, device=device, precision=precision, scaler=scaler,
-                channels_last=cfg.channels_last, max_batches=cfg.max_train_batches, epoch=epoch,
-            )
-            val_metrics = evaluate(
-                net, val_loader, device=device, precision=precision, channels_last=cfg.channels_last,
-                prefix="val", max_batches=cfg.max_val_batches,
-            )
-            stopper = stopper.update(val_metrics["val_accuracy"], epoch)
-            stopped = stopper.should_stop
-            metrics: dict[str, float] = {
-                "epoch": epoch,
-                "train_loss": train_metrics["train_loss"],
-                "train_accuracy": train_metrics["train_accuracy"],
-                "val_loss": val_metrics["val_loss"],
-                "val_accuracy": val_metrics["val_accuracy"],
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": train_metrics["images_per_s"],
-                "data_wait_s": train_metrics["data_wait_s"],
-                "best_val_accuracy": stopper.best,
-                "best_epoch": stopper.best_epoch,
-            }
-            history.append(metrics)
+            metrics = _epoch(net, train_loader, val_loader, optimizer, scaler, cfg, device, precision, epoch)
+            progress.stopper = progress.stopper.update(metrics["val_accuracy"], epoch)
+            progress.stopped = progress.stopper.should_stop
+            metrics.update(best_val_accuracy=progress.stopper.best, best_epoch=progress.stopper.best_epoch)
+            progress.history.append(metrics)
+            epoch_meta = {**base_meta, "metrics": metrics, "epoch": epoch}
             # best.pt before state.pt: a crash in between leaves a state that still points at a valid best.
-            if stopper.best_epoch == epoch:
-                save_checkpoint(best_path, model, metadata={**base_meta, "metrics": metrics, "epoch": epoch})
-            train_state = {
-                "epoch": epoch,
-                "early_stopping": {"best": stopper.best, "best_epoch": stopper.best_epoch,
-                                   "bad_epochs": stopper.bad_epochs},
-                "stopped_early": stopped,
-                "history": history,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(),
-            }
-            save_checkpoint(state_path, model, metadata={**base_meta, "metrics": metrics, "epoch": epoch},
-                            optimizer=optimizer, extra={"train_state": train_state})
-            _write_history(out_dir / "history.jsonl", history)
-            if writer is not None:
-                for tag, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"),
-                                 ("train/accuracy", "train_accuracy"), ("val/accuracy", "val_accuracy"),
-                                 ("lr", "lr"), ("perf/images_per_s", "images_per_s"),
-                                 ("perf/data_wait_s", "data_wait_s")):
-                    writer.add_scalar(tag, metrics[key], epoch)
-                writer.flush()
-            log.info("epoch %d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.0f img/s, wait %.1fs)",
-                     epoch, metrics["train_loss"], metrics["train_accuracy"], metrics["val_loss"],
-                     metrics["val_accuracy"], metrics["images_per_s"], metrics["data_wait_s"])
+            if progress.stopper.best_epoch == epoch:
+                save_checkpoint(best_path, model, metadata=epoch_meta)
+            save_checkpoint(state_path, model, metadata=epoch_meta, optimizer=optimizer,
+                            extra={"train_state": _train_state(progress, epoch, scaler)})
+            _write_history(out_dir / "history.jsonl", progress.history)
+            tensorboard.epoch(metrics)
             if on_epoch is not None:
                 on_epoch(metrics, ckpt_dir)
-            if stopped:
+            if progress.stopped:
                 log.info("early stop after epoch %d: no better val_accuracy for %d epochs (best %.4f at epoch %d)",
-                         epoch, stopper.bad_epochs, stopper.best, stopper.best_epoch)
-        if writer is not None and hparams:
-            writer.add_hparams(
-                {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()},
-                {"hparam/best_val_accuracy": stopper.best, "hparam/best_epoch": stopper.best_epoch},
-                run_name=".",
-            )
-    finally:
-        if writer is not None:
-            writer.close()
+                         epoch, progress.stopper.bad_epochs, progress.stopper.best, progress.stopper.best_epoch)
+        tensorboard.hparams(hparams or {}, progress.stopper)
 
     if not best_path.exists():
         raise ValueError(f"{out_dir}: no epoch was trained (max_epochs={cfg.max_epochs}) and no best.pt exists")
     load_state_into(model, load_checkpoint(best_path)["model"], source=best_path)
     return FitResult(
-        best_epoch=stopper.best_epoch,
-        best_val_accuracy=stopper.best,
-        epochs_run=len(history),
-        stopped_early=stopped,
-        history=history,
+        best_epoch=progress.stopper.best_epoch,
+        best_val_accuracy=progress.stopper.best,
+        epochs_run=len(progress.history),
+        stopped_early=progress.stopped,
+        history=progress.history,
         best_checkpoint=best_path,
     )
+
+
+def _epoch(net: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
+           scaler: torch.amp.GradScaler | None, cfg: TrainConfig, device: torch.device, precision: str,
+           epoch: int) -> dict[str, float]:
+    """One epoch of training, then validation: the epoch's metrics row (the running best is added by fit)."""
+    train = train_one_epoch(net, train_loader, optimizer, device=device, precision=precision, scaler=scaler,
+                            channels_last=cfg.channels_last, max_batches=cfg.max_train_batches, epoch=epoch)
+    val = evaluate(net, val_loader, device=device, precision=precision, channels_last=cfg.channels_last,
+                   prefix="val", max_batches=cfg.max_val_batches)
+    metrics: dict[str, float] = {
+        "epoch": epoch,
+        "train_loss": train["train_loss"],
+        "train_accuracy": train["train_accuracy"],
+        "val_loss": val["val_loss"],
+        "val_accuracy": val["val_accuracy"],
+        "lr": optimizer.param_groups[0]["lr"],
+        **{k: train[k] for k in PERF_METRICS},
+    }
+    log.info("epoch %d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.0f img/s, wait %.1fs)",
+             epoch, metrics["train_loss"], metrics["train_accuracy"], metrics["val_loss"], metrics["val_accuracy"],
+             metrics["images_per_s"], metrics["data_wait_s"])
+    return metrics

@@ -11,16 +11,16 @@ from detector.config import from_dict
 from detector.data.demo import DemoConfig
 from detector.data.loader import manifest_sha256
 from detector.data.prepare import prepare
-from detector.experiment import ExperimentConfig
+from detector.job.experiment import ExperimentConfig
 from detector.model import build_model
-from detector.stages import model_path
+from detector.job.runfolder import RunFolder
 
 # The paper's workflow in miniature: 4 sparsities x 2 trials, resnet18 at 32 px, a few dozen images.
 TINY: dict[str, Any] = {
     "name": "tiny",
     "train": {"arch": "resnet18", "image_size": 32, "batch_size": 16, "max_epochs": 2, "patience": 2,
               "num_workers": 0, "channels_last": False, "lr": 1e-3},
-    "search_train": {"max_epochs": 1},
+    "search_train": {"max_epochs": 1, "patience": None},  # a trial's epochs are its budget
     "search": {"trials_per_sparsity": 2, "lr_min": 1e-5, "lr_max": 1e-3, "tpe_startup_trials": 1},
     "finetune": {"max_epochs": 1},
     "resources": {"cpus_per_trial": 0.5, "gpus_per_trial": 0, "local_num_cpus": 2, "max_failures": 1},
@@ -44,7 +44,7 @@ def make_tiny_data(out: Path) -> Path:
 def write_untrained_baseline(run_dir: Path, exp: ExperimentConfig) -> Path:
     """Stand-in for the baseline stage where a test is about the search only."""
     cfg = exp.stage_train("baseline")
-    path = model_path(run_dir, 0.0)
+    path = RunFolder(run_dir).model(0.0)
     save_checkpoint(path, build_model(cfg.arch, seed=0), metadata={
         "arch": cfg.arch, "image_size": cfg.image_size, "data_manifest_sha256": manifest_sha256(exp.data.path),
     })

@@ -6,7 +6,7 @@ import torch
 
 from detector.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from detector.model import build_model
-from detector.pruning import is_pruned, prune_global_l1, sparsity_report
+from detector.prune.unstructured import is_pruned, prune_global_l1, sparsity_report
 
 META = {"arch": "resnet18", "image_size": 32, "data_manifest_sha256": "ab" * 32, "metrics": {"val_accuracy": 0.9}}
 

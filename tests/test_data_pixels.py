@@ -64,7 +64,7 @@ def test_it_refuses_another_image_size_and_a_second_derivation(pixels16, tmp_pat
 
 
 def test_training_on_pixels_is_training_on_the_source(demo_shards, pixels16, tmp_path):
-    from detector.stages import train_stage
+    from detector.job.stages import train_stage
     from detector.train import TrainConfig
 
     cfg = TrainConfig(arch="resnet18", image_size=16, batch_size=16, max_epochs=2, num_workers=0, device="cpu",

@@ -74,7 +74,7 @@ def test_pixels_derive_from_a_bucket_byte_for_byte(bucket, demo_shards, tmp_path
 
 
 def test_a_training_stage_reads_its_data_from_the_bucket(bucket, tmp_path):
-    from detector.stages import train_stage
+    from detector.job.stages import train_stage
     from detector.train import TrainConfig
 
     cfg = TrainConfig(arch="resnet18", image_size=16, batch_size=16, max_epochs=1, num_workers=1, device="cpu",
@@ -91,8 +91,8 @@ def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
     bucket, the run folder keeps none of it, and `detector status` reads the trials back from there."""
     from pipeline_helpers import tiny_experiment, write_untrained_baseline
 
-    from detector.pipeline import run
-    from detector.tune import read_trials
+    from detector.job.pipeline import run
+    from detector.job.tune import read_trials
 
     uri, s3, _ = bucket
     storage = uri.replace("detector/data?", "detector/runs?")

@@ -3,9 +3,10 @@ import json
 import pytest
 
 from detector.cli import main as cli_main
-from detector.efficiency import efficiency_row, state_dict_size_mb
+from detector.checkpoint import state_dict_size_mb
+from detector.evaluate.efficiency import efficiency_row
 from detector.model import build_model
-from detector.pruning import is_pruned, prune_global_l1
+from detector.prune.unstructured import is_pruned, prune_global_l1
 
 FAST = dict(image_size=16, repeats=3, warmup=1, throughput_batch=2, throughput_repeats=1)
 

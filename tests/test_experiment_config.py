@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from detector.config import ConfigError
-from detector.experiment import ExperimentConfig, load_experiment
+from detector.job.experiment import ExperimentConfig, load_experiment
 
 CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 

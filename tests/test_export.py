@@ -13,11 +13,10 @@ import torch
 
 from detector.checkpoint import SPARSE_MAGIC, CheckpointError, load_model, save_checkpoint
 from detector.cli import main as cli_main
-from detector.efficiency import state_dict_size_mb
-from detector.export import decode_tensor, encode_tensor, sparse_bytes, write_sparse
+from detector.checkpoint import decode_tensor, encode_tensor, sparse_bytes, state_dict_size_mb, write_sparse
 from detector.model import build_model
-from detector.pruning import dense_state_dict, prune_global_l1
-from detector.structured import prune_channels_l1
+from detector.prune.unstructured import dense_state_dict, prune_global_l1
+from detector.prune import prune
 
 META = {"arch": "resnet18", "image_size": 32}
 
@@ -77,8 +76,8 @@ def test_fp16_halves_the_values_and_keeps_batchnorm_statistics_exact(tmp_path):
 
 def test_a_channel_pruned_model_exports_and_reloads(tmp_path):
     model = build_model("resnet18", seed=0).eval()
-    info = prune_channels_l1(model, 0.3, arch="resnet18")
-    path = write_sparse(tmp_path / "s.sparse", model, metadata={**META, **info})
+    info = prune(model, 0.3, method="structured", arch="resnet18")
+    path = write_sparse(tmp_path / "s.sparse", model, metadata={**META, "pruning": info.to_dict()})
     loaded, _ = load_model(path)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

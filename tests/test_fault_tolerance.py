@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from detector.config import save_yaml
-from detector.pipeline import run
-from detector.tune import read_trials
+from detector.job.pipeline import run
+from detector.job.tune import read_trials
 from pipeline_helpers import make_tiny_data, tiny_experiment, write_untrained_baseline
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -254,7 +254,7 @@ def test_dev_has_fewer_gpus_than_prod():
 
 @pytest.mark.parametrize("overlay", ["dev", "prod", "dev-rayjob", "prod-rayjob"])
 def test_workers_fit_a_trial_of_their_environments_config(overlay):
-    from detector.experiment import load_experiment
+    from detector.job.experiment import load_experiment
 
     docs = render(overlay)
     job = only(render(f"{overlay.split('-')[0]}-rayjob"), "RayJob", "detector-paper")
@@ -349,7 +349,7 @@ def entrypoint_config(entrypoint: str) -> tuple[Path, list[str]]:
 
 @pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.endswith(("-rayjob", "-submit"))])
 def test_entrypoint_names_a_script_and_a_valid_config_that_exist(overlay):
-    from detector.experiment import load_experiment
+    from detector.job.experiment import load_experiment
 
     for job in of_kind(render(overlay), "RayJob"):
         exp = load_experiment(*entrypoint_config(job["spec"]["entrypoint"]))

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from detector.metrics import breakdown_metrics, classification_metrics
+from detector.evaluate.metrics import breakdown_metrics, classification_metrics
 
 # 8 images, Real = 1. Predicted real when p >= 0.5:
 #   labels 1 1 1 1 0 0 0 0

@@ -8,7 +8,7 @@ from detector.checkpoint import save_checkpoint
 from detector.cli import main as cli_main
 from detector.data.loader import manifest_sha256
 from detector.data.prepare import prepare
-from detector.metrics import evaluate_test_sets
+from detector.evaluate.metrics import evaluate_split
 from detector.model import build_model
 
 
@@ -25,7 +25,7 @@ def two_sources(tmp_path_factory) -> Path:
 
 def test_every_test_set_with_per_source_and_generator_breakdowns(two_sources):
     model = build_model("resnet18", seed=0)
-    out = evaluate_test_sets(model, str(two_sources), image_size=16, batch_size=4)
+    out = evaluate_split(model, str(two_sources), "test", image_size=16, batch_size=4)["metrics"]
     assert set(out["sources"]) == {"faces140k", "synthbuster"}
     faces, synth = out["sources"]["faces140k"]["all"], out["sources"]["synthbuster"]["all"]
     assert faces["support"] == {"fake": 4, "real": 4} and faces["auc"] is not None

@@ -12,17 +12,14 @@ from detector.checkpoint import save_checkpoint
 from detector.cli import main as cli_main
 from detector.export import onnx_max_abs_diff, write_onnx
 from detector.model import build_model
-from detector.pruning import prune_global_l1
-from detector.structured import prune_channels_l1
+from detector.prune import prune
 
 
 def _model(kind: str) -> tuple[torch.nn.Module, dict]:
     model = build_model("resnet18", seed=0).eval()
     meta = {"arch": "resnet18", "image_size": 32}
-    if kind == "structured":
-        meta.update(prune_channels_l1(model, 0.4, arch="resnet18"))
-    elif kind == "unstructured":
-        prune_global_l1(model, 0.4)
+    if kind != "dense":
+        meta["pruning"] = prune(model, 0.4, method=kind, arch="resnet18").to_dict()
     return model, meta
 
 

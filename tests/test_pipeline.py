@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from detector.pipeline import pending_work, run
+from detector.job.pipeline import pending_work, run
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -110,7 +110,7 @@ def test_status_lists_every_trial(finished_run):
 
 def test_a_finished_run_is_reused_not_run_again(finished_run):
     from detector.config import from_dict, load_yaml
-    from detector.experiment import ExperimentConfig
+    from detector.job.experiment import ExperimentConfig
 
     # the config the run saved beside its results
     exp = from_dict(ExperimentConfig, load_yaml(finished_run / "experiment.yaml"))
@@ -151,7 +151,7 @@ def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
     """As with storage: s3://bucket/runs on a cluster; here a file:// URI stands in for the bucket."""
     from pipeline_helpers import write_untrained_baseline
 
-    from detector.tune import read_trials
+    from detector.job.tune import read_trials
 
     run_dir, remote = tmp_path / "run", tmp_path / "bucket"
     exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},

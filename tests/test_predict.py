@@ -10,7 +10,7 @@ from detector.cli import main as cli_main
 from detector.data.images import decode_image
 from detector.data.transforms import ClassificationPresetEval
 from detector.model import build_model
-from detector.predict import predict_images
+from detector.evaluate.predict import predict_images
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "realorfake"
 

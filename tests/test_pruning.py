@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from detector.model import build_model
-from detector.pruning import (
+from detector.prune.unstructured import (
     dense_state_dict,
     is_pruned,
     make_pruning_permanent,
@@ -89,7 +89,33 @@ def test_pruning_again_reaches_the_new_total_sparsity():
         prune_global_l1(model, 0.2)
 
 
-@pytest.mark.parametrize("amount", [-0.1, 1.0, 1.5])
-def test_amount_outside_0_1_is_refused(amount):
-    with pytest.raises(ValueError, match="amount"):
-        prune_global_l1(build_model("resnet18"), amount)
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5])
+def test_sparsity_outside_0_1_is_refused(sparsity):
+    with pytest.raises(ValueError, match="sparsity"):
+        prune_global_l1(build_model("resnet18"), sparsity)
+
+
+def test_prune_returns_what_it_did_for_either_method():
+    from detector.prune import PruningInfo, prune
+
+    dense = build_model("resnet18", seed=0)
+    assert prune(dense, 0.0, arch="resnet18") == PruningInfo()
+    info = prune(build_model("resnet18", seed=0), 0.4, method="unstructured", arch="resnet18")
+    assert (info.method, info.sparsity, info.channel_ratio) == ("unstructured", 0.4, None)
+    assert info.achieved == pytest.approx(0.4, abs=1e-6)
+    assert PruningInfo.from_dict(info.to_dict()) == info
+    with pytest.raises(ValueError, match="method: 'magnitude'"):
+        prune(build_model("resnet18"), 0.4, method="magnitude", arch="resnet18")
+
+
+def test_checkpoints_written_before_pruning_info_existed_still_say_what_they_are():
+    from detector.prune import PruningInfo
+
+    old_structured = {"pruning_method": "structured", "target_sparsity": 0.4, "params_removed": 0.398,
+                      "channel_ratio": 0.22, "channel_multiple": 16, "dense_prunable_params": 23_456_960}
+    assert PruningInfo.from_metadata(old_structured) == PruningInfo(
+        "structured", 0.4, 0.398, channel_ratio=0.22, channel_multiple=16, dense_prunable_params=23_456_960)
+    assert PruningInfo.from_metadata({"target_sparsity": 0.3, "sparsity": 0.3}).method == "unstructured"
+    assert PruningInfo.from_metadata({"arch": "resnet50"}) == PruningInfo()
+    with pytest.raises(ValueError, match="unknown key"):
+        PruningInfo.from_metadata({"pruning": {"method": "unstructured", "sparsity": 0.1, "amount": 0.1}})

@@ -3,7 +3,7 @@ import pytest
 from detector.checkpoint import load_model, save_checkpoint
 from detector.cli import main as cli_main
 from detector.model import build_model
-from detector.pruning import is_pruned, sparsity_report
+from detector.prune.unstructured import is_pruned, sparsity_report
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def test_prune_keeps_masks_for_fine_tuning(baseline, tmp_path, capsys):
     model, meta = load_model(out)
     assert is_pruned(model)
     assert sparsity_report(model)["sparsity"] == pytest.approx(0.3, abs=1e-6)
-    assert meta["sparsity"] == pytest.approx(0.3, abs=1e-6) and meta["target_sparsity"] == 0.3
+    assert meta["sparsity"] == pytest.approx(0.3, abs=1e-6) and meta["pruning"]["sparsity"] == 0.3
     assert meta["metrics"] == {}  # the baseline's metrics do not describe the pruned weights
     assert meta["data_manifest_sha256"] == "cd" * 32 and meta["pruned_from"] == str(baseline)
 
@@ -34,7 +34,7 @@ def test_prune_permanent_exports_plain_weights(baseline, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sparsity", "1.5"], "amount: 1.5 is not a fraction"),
+    (["--sparsity", "1.5"], "sparsity: 1.5 is not a fraction"),
     (["--sparsity", "0.3", "--checkpoint", "nope.pt"], "nope.pt: checkpoint not found"),
 ])
 def test_prune_errors_are_one_clear_line(baseline, tmp_path, capsys, args, message):

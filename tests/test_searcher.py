@@ -3,7 +3,7 @@
 import pytest
 from ray import tune
 
-from detector.tune import SparsitySearcher
+from detector.job.tune import SparsitySearcher
 
 SPACE = {"optimizer": tune.choice(["adam", "sgd"]), "lr": tune.loguniform(1e-6, 1e-4)}
 
@@ -72,7 +72,7 @@ def test_same_seed_same_suggestions():
 def test_the_pending_trials_setting_lasts_one_experiment_and_yields_to_the_users(monkeypatch):
     import os
 
-    from detector.tune import _env_default
+    from detector.job.tune import _env_default
 
     monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
     with _env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):

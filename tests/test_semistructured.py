@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detector.model import build_model
-from detector.semistructured import (
+from detector.prune.semistructured import (
     mask_2_4,
     plan_2_4,
     prune_2_4,
@@ -38,7 +38,7 @@ def test_an_older_gpu_is_named_with_its_compute_capability(monkeypatch):
 
 def test_kernels_that_fail_are_reported_not_raised(monkeypatch):
     # Pretend the device passed the checks; torch's conversion then refuses the CPU tensors for real.
-    import detector.semistructured as semi
+    import detector.prune.semistructured as semi
 
     monkeypatch.setattr(semi, "semistructured_unavailable", lambda device=None: None)
     r = semi.semistructured_benchmark(build_model("resnet50"), image_size=32, device="cpu", dtype=torch.float32)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from detector.metrics import classification_metrics
-from detector.stats import alignment, bootstrap_metrics, comparison_sentence, compare_models, mcnemar
+from detector.evaluate.metrics import classification_metrics
+from detector.evaluate.statistics import alignment, bootstrap_metrics, comparison_sentence, compare_models, mcnemar
 
 
 def test_bootstrap_interval_of_three_right_out_of_four():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from detector.io import atomic_write_json
-from detector.metrics import breakdown_metrics
+from detector.evaluate.metrics import breakdown_metrics
 from detector.report import write_report
 
 N = 400

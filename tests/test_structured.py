@@ -1,4 +1,4 @@
-"""Channel pruning: valid smaller networks at the requested budgets, checkpoints that rebuild them, and the
+"""Channel pruning: valid smaller networks at the requested sparsities, checkpoints that rebuild them, and the
 pipeline's train stage with ``search.method: structured``."""
 
 from __future__ import annotations
@@ -13,39 +13,40 @@ from detector.checkpoint import CheckpointError, load_model, save_checkpoint
 from detector.cli import main as cli_main
 from detector.config import ConfigError
 from detector.model import build_model, count_parameters
-from detector.structured import calibrate_channel_ratio, count_macs, prune_channels_l1, removed_fraction
+from detector.prune import PruningInfo, prune
+from detector.prune.channels import calibrate_channel_ratio, count_macs, prune_channels_l1, removed_fraction
 
-BUDGETS = [0.1, 0.2, 0.3, 0.4]
+SPARSITIES = [0.1, 0.2, 0.3, 0.4]
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
-def test_resnet50_calibration_meets_each_budget_within_one_percent(budget):
-    ratio, removed = calibrate_channel_ratio("resnet50", budget)
-    assert abs(removed - budget) <= 0.01
-    assert 0 < ratio < budget  # a layer loses ~1-(1-r)^2 of its weights, so fewer channels than weights go
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_resnet50_calibration_meets_each_sparsity_within_one_percent(sparsity):
+    ratio, removed = calibrate_channel_ratio("resnet50", sparsity)
+    assert abs(removed - sparsity) <= 0.01
+    assert 0 < ratio < sparsity  # a layer loses ~1-(1-r)^2 of its weights, so fewer channels than weights go
 
 
 def test_resnet50_pruned_to_40_percent_is_a_valid_smaller_network():
     model = build_model("resnet50", seed=0)
     dense_macs = count_macs(model, 64)
-    info = prune_channels_l1(model, 0.4, arch="resnet50")
-    assert abs(info["params_removed"] - 0.4) <= 0.01
+    info = prune(model, 0.4, method="structured", arch="resnet50")
+    assert info.method == "structured" and abs(info.achieved - 0.4) <= 0.01
     # 40 % can be met with channel counts in multiples of 16, which SIMD kernels run faster.
-    assert info["channel_multiple"] == 16
+    assert info.channel_multiple == 16
     assert all(m.out_channels % 16 == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
     assert abs(removed_fraction(model, "resnet50") - 0.4) <= 0.01
-    assert info["dense_prunable_params"] == 23_456_960
+    assert info.dense_prunable_params == 23_456_960
     assert count_parameters(model)["prunable_params"] == pytest.approx(0.6 * 23_456_960, rel=0.02)
     assert model.fc.out_features == 1 and model.fc.in_features < 2048
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1)
     assert count_macs(model, 64) < 0.7 * dense_macs
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
-def test_resnet18_budgets_and_residual_channels_stay_consistent(budget):
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_resnet18_sparsities_and_residual_channels_stay_consistent(sparsity):
     model = build_model("resnet18", seed=0)
-    prune_channels_l1(model, budget, arch="resnet18")
-    assert abs(removed_fraction(model, "resnet18") - budget) <= 0.01
+    prune_channels_l1(model, sparsity, arch="resnet18")
+    assert abs(removed_fraction(model, "resnet18") - sparsity) <= 0.01
     # Every block's output is added to its shortcut: the widths must still agree for the sum to exist.
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         for block in layer:
@@ -79,11 +80,12 @@ def test_pruning_a_channel_pruned_model_again_is_refused():
 
 def test_checkpoint_of_a_channel_pruned_model_rebuilds_it(tmp_path):
     model = build_model("resnet18", seed=0).eval()
-    info = prune_channels_l1(model, 0.3, arch="resnet18")
+    info = prune(model, 0.3, method="structured", arch="resnet18")
     x = torch.randn(2, 3, 32, 32)
-    path = save_checkpoint(tmp_path / "s.pt", model, metadata={"arch": "resnet18", "image_size": 32, **info})
+    path = save_checkpoint(tmp_path / "s.pt", model,
+                           metadata={"arch": "resnet18", "image_size": 32, "pruning": info.to_dict()})
     loaded, meta = load_model(path)
-    assert meta["pruning_method"] == "structured"
+    assert PruningInfo.from_metadata(meta) == info
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert all(type(m) in (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
@@ -98,7 +100,7 @@ def test_checkpoint_of_a_channel_pruned_model_rebuilds_it(tmp_path):
 def test_train_stage_with_structured_method_fine_tunes_and_saves_a_loadable_model(tmp_path):
     from pipeline_helpers import make_tiny_data, tiny_experiment, write_untrained_baseline
 
-    from detector.stages import train_stage
+    from detector.job.stages import train_stage
 
     data = make_tiny_data(tmp_path / "data")
     exp = tiny_experiment(data, search={"method": "structured"})
@@ -109,10 +111,11 @@ def test_train_stage_with_structured_method_fine_tunes_and_saves_a_loadable_mode
                           init=baseline, sparsity=0.4, method=exp.search.method, model_path=out)
     assert summary["epochs_run"] == 1
     model, meta = load_model(out)
-    assert meta["pruning_method"] == "structured" and abs(meta["params_removed"] - 0.4) <= 0.01
+    info = PruningInfo.from_metadata(meta)
+    assert info.method == "structured" and abs(info.achieved - 0.4) <= 0.01
     assert abs(removed_fraction(model, "resnet18") - 0.4) <= 0.01
     best, best_meta = load_model(tmp_path / "trial" / "checkpoint" / "best.pt")  # the loop's own checkpoints too
-    assert best_meta["pruning_method"] == "structured"
+    assert PruningInfo.from_metadata(best_meta) == info
     assert json.loads(out.with_suffix(".json").read_text())["best_epoch"] == 1
 
 

@@ -10,7 +10,7 @@ import detector.train as train_mod
 from detector.checkpoint import load_checkpoint, load_model
 from detector.config import ConfigError, from_dict
 from detector.model import build_model
-from detector.pruning import is_pruned, prune_global_l1, sparsity_report
+from detector.prune.unstructured import is_pruned, prune_global_l1, sparsity_report
 from detector.train import EarlyStopping, NonFiniteLossError, TrainConfig, evaluate, fit, collect_predictions
 
 SMALL = dict(arch="resnet18", image_size=16, batch_size=8, lr=1e-3, num_workers=0, channels_last=False, seed=0)

@@ -5,7 +5,7 @@ import pytest
 from detector.checkpoint import load_checkpoint, load_model
 from detector.cli import main as cli_main
 from detector.data.loader import manifest_sha256
-from detector.pruning import is_pruned, sparsity_report
+from detector.prune.unstructured import is_pruned, sparsity_report
 
 TINY = ["--set", "arch=resnet18", "--set", "image_size=16", "--set", "batch_size=8", "--set", "lr=1e-3",
         "--set", "num_workers=0", "--set", "channels_last=false", "--set", "max_epochs=2", "--set", "patience=2"]
@@ -31,7 +31,7 @@ def test_train_then_resume_then_fine_tune_a_pruned_copy(demo_shards, tmp_path, c
     assert cli_main(["train", "--data", str(demo_shards), "--out", str(ft), *TINY, "--set", "max_epochs=1",
                      "--init", str(out / "checkpoint" / "best.pt"), "--sparsity", "0.3"]) == 0
     model, meta = load_model(ft / "checkpoint" / "best.pt")
-    assert is_pruned(model) and meta["target_sparsity"] == 0.3
+    assert is_pruned(model) and meta["pruning"] == {**meta["pruning"], "method": "unstructured", "sparsity": 0.3}
     assert sparsity_report(model)["sparsity"] == pytest.approx(0.3, abs=1e-6)
     assert "best val_accuracy" in capsys.readouterr().out
 
@@ -53,3 +53,21 @@ def test_experiment_yaml_gives_the_baseline_stage(tmp_path):
 def test_bad_config_is_one_clear_line(demo_shards, tmp_path, capsys, args, message):
     assert cli_main(["train", "--data", str(demo_shards), "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_fine_tunes_a_channel_pruned_copy_through_the_job_s_stage_function(demo_shards, tmp_path):
+    from detector.prune import PruningInfo
+    from detector.prune.channels import removed_fraction
+
+    base = tmp_path / "baseline"
+    assert cli_main(["train", "--data", str(demo_shards), "--out", str(base), *TINY, "--set", "max_epochs=1",
+                     "--no-tensorboard"]) == 0
+    ft = tmp_path / "ch30"
+    assert cli_main(["train", "--data", str(demo_shards), "--out", str(ft), *TINY, "--set", "max_epochs=1",
+                     "--no-tensorboard", "--init", str(base / "checkpoint" / "best.pt"), "--sparsity", "0.3",
+                     "--method", "structured"]) == 0
+    model, meta = load_model(ft / "checkpoint" / "best.pt")
+    info = PruningInfo.from_metadata(meta)
+    assert info.method == "structured" and info.sparsity == 0.3 and abs(info.achieved - 0.3) <= 0.01
+    assert abs(removed_fraction(model, "resnet18") - 0.3) <= 0.01

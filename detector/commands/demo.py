@@ -4,7 +4,6 @@ end to end in minutes on 2 CPU cores (jobs/configs/demo.yaml)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from detector.commands.run import add_run_arguments
@@ -23,11 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from detector.commands.run import execute
-    from detector.config import ConfigError
 
-    try:
-        return execute(args.config or demo_config(), args.overrides, out=args.out, stages=args.stages,
-                       address=args.address)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"detector demo: error: {e}", file=sys.stderr)
-        return 2
+    return execute(args.config or demo_config(), args.overrides, out=args.out, stages=args.stages,
+                   address=args.address)

@@ -13,8 +13,6 @@ import json
 import logging
 from pathlib import Path
 
-from detector.commands._common import fail, markdown_table, user_errors
-
 log = logging.getLogger(__name__)
 
 COLUMNS = ["model", "sparsity", "nonzero_params", "total_params", "size_mb", "sparse_size_mb", "macs", "latency_ms",
@@ -37,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--arch", help="measure fresh models of this architecture (e.g. resnet50)")
     p.add_argument("--sparsities", type=_sparsities, default=[0.0], help="with --arch: e.g. 0,0.1,0.2,0.3,0.4")
     p.add_argument("--method", choices=["unstructured", "structured"], default="unstructured",
-                   help="with --arch: zero weights (global L1) or remove channels (L1) to each budget")
+                   help="with --arch: zero weights (global L1) or remove channels (L1) to each sparsity")
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's, or 224)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -49,25 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        rows = _measure(args)
-    except user_errors() as e:
-        log.debug("efficiency failed", exc_info=True)
-        return fail("efficiency", str(e))
+    from detector.report.tables import markdown
+
+    rows = _measure(args)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(markdown_table(rows, COLUMNS + ["device"]), end="")
+        print(markdown(rows, COLUMNS + ["device"]), end="")
     return 0
 
 
 def _measure(args: argparse.Namespace) -> list[dict]:
     from detector.checkpoint import load_model
-    from detector.efficiency import efficiency_row
+    from detector.device import resolve_device, resolve_precision
+    from detector.evaluate.efficiency import efficiency_row
     from detector.model import build_model
-    from detector.pruning import prune_global_l1
-    from detector.structured import prune_channels_l1
-    from detector.train import resolve_device, resolve_precision
+    from detector.prune import prune
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -82,10 +77,7 @@ def _measure(args: argparse.Namespace) -> list[dict]:
     else:
         for sparsity in args.sparsities:
             model = build_model(args.arch, seed=0)
-            if sparsity > 0 and args.method == "structured":
-                prune_channels_l1(model, sparsity, arch=args.arch)
-            elif sparsity > 0:
-                prune_global_l1(model, sparsity)
+            prune(model, sparsity, method=args.method, arch=args.arch)
             row = efficiency_row(model, image_size=args.image_size or 224, **timing)
             label = f"{args.arch} @ {sparsity:g}" + (" (channels removed)" if args.method == "structured" else "")
             rows.append({"model": label, "arch": args.arch, **row})

@@ -14,8 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detector.commands._common import fail, markdown_table, user_errors
-
 log = logging.getLogger(__name__)
 
 COLUMNS = ["model", "test set", "generator", "samples", "accuracy", "precision", "recall", "f1", "macro_f1",
@@ -55,19 +53,12 @@ def report_rows(results: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except user_errors() as e:
-        log.debug("evaluate failed", exc_info=True)
-        return fail("evaluate", str(e))
-
-
-def _run(args: argparse.Namespace) -> int:
     from detector.checkpoint import load_model
     from detector.data.loader import manifest_sha256
     from detector.io import atomic_write_json, atomic_write_text
-    from detector.metrics import evaluate_split
-    from detector.train import resolve_device, resolve_precision
+    from detector.evaluate.metrics import evaluate_split
+    from detector.report.tables import markdown
+    from detector.device import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -94,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     summary, generators = report_rows(results)
     text = (f"# {args.split} metrics ({args.data})\n\nPositive class: real. Threshold {args.threshold}. "
             "fake→real = fakes called real (false positives), real→fake = reals called fake.\n\n"
-            + markdown_table(summary, COLUMNS)
-            + "\n## Per generator\n\n" + markdown_table(generators, COLUMNS))
+            + markdown(summary, COLUMNS)
+            + "\n## Per generator\n\n" + markdown(generators, COLUMNS))
     atomic_write_json(args.out / "metrics.json", out)
     atomic_write_text(args.out / "metrics.md", text)
     print(text, end="")

@@ -20,8 +20,6 @@ import json
 import logging
 from pathlib import Path
 
-from detector.commands._common import fail, user_errors
-
 log = logging.getLogger(__name__)
 
 ONNX_TOLERANCE = 1e-4
@@ -38,11 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        result = _export(args)
-    except user_errors() as e:
-        log.debug("export failed", exc_info=True)
-        return fail("export", str(e))
+    result = _export(args)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.commands._common import fail, user_errors
+from detector.commands._common import fail
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from detector.checkpoint import load_model
-    from detector.predict import predict_images
-    from detector.train import resolve_device
+    from detector.evaluate.predict import predict_images
+    from detector.device import resolve_device
 
-    try:
-        device = resolve_device(args.device)
-        model, meta = load_model(args.checkpoint, device=device)
-    except user_errors() as e:
-        return fail("predict", str(e))
+    device = resolve_device(args.device)
+    model, meta = load_model(args.checkpoint, device=device)
     ok = bad = 0
     if not args.json:
         print(f"{'prob_real':>9}  {'label':<5}  path")

@@ -1,46 +1,48 @@
-"""Prune a checkpoint with global L1 unstructured pruning (paper §2.3).
+"""Prune a checkpoint to a sparsity: global L1 unstructured (paper §2.3), or L1 channel pruning.
 
-  detector prune --checkpoint CKPT --sparsity 0.3 --out CKPT2 [--permanent]
+  detector prune --checkpoint CKPT --sparsity 0.3 --out CKPT2 [--method structured] [--permanent]
 
-The output keeps the pruning masks, so a fine-tune from it keeps pruned weights at zero; --permanent
-bakes the zeros into plain weights instead (export: no masks, same size on disk).
+Unstructured: the output keeps the pruning masks, so a fine-tune from it keeps pruned weights at zero;
+--permanent bakes the zeros into plain weights instead (export: no masks, same size on disk). Structured:
+whole channels are removed, so the network itself is smaller (no masks).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
-
-from detector.commands._common import fail, user_errors
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="model to prune")
-    p.add_argument("--sparsity", required=True, type=float, help="fraction of Conv2d/Linear weights to zero, e.g. 0.3")
+    p.add_argument("--sparsity", required=True, type=float,
+                   help="fraction of the architecture's Conv2d/Linear weights to prune, e.g. 0.3")
+    p.add_argument("--method", choices=["unstructured", "structured"], default="unstructured",
+                   help="zero single weights (global L1, the paper's) or remove whole channels (L1)")
     p.add_argument("--out", required=True, type=Path, help="pruned checkpoint to write")
-    p.add_argument("--permanent", action="store_true", help="remove the masks (export) instead of keeping them")
+    p.add_argument("--permanent", action="store_true", help="unstructured: remove the masks (export) instead of keeping them")
 
 
 def main(args: argparse.Namespace) -> int:
     from detector.checkpoint import load_model, save_checkpoint
-    from detector.pruning import make_pruning_permanent, prune_global_l1, sparsity_report
+    from detector.prune import PruningInfo, prune
+    from detector.prune.unstructured import make_pruning_permanent, sparsity_report
 
-    try:
-        model, meta = load_model(args.checkpoint)
-        prune_global_l1(model, args.sparsity)
-        if args.permanent:
-            make_pruning_permanent(model)
-        # Metrics measured before pruning no longer describe these weights.
-        save_checkpoint(args.out, model, metadata={
-            **meta, "metrics": {}, "target_sparsity": args.sparsity, "pruned_from": str(args.checkpoint),
-            "masks": not args.permanent,
-        })
-    except user_errors() as e:
-        return fail("prune", str(e))
+    model, meta = load_model(args.checkpoint)
+    before = PruningInfo.from_metadata(meta, where=str(args.checkpoint))
+    if before.method not in ("none", args.method):
+        raise ValueError(f"{args.checkpoint}: already pruned with method {before.method}; prune the unpruned model")
+    info = prune(model, args.sparsity, method=args.method, arch=meta["arch"])
+    if args.permanent:
+        make_pruning_permanent(model)
+    # Metrics measured before pruning no longer describe these weights.
+    legacy = ("target_sparsity", "pruning_method", "params_removed", "channel_ratio", "channel_multiple",
+              "dense_prunable_params")
+    save_checkpoint(args.out, model, metadata={
+        **{k: v for k, v in meta.items() if k not in legacy}, "metrics": {}, "pruning": info.to_dict(),
+        "pruned_from": str(args.checkpoint), "masks": args.method == "unstructured" and not args.permanent,
+    })
     r = sparsity_report(model)
-    print(f"{args.out}: sparsity {r['sparsity']:.4f}, non-zero {r['nonzero_params']:,} of "
-          f"{r['prunable_params']:,} prunable weights ({r['total_params']:,} parameters in all)")
+    print(f"{args.out}: sparsity {info.achieved:.4f} ({info.method}), non-zero {r['nonzero_params']:,} of "
+          f"{info.dense_prunable_params:,} prunable weights ({r['total_params']:,} parameters in all)")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -14,10 +13,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from detector.report import write_report
 
-    try:
-        path = write_report(args.run)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"detector report: error: {e}", file=sys.stderr)
-        return 2
-    print(path)
+    print(write_report(args.run))
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -33,32 +32,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from detector.config import ConfigError
-    from detector.data.prepare import StrictImportError
-    from detector.data.sources import SourceError
-    from detector.pipeline import CONFIG_FILE
+    from detector.job.runfolder import RunFolder
 
-    try:
-        if args.resume:
-            if args.out is None:
-                raise ConfigError("--resume needs --out RUN, the folder of the run to continue")
-            saved = args.out / CONFIG_FILE
-            if not saved.is_file():
-                raise ConfigError(f"--resume: {saved} not found; is {args.out} a run folder?")
-            config = args.config or saved
-        elif args.config is None:
-            raise ConfigError("--config is required (e.g. jobs/configs/paper.yaml), or --resume --out RUN")
-        else:
-            config = args.config
-        return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address)
-    except (ConfigError, FileNotFoundError, SourceError, StrictImportError) as e:
-        print(f"detector run: error: {e}", file=sys.stderr)
-        return 2
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN, the folder of the run to continue")
+        saved = RunFolder(args.out).config
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} not found; is {args.out} a run folder?")
+        config = args.config or saved
+    elif args.config is None:
+        raise ConfigError("--config is required (e.g. jobs/configs/paper.yaml), or --resume --out RUN")
+    else:
+        config = args.config
+    return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address)
 
 
 def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str | None,
             address: str | None) -> int:
-    from detector.experiment import STAGES, load_experiment
-    from detector.pipeline import run
+    from detector.job.experiment import STAGES, load_experiment
+    from detector.job.pipeline import run
 
     exp = load_experiment(config, overrides)
     out = out or Path("runs") / exp.name

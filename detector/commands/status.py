@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -17,29 +16,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ["stage", "trial", "sparsity", "optimizer", "lr", "state", "epochs", "best val acc"]
-    lines = [header]
-    for r in rows:
-        p = r["params"]
-        acc = r["best_val_accuracy"]
-        state = r["state"] if not r.get("failed") else f"FAILED ({r['failed']})"
-        lines.append([
-            r["stage"], r["trial_id"], f"{r['sparsity']:g}", p.get("optimizer", "-"),
-            f"{p['lr']:.3g}" if "lr" in p else "-", state, str(r["epochs"]),
-            f"{acc:.4f}" if isinstance(acc, (int, float)) else "-",
-        ])
-    widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
+    """The trials as a table: one row each, the searched parameters as columns."""
+    from detector.job.search_space import param_names
+    from detector.report.tables import Column, markdown
+
+    flat = [{"stage": r["stage"], "trial": r["trial_id"], "sparsity": f"{r['sparsity']:g}", **r["params"],
+             "state": r["state"] if not r.get("failed") else f"FAILED ({r['failed']})", "epochs": r["epochs"],
+             "best val acc": r["best_val_accuracy"]} for r in rows]
+    params = [Column(n, fmt=lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v)))
+              for n in param_names()]
+    return markdown(flat, ["stage", "trial", "sparsity", *params, "state", "epochs", "best val acc"]).rstrip("\n")
 
 
 def main(args: argparse.Namespace) -> int:
-    from detector.tune import read_trials
+    from detector.job.runfolder import RunFolder
+    from detector.job.tune import read_trials
 
-    from detector.pipeline import CONFIG_FILE
-
-    if not (args.run / CONFIG_FILE).is_file():
-        print(f"detector status: error: {args.run}: not a run folder (no {CONFIG_FILE})", file=sys.stderr)
-        return 2
+    run = RunFolder(args.run)
+    if not run.config.is_file():
+        raise ValueError(f"{args.run}: not a run folder (no {run.config.name})")
     while True:
         rows = read_trials(args.run)
         if args.json:

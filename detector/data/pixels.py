@@ -23,7 +23,6 @@ then a receipt; a re-run skips the shards whose receipt matches, and the manifes
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
@@ -163,26 +162,3 @@ def derive_pixels(data: str, out: Path, *, size: int = 224, workers: int | None 
     atomic_write_json(out / MANIFEST, derived)
     log.info("pixel dataset written in %.1fs: %s", time.perf_counter() - t0, out / MANIFEST)
     return derived
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", help="a dataset written by `detector prepare` (folder or URI)")
-    parser.add_argument("--out", required=True, type=Path, help="the pixel dataset's folder")
-    parser.add_argument("--size", type=int, default=224, help="image size the loader will ask for (default 224)")
-    parser.add_argument("--workers", type=int, default=usable_cpus(),
-                        help="processes, one shard each (default: the CPUs this process may use)")
-
-
-def main(args: argparse.Namespace) -> int:
-    from detector.commands._common import fail
-
-    try:
-        manifest = derive_pixels(args.data, args.out, size=args.size, workers=args.workers)
-    except (ValueError, FileNotFoundError) as e:
-        return fail("pixels", str(e))
-    total = sum(s["rows"] for s in manifest["shards"])
-    size = sum(s["bytes"] for s in manifest["shards"])
-    print(f"{total} images as {args.size}x{args.size} pixels in {len(manifest['shards'])} shards, "
-          f"{size / 1e6:.1f} MB: {args.out / MANIFEST}")
-    return 0

@@ -1,5 +1,4 @@
-"""Import datasets into shards: ``detector prepare --out DATA [--faces140k DIR] [--celebdf DIR]
-[--synthbuster DIR] [--folder DIR] [--demo] [--workers N] [--seed S] [--strict]``.
+"""Import datasets into shards (``prepare``; the command is ``detector prepare``, in detector.commands).
 
 Writes ``DATA/shards/<split>/<split>-NNNNN.parquet`` (or ``.tar`` with ``--format webdataset``) and, last,
 ``DATA/manifest.json``; a folder without manifest.json is an unfinished import. Labels: Real = 1, Fake = 0.
@@ -17,7 +16,6 @@ the summary; ``--strict`` turns any rejection into a failure (exit code 1, no ma
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import hashlib
@@ -49,7 +47,7 @@ from detector.data.sources import (
     Task,
     plan_sources,
 )
-from detector.data.demo import DEMO_COUNTS, DEMO_IMAGE_SIZE, DemoConfig
+from detector.data.demo import DemoConfig
 from detector.system import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -496,92 +494,3 @@ def format_summary(manifest: dict[str, Any], *, max_rejected: int = 20) -> str:
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _counts(text: str) -> tuple[int, int, int]:
-    parts = text.split(",")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST counts like 600,100,200, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, metavar="DATA", help="output dataset folder")
-    src = parser.add_argument_group("sources (any combination, at least one)")
-    src.add_argument("--faces140k", type=Path, metavar="DIR", help="Kaggle 140k Real and Fake Faces (official split)")
-    src.add_argument("--celebdf", type=Path, metavar="DIR", help="Celeb-DF v2 videos (80/10/10 by video)")
-    src.add_argument("--synthbuster", type=Path, metavar="DIR", help="SynthBuster (fake-only, 80/10/10 per generator)")
-    src.add_argument("--folder", type=Path, metavar="DIR", help="DIR/{real,fake}/ or DIR/{train,val,test}/{real,fake}/")
-    src.add_argument("--demo", action="store_true", help="the built-in generated demo dataset (no download)")
-    parser.add_argument("--workers", type=_positive, default=usable_cpus(),
-                        help="import processes (default: the CPUs this process may use)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every split and shuffle (default 0)")
-    parser.add_argument("--strict", action="store_true", help="fail (exit 1) if any input is rejected")
-    parser.add_argument("--format", dest="fmt", choices=("parquet", "webdataset"), default="parquet",
-                        help="shard format (default parquet)")
-    parser.add_argument("--frames-per-video", type=_positive, default=1,
-                        help="Celeb-DF frames per video, evenly spaced (default 1: the middle frame)")
-    parser.add_argument("--celebdf-split", choices=("paper", "official"), default="paper",
-                        help="paper: 80/10/10 by video; official: List_of_testing_videos.txt is the test set")
-    parser.add_argument("--celebdf-youtube", action="store_true", help="also import YouTube-real as real")
-    parser.add_argument("--synthbuster-raise", action="store_true", help="also import real_RAISE_1k as real")
-    parser.add_argument("--max-size", type=int, default=0, metavar="PX",
-                        help="shrink images larger than PX on their long side, stored as lossless PNG "
-                             "(default 0: keep original bytes)")
-    parser.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS,
-                        help=f"reject images with more pixels (decompression bombs; default {MAX_PIXELS:,})")
-    parser.add_argument("--shard-rows", type=_positive, default=2048, help="rows per shard (default 2048)")
-    parser.add_argument("--demo-size", type=_positive, default=DEMO_IMAGE_SIZE,
-                        help=f"demo image size (default {DEMO_IMAGE_SIZE})")
-    parser.add_argument("--demo-counts", type=_counts, metavar="TRAIN,VAL,TEST",
-                        default=(DEMO_COUNTS["train"], DEMO_COUNTS["val"], DEMO_COUNTS["test"]),
-                        help="demo images per split (default %(default)s)")
-    parser.add_argument("--no-resume", action="store_true", help="rewrite every shard even if a finished one matches")
-
-
-def sources_from_args(args: argparse.Namespace) -> list[Source]:
-    sources: list[Source] = []
-    if args.faces140k is not None:
-        sources.append(Faces140kSource(args.faces140k))
-    if args.celebdf is not None:
-        sources.append(CelebDFSource(args.celebdf, frames_per_video=args.frames_per_video,
-                                     split=args.celebdf_split, include_youtube=args.celebdf_youtube))
-    if args.synthbuster is not None:
-        sources.append(SynthBusterSource(args.synthbuster, include_raise=args.synthbuster_raise))
-    if args.folder is not None:
-        sources.append(FolderSource(args.folder))
-    if args.demo:
-        train, val, test = args.demo_counts
-        sources.append(DemoSource(DemoConfig(image_size=args.demo_size, train=train, val=val, test=test)))
-    return sources
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        sources = sources_from_args(args)
-        manifest = prepare(args.out, sources=sources, fmt=args.fmt, workers=args.workers, seed=args.seed,
-                           strict=args.strict, shard_rows=args.shard_rows, max_size=args.max_size,
-                           max_pixels=args.max_pixels, resume=not args.no_resume)
-    except StrictImportError as e:
-        print(format_summary(e.manifest))
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (SourceError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(manifest))
-    print(f"wrote {args.out / MANIFEST}")
-    return 0
-

@@ -1,7 +1,7 @@
 """Global L1 unstructured pruning (paper §2.3) and sparsity accounting (Table 6).
 
 ``prune_global_l1`` ranks every Conv2d and Linear weight of the network together by |w| and masks the
-smallest ``amount`` of them. The masks stay on the model (``weight = weight_orig * weight_mask``), so
+smallest ``sparsity`` of them. The masks stay on the model (``weight = weight_orig * weight_mask``), so
 pruned weights stay zero however the optimizer moves ``weight_orig`` during fine-tuning;
 ``make_pruning_permanent`` bakes the zeros into plain ``weight`` tensors for export.
 
@@ -34,26 +34,27 @@ def is_pruned(model: nn.Module) -> bool:
     return any(prune.is_pruned(m) for m, _ in prunable_weights(model))
 
 
-def prune_global_l1(model: nn.Module, amount: float) -> None:
-    """Mask the ``amount`` fraction of all prunable weights with the smallest |w|, across layers.
+def prune_global_l1(model: nn.Module, sparsity: float) -> None:
+    """Mask the ``sparsity`` fraction of all prunable weights with the smallest |w|, across layers.
 
-    ``amount`` is the target sparsity of the whole network. On a model that is already pruned the
-    existing zeros count towards it (they are the smallest weights), so pruning a 10 % model at 0.3
-    gives a 30 % model, not 37 %.
+    ``sparsity`` is the target for the whole network. On a model that is already pruned the existing
+    zeros count towards it (they are the smallest weights), so pruning a 10 % model at 0.3 gives a 30 %
+    model, not 37 %.
     """
-    if not 0.0 <= amount < 1.0:
-        raise ValueError(f"amount: {amount} is not a fraction in [0, 1)")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity: {sparsity} is not a fraction in [0, 1)")
     current = sparsity_report(model)["sparsity"]
-    if amount < current - 1e-9:
+    if sparsity < current - 1e-9:
         raise ValueError(
-            f"amount: the model is already {current:.4f} sparse; cannot prune it back to {amount}"
+            f"sparsity: the model is already {current:.4f} sparse; cannot prune it back to {sparsity}"
         )
     if is_pruned(model):
         # A fresh mask over the current (zero-carrying) weights, rather than torch's nested containers,
         # whose amount would apply to the surviving weights only.
         make_pruning_permanent(model)
-    prune.global_unstructured(prunable_weights(model), pruning_method=prune.L1Unstructured, amount=amount)
-    log.info("pruned %.1f%% of prunable weights (global L1)", 100 * amount)
+    # torch's own word for the fraction is `amount`
+    prune.global_unstructured(prunable_weights(model), pruning_method=prune.L1Unstructured, amount=sparsity)
+    log.info("pruned %.1f%% of prunable weights (global L1)", 100 * sparsity)
 
 
 def make_pruning_permanent(model: nn.Module) -> None:

@@ -200,7 +200,7 @@ def semistructured_benchmark(
     if reason:
         log.info("2:4 semi-structured sparsity skipped: %s", reason)
         return {"status": f"skipped: {reason}"}
-    from detector.pruning import exported_copy
+    from detector.prune.unstructured import exported_copy
 
     dense = exported_copy(model).eval().to(device=device, dtype=dtype)
     sparse = copy.deepcopy(dense)

@@ -12,8 +12,6 @@ and latency (~30 ms) unchanged across sparsities; these measurements reproduce t
 
 from __future__ import annotations
 
-import io
-import platform
 import statistics
 import time
 from typing import Any
@@ -21,32 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from detector.pruning import dense_state_dict, exported_copy, sparsity_report
-from detector.train import autocast
-
-
-def state_dict_size_mb(model: nn.Module) -> float:
-    """Size of ``torch.save(dense state dict)`` in MiB: what an exported model costs on disk."""
-    buf = io.BytesIO()
-    torch.save(dense_state_dict(model), buf)
-    return buf.getbuffer().nbytes / 2**20
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    if device.type == "cpu":
-        return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    return device.type
+from detector.checkpoint import sparse_size_mb, state_dict_size_mb
+from detector.device import autocast, device_name, synchronize
+from detector.prune.channels import count_macs
+from detector.prune.unstructured import exported_copy, sparsity_report
 
 
 def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     t0 = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -86,8 +69,6 @@ def efficiency_row(
     many = torch.randn(throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     forward(many)  # warm-up at this shape (cuDNN picks its kernels here)
     elapsed = _timed(lambda: [forward(many) for _ in range(throughput_repeats)], device)
-    from detector.export import sparse_size_mb
-    from detector.structured import count_macs
     return {
         "sparsity": report["sparsity"],
         "nonzero_params": report["nonzero_params"],

@@ -7,12 +7,11 @@ as in the paper: the baseline at batch 16 / lr 1e-4, the searches at batch 64 fo
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from detector.config import ConfigError, from_dict, load_yaml, to_dict
+from detector.config import ConfigError, apply_override, from_dict, load_yaml, to_dict
 from detector.train import TrainConfig
 
 STAGES = ("prepare", "baseline", "search", "finetune", "evaluate", "report")
@@ -143,27 +142,3 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         return from_dict(ExperimentConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """``search.trials_per_sparsity=2`` -> data["search"]["trials_per_sparsity"] = 2 (value parsed as YAML)."""
-    import yaml
-
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. search.trials_per_sparsity=2")
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
-
-
-def experiment_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    return to_dict(cfg)
-
-
-def replace(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    return dataclasses.replace(cfg, **changes)

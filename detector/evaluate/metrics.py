@@ -195,19 +195,3 @@ def evaluate_split(
             **{k: [str(v) for v in metas[k]] for k in ("source", "generator", "sha256") if k in metas},
         },
     }
-
-
-def evaluate_test_sets(
-    model: Any,
-    data: str,
-    *,
-    image_size: int,
-    batch_size: int = 128,
-    device: Any = "cpu",
-    num_workers: int = 0,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Metrics on every test set present (140k, Celeb-DF, SynthBuster, ...): ``{"all", "sources"}``."""
-    return evaluate_split(model, data, "test", image_size=image_size, batch_size=batch_size, device=device,
-                          num_workers=num_workers, precision=precision)["metrics"]
-

@@ -12,7 +12,7 @@ worker dies, and resumes when the driver dies:
 - ``finetune``: one trial per sparsity with its best parameters;
 - ``evaluate``: one trial per model.
 
-The work itself is done by ``detector.stages`` (Ray-free); the trainables here only translate between Tune
+The work itself is done by ``detector.job.stages`` (Ray-free); the trainables here only translate between Tune
 (config, checkpoints, reports) and those functions.
 """
 
@@ -35,7 +35,9 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from detector.experiment import ExperimentConfig
+from detector.job.experiment import ExperimentConfig
+from detector.job.runfolder import TUNE_STAGES, RunFolder
+from detector.job.search_space import Categorical, Domain, LogUniform, param_names, search_space
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,7 @@ class SparsitySearcher(Searcher):
 
 
 # --------------------------------------------------------------------------------------------------
-# Trainables: thin wrappers over detector.stages.
+# Trainables: thin wrappers over detector.job.stages.
 
 
 @dataclass(frozen=True)
@@ -210,65 +212,63 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
 
 
 def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
-    from detector import stages
+    from detector.job import stages
 
-    run = Path(ctx.run_dir)
+    run = RunFolder(Path(ctx.run_dir))
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
             ctx.experiment.stage_train("baseline"),
             data=ctx.data,
             out_dir=out_dir,
-            tb_dir=run / "tensorboard" / "baseline",
-            model_path=stages.model_path(run, 0.0),
+            tb_dir=run.tensorboard_run("baseline"),
+            model_path=run.model(0.0),
             on_epoch=_reporter({"sparsity": 0.0}, start),
         ), {"sparsity": 0.0}, start)
 
 
-def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *, section: str, tb_name: str,
-                  early_stopping: bool, save: bool) -> None:
-    """Prune the baseline to ``sparsity`` and train it with ``params`` (optimizer, lr) for a stage."""
-    from detector import stages
+def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *, stage: str,
+                  save: bool) -> None:
+    """Prune the baseline to ``sparsity`` and train it with the searched ``params`` for a stage."""
+    from detector.job import stages
 
-    run = Path(ctx.run_dir)
+    run = RunFolder(Path(ctx.run_dir))
+    section = "search_train" if stage == "search" else stage
+    searched = {name: params[name] for name in param_names()}
+    trial = tune.get_context().get_trial_name() if stage == "search" else None
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
-            ctx.experiment.stage_train(section, optimizer=params["optimizer"], lr=float(params["lr"])),
+            ctx.experiment.stage_train(section, **searched),
             data=ctx.data,
             out_dir=out_dir,
-            tb_dir=run / "tensorboard" / tb_name,
-            init=stages.model_path(run, 0.0),
+            tb_dir=run.tensorboard_run(stage, sparsity, trial),
+            init=run.model(0.0),
             sparsity=sparsity,
             method=ctx.experiment.search.method,
-            early_stopping=early_stopping,
-            model_path=stages.model_path(run, sparsity) if save else None,
+            model_path=run.model(sparsity) if save else None,
             on_epoch=_reporter({"sparsity": sparsity}, start),
         ), {"sparsity": sparsity}, start)
 
 
 def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
-    # A search trial's epochs are its budget, not a limit: no early stopping, nothing saved but its result.
-    sparsity = float(config["sparsity"])
-    name = tune.get_context().get_trial_name()
-    _train_pruned(ctx, sparsity, config, section="search_train", tb_name=f"search/s{sparsity:g}-{name}",
-                  early_stopping=False, save=False)
+    # A search trial saves nothing but its result; whether it may stop early is search_train.patience.
+    _train_pruned(ctx, float(config["sparsity"]), config, stage="search", save=False)
 
 
 def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
     sparsity = float(config["sparsity"])
     assert ctx.best_params is not None
-    _train_pruned(ctx, sparsity, ctx.best_params[sparsity], section="finetune", tb_name=f"finetune/s{sparsity:g}",
-                  early_stopping=True, save=True)
+    _train_pruned(ctx, sparsity, ctx.best_params[sparsity], stage="finetune", save=True)
 
 
 def _evaluate_trial(config: dict[str, Any], ctx: StageContext) -> None:
-    from detector import stages
+    from detector.job import stages
 
     start = time.time()
     sparsity = float(config["sparsity"])
-    run = Path(ctx.run_dir)
+    run = RunFolder(Path(ctx.run_dir))
     result = stages.evaluate_stage(
-        stages.model_path(run, sparsity), data=ctx.data, cfg=ctx.experiment.evaluate,
-        out=stages.eval_path(run, sparsity),
+        run.model(sparsity), data=ctx.data, cfg=ctx.experiment.evaluate, out=run.evaluation(sparsity),
+        predictions=run.predictions(sparsity),
     )
     tune.report({"sparsity": sparsity, "trial_start": start, "time_now": time.time(),
                  "test_accuracy": result["metrics"]["test"]["all"]["accuracy"]})
@@ -303,8 +303,9 @@ def run_experiment(
     continue where they stopped.
     """
     exp = ctx.experiment
-    storage = tune_storage(exp, ctx.run_dir)
-    path = uri_join(storage, name)
+    run = RunFolder(Path(ctx.run_dir))
+    storage = run.tune_root(exp.storage)
+    path = run.tune_experiment(name, exp.storage)
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
     if tune.Tuner.can_restore(path):
         log.info("resuming the %s experiment from %s", name, path)
@@ -350,7 +351,7 @@ def trial_row(result: tune.Result, *, metric: str) -> dict[str, Any]:
     return {
         "trial_id": m.get("trial_id") or Path(result.path).name,
         "sparsity": float(cfg.get("sparsity", m.get("sparsity", 0.0))),
-        "params": {k: cfg[k] for k in ("optimizer", "lr") if k in cfg},
+        "params": {k: cfg[k] for k in param_names() if k in cfg},
         "objective": m.get(metric) if status == "completed" else None,  # the searched metric, last epoch
         "val_accuracy": m.get("val_accuracy") if status == "completed" else None,
         "best_val_accuracy": m.get("best_val_accuracy") if status == "completed" else None,
@@ -368,7 +369,7 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
     exp = ctx.experiment
     s = exp.search
     max_epochs = exp.stage_train("search_train").max_epochs
-    space = {"optimizer": tune.choice(list(s.optimizers)), "lr": tune.loguniform(s.lr_min, s.lr_max)}
+    space = {name: _tune_domain(domain) for name, domain in search_space(s).items()}
     searcher = SparsitySearcher(
         s.sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric, mode=s.mode,
         seed=s.seed, tpe_startup_trials=s.tpe_startup_trials,
@@ -393,11 +394,12 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
         done = [t for t in trials if t["sparsity"] == sp and t["status"] == "completed" and t["objective"] is not None]
         if not done:
             raise RuntimeError(
-                f"search: no trial at sparsity {sp:g} completed; see {Path(ctx.run_dir) / 'tune' / 'search'} "
+                f"search: no trial at sparsity {sp:g} completed; see "
+                f"{RunFolder(Path(ctx.run_dir)).tune_experiment('search', exp.storage)} "
                 "and `detector status` for the errors"
             )
         top = (max if s.mode == "max" else min)(done, key=lambda t: t["objective"])
-        best[f"{sp:g}"] = {"sparsity": sp, **top["params"], "objective": top["objective"],
+        best[f"{sp:g}"] = {"sparsity": sp, "params": top["params"], "objective": top["objective"],
                            "val_accuracy": top["val_accuracy"], "trial_id": top["trial_id"]}
     return {
         "metric": s.metric,
@@ -408,6 +410,15 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
         "trials": trials,
         "best": best,
     }
+
+
+def _tune_domain(domain: Domain) -> Any:
+    """A search-space entry as Tune's domain (OptunaSearch converts those into Optuna distributions)."""
+    if isinstance(domain, Categorical):
+        return tune.choice(list(domain.choices))
+    if isinstance(domain, LogUniform):
+        return tune.loguniform(domain.low, domain.high)
+    raise TypeError(f"no Tune domain for {domain!r}")
 
 
 def run_baseline(ctx: StageContext) -> None:
@@ -514,31 +525,17 @@ def _env_default(name: str, value: str) -> Iterator[None]:
         os.environ.pop(name, None)
 
 
-def tune_storage(exp: ExperimentConfig, run_dir: str | Path) -> str:
-    """Where Tune keeps this run's experiments: ``RUN/tune``, or ``<storage>/<run folder name>``."""
-    if exp.storage:
-        return uri_join(exp.storage, Path(run_dir).name)
-    return str((Path(run_dir) / "tune").resolve())
-
-
-def uri_join(base: str, *parts: str) -> str:
-    """``base/part/...``, keeping a URI's query (``s3://b/p?endpoint_override=...``) at the end."""
-    path, sep, query = base.partition("?")
-    return "/".join([path.rstrip("/"), *parts]) + sep + query
-
-
 def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
     """The trials of every stage of a run, live or finished, from its storage alone (no cluster)."""
     from ray.tune import ExperimentAnalysis
 
     from detector.config import from_dict, load_yaml
-    from detector.pipeline import CONFIG_FILE
 
-    exp = from_dict(ExperimentConfig, load_yaml(Path(run_dir) / CONFIG_FILE))
-    root = tune_storage(exp, run_dir)
+    run = RunFolder(Path(run_dir))
+    exp = from_dict(ExperimentConfig, load_yaml(run.config))
     rows = []
-    for stage in ("baseline", "search", "finetune", "evaluate"):
-        path = uri_join(root, stage)
+    for stage in TUNE_STAGES:
+        path = run.tune_experiment(stage, exp.storage)
         if not tune.Tuner.can_restore(path):
             continue
         try:
@@ -552,7 +549,7 @@ def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
                 "stage": stage,
                 "trial_id": trial.trial_id,
                 "sparsity": float(trial.config.get("sparsity", 0.0)),
-                "params": {k: trial.config[k] for k in ("optimizer", "lr") if k in trial.config},
+                "params": {k: trial.config[k] for k in param_names() if k in trial.config},
                 "state": trial.status,
                 "epochs": int(last.get("training_iteration", 0) or 0),
                 "best_val_accuracy": last.get("best_val_accuracy"),

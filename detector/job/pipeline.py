@@ -9,61 +9,27 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from detector.config import ConfigError, load_yaml, save_yaml, to_dict
-from detector.experiment import STAGES, ExperimentConfig
 from detector.io import atomic_write_json
+from detector.job.experiment import STAGES, ExperimentConfig
+from detector.job.runfolder import RunFolder
+from detector.paths import is_uri
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "experiment.yaml"
 
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def search_results(self) -> Path:
-        return self.root / "search" / "results.json"
-
-    @property
-    def finetune_results(self) -> Path:
-        return self.root / "finetune" / "results.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-
-def data_path(exp: ExperimentConfig, run_dir: Path, p: str | None = None) -> str:
-    """The shards' location: a URI or absolute path as given, a relative path inside the run folder."""
-    p = exp.data.path if p is None else p
-    if "://" in p or Path(p).is_absolute():
-        return p
-    return str((run_dir / p).resolve())
-
-
-def pixel_data(exp: ExperimentConfig, run_dir: Path, data: str, *, derive: bool) -> str:
+def pixel_data(exp: ExperimentConfig, run: RunFolder, data: str, *, derive: bool) -> str:
     """With ``data.pixels``: the decode-once dataset of ``data`` at train.image_size, derived when missing
     or stale (only when ``derive``: it belongs to the prepare stage)."""
     from detector.data.loader import manifest_sha256, read_manifest
     from detector.data.pixels import derive_pixels
 
     size = exp.train.image_size
-    out = data_path(exp, run_dir, exp.data.pixels_path or f"{data.rstrip('/')}-pixels-{size}")
-    if "://" in out:
+    out = run.resolve(exp.data.pixels_path or f"{data.rstrip('/')}-pixels-{size}")
+    if is_uri(out):
         raise ConfigError(f"data.pixels_path: {out}: pixels are written to a local or mounted path")
     try:
         meta = read_manifest(out).get("pixels", {})
@@ -79,17 +45,15 @@ def pixel_data(exp: ExperimentConfig, run_dir: Path, data: str, *, derive: bool)
     return out
 
 
-def check_run_config(exp: ExperimentConfig, run_dir: Path) -> None:
+def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
     """A run folder belongs to one experiment: refuse to mix a different config into finished results."""
-    paths = RunPaths(run_dir)
-    produced = [d for d in ("tune", "models", "search", "eval") if (run_dir / d).exists()]
-    if not paths.config.exists() or not produced:
+    if not run.config.exists() or not run.produced():
         return  # nothing was produced under the old config: the new one may take its place
-    saved = load_yaml(paths.config)
+    saved = load_yaml(run.config)
     if saved != to_dict(exp):
         changed = sorted(k for k in set(saved) | set(to_dict(exp)) if saved.get(k) != to_dict(exp).get(k))
         raise ConfigError(
-            f"{paths.config}: this run folder was started with a different config "
+            f"{run.config}: this run folder was started with a different config "
             f"(sections that differ: {', '.join(changed)}); use a new --out folder, or the saved config"
         )
 
@@ -110,7 +74,7 @@ def prepare_data(exp: ExperimentConfig, data: str) -> None:
                                  "folder": d.folder}.items() if v}
     if not sources and not d.demo:
         raise ConfigError(f"data.path: {data} has no manifest.json and the config names no dataset to import")
-    if "://" in data:
+    if is_uri(data):
         raise ConfigError(f"data.path: {data}: import writes to a local or mounted path; prepare it there first")
     log.info("data: importing %s into %s", ", ".join([*sources, *(["demo"] if d.demo else [])]), data)
     prepare(Path(data), sources=sources, demo=d.demo, fmt=d.format, seed=d.seed)
@@ -118,15 +82,13 @@ def prepare_data(exp: ExperimentConfig, data: str) -> None:
 
 def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[float]]:
     """Per Ray stage, the sparsities (0 = the baseline) whose outputs are not in the run folder yet."""
-    from detector.stages import eval_path, model_path
-
-    paths = RunPaths(run_dir)
+    run = RunFolder(Path(run_dir))
     models = [0.0, *exp.search.sparsities]
     todo = {
-        "baseline": [0.0] if not model_path(run_dir, 0.0).exists() else [],
-        "search": list(exp.search.sparsities) if not paths.search_results.exists() else [],
-        "finetune": [s for s in exp.search.sparsities if not model_path(run_dir, s).exists()],
-        "evaluate": [s for s in models if not eval_path(run_dir, s).exists()],
+        "baseline": [0.0] if not run.model(0.0).exists() else [],
+        "search": list(exp.search.sparsities) if not run.search_results.exists() else [],
+        "finetune": [s for s in exp.search.sparsities if not run.model(s).exists()],
+        "evaluate": [s for s in models if not run.evaluation(s).exists()],
     }
     return {stage: todo[stage] for stage in todo if stage in stages}
 
@@ -142,23 +104,21 @@ def run(
 
     Stages whose outputs exist are reused; Ray is started (or joined) only when a stage has work.
     """
-    from detector import stages as stage_fns
-
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
     run_dir = Path(run_dir).resolve()
-    paths = RunPaths(run_dir)
-    check_run_config(exp, run_dir)
+    folder = RunFolder(run_dir)
+    check_run_config(exp, folder)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(exp, paths.config)
-    data = data_path(exp, run_dir)
+    save_yaml(exp, folder.config)
+    data = folder.resolve(exp.data.path)
     t0 = time.time()
 
     if "prepare" in stages:
         prepare_data(exp, data)
     if exp.data.pixels and set(stages) - {"report"}:  # the report reads the run folder only
-        data = pixel_data(exp, run_dir, data, derive="prepare" in stages)
+        data = pixel_data(exp, folder, data, derive="prepare" in stages)
 
     todo = pending_work(exp, run_dir, stages)
     for stage, left in todo.items():
@@ -166,7 +126,7 @@ def run(
             log.info("%s: outputs exist in %s, reusing them", stage, run_dir)
     info = None
     if any(todo.values()):
-        from detector import tune as dtune
+        from detector.job import tune as dtune
 
         info = dtune.connect(address, exp)
         log.info("Ray: %s; resources %s", info.address, info.resources)
@@ -178,22 +138,22 @@ def run(
             if todo.get("baseline"):
                 dtune.run_baseline(ctx)
             if todo.get("search"):
-                _require(stage_fns.model_path(run_dir, 0.0), "search", "baseline")
-                atomic_write_json(paths.search_results, dtune.run_search(ctx))
+                _require(folder.model(0.0), "search", "baseline")
+                atomic_write_json(folder.search_results, dtune.run_search(ctx))
             if todo.get("finetune"):
-                _require(paths.search_results, "finetune", "search")
-                best = {float(v["sparsity"]): v for v in _read_json(paths.search_results)["best"].values()}
+                _require(folder.search_results, "finetune", "search")
+                best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.search_results)["best"].values()}
                 missing = [s for s in todo["finetune"] if s not in best]
                 if missing:
-                    raise ConfigError(f"finetune: {paths.search_results} has no best parameters for {missing}")
+                    raise ConfigError(f"finetune: {folder.search_results} has no best parameters for {missing}")
                 rows = dtune.run_finetune(
                     dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data, best_params=best),
                     todo["finetune"],
                 )
-                atomic_write_json(paths.finetune_results, {"trials": rows})
+                atomic_write_json(folder.finetune_results, {"trials": rows})
             if todo.get("evaluate"):
                 for s in todo["evaluate"]:
-                    _require(stage_fns.model_path(run_dir, s), "evaluate", "baseline" if s == 0 else "finetune")
+                    _require(folder.model(s), "evaluate", "baseline" if s == 0 else "finetune")
                 dtune.run_evaluate(ctx, todo["evaluate"])
         finally:
             if info.embedded:
@@ -206,7 +166,7 @@ def run(
     log.info("done in %.0f s: %s", time.time() - t0, run_dir)
     return {
         "run_dir": str(run_dir),
-        "report": str(paths.report / "report.md"),
+        "report": str(folder.report / "report.md"),
         "tensorboard": str(run_dir),
         "dashboard": info.dashboard_url if info else None,
     }

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from detector.train import autocast
+from detector.device import autocast
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The report's statistics: intervals for every model and data set, tests of each pruned model against the
 baseline, and wording that says only what those numbers support.
 
-``detector.report`` calls ``add_statistics`` on the models it collected (it reads the predictions that
-the evaluate stage wrote beside each evaluation) and renders the sections below into report.md.
+``detector.report.collect`` calls ``add_statistics`` on the models it collected (it reads the predictions
+that the evaluate stage wrote beside each evaluation); ``detector.report.write`` renders the sections below.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detector.report import _md_table as _table
-from detector.stats import EXACT_BELOW, compare_models
+from detector.evaluate.statistics import EXACT_BELOW, compare_models
+from detector.job.runfolder import RunFolder
+from detector.report.tables import Column, markdown
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,11 @@ SEED = 0
 DEFAULT_RESAMPLES = 1000
 
 
-def bootstrap_resamples(run_dir: Path) -> int:
+def bootstrap_resamples(run: RunFolder) -> int:
     """``evaluate.bootstrap`` of the run's saved config (``RUN/experiment.yaml``), else the default 1000."""
     from detector.config import load_yaml
 
-    path = run_dir / "experiment.yaml"
+    path = run.config
     if not path.is_file():
         return DEFAULT_RESAMPLES
     value = (load_yaml(path).get("evaluate") or {}).get("bootstrap", DEFAULT_RESAMPLES)
@@ -36,10 +37,10 @@ def bootstrap_resamples(run_dir: Path) -> int:
     return value
 
 
-def add_statistics(run_dir: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
+def add_statistics(run: RunFolder, models: list[dict[str, Any]]) -> dict[str, Any]:
     """Add ``intervals`` (every model) and ``vs_baseline`` (pruned models) to each of ``models``; return the
     run's ``statistics`` block (method, resamples, and why anything was left out)."""
-    resamples = bootstrap_resamples(run_dir)
+    resamples = bootstrap_resamples(run)
     predictions, missing = {}, []
     for m in models:
         path = Path(m["predictions"])
@@ -83,46 +84,60 @@ def _ci(x: dict[str, Any] | None, *, scale: float = 100.0, unit: str = "%", sign
     return f"{e}{unit} [{lo}, {hi}]"
 
 
-def statistics_section(data: dict[str, Any]) -> tuple[list[str], list[str], list[list[Any]]]:
-    """report.md lines for the statistics, and the header and rows of ``statistics.csv``."""
-    stats, models = data.get("statistics") or {}, data["models"]
-    if not any(m.get("intervals") for m in models):
-        return [], [], []
-    pct = f"{round(100 * stats['confidence'])} %"
-    md = [f"## Uncertainty: {pct} confidence intervals and paired tests against the baseline", "",
-          f"Intervals: {stats['interval_method']}, {stats['bootstrap_resamples']} resamples (`evaluate.bootstrap`), "
-          f"seed {stats['seed']}. Paired tests: {stats['paired_test']}, on the same test images "
-          f"({stats['pairing']}); significant means p < {stats['alpha']}.", ""]
-    md += _conclusions(models, stats)
-    header = ["Model", "Data set", "Accuracy", "F1 (real)", "AUC"]
-    rows = [[m["name"], name, _ci(iv["accuracy"]), _ci(iv["f1"]), _ci(iv["auc"], scale=1.0, unit="")]
-            for m in models for name, iv in (m.get("intervals") or {}).items()]
-    md += [f"### Accuracy, F1 and AUC with {pct} intervals", "", _table(header, rows), ""]
-    csv_header = ["model", "data_set", "metric", "estimate", "low", "high", "diff_estimate", "diff_low",
-                  "diff_high", "mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_method"]
-    csv_rows = []
+# The CSV of every interval and test: one row per model, data set and metric.
+STATISTICS_COLUMNS = [Column(k) for k in (
+    "model", "data_set", "metric", "estimate", "low", "high", "diff_estimate", "diff_low", "diff_high",
+    "mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_method")]
+
+
+def statistics_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
     for m in models:
         for name, iv in (m.get("intervals") or {}).items():
             vs = (m.get("vs_baseline") or {}).get(name)
             for k in ("accuracy", "f1", "auc"):
                 d = vs[f"{k}_difference"] if vs else {}
                 t = vs["mcnemar"] if vs and k == "accuracy" else {}
-                csv_rows.append([m["name"], name, k, iv[k]["estimate"], iv[k]["low"], iv[k]["high"],
-                                 d.get("estimate"), d.get("low"), d.get("high"), t.get("b"), t.get("c"),
-                                 t.get("p_value"), t.get("method")])
-    cmp_header = ["Model", "Data set", "Accuracy difference (pp)", "Baseline right, model wrong",
-                  "Baseline wrong, model right", "McNemar p", "Test", "Conclusion"]
-    cmp_rows = []
+                rows.append({"model": m["name"], "data_set": name, "metric": k, **{x: iv[k][x] for x in
+                             ("estimate", "low", "high")}, "diff_estimate": d.get("estimate"),
+                             "diff_low": d.get("low"), "diff_high": d.get("high"), "mcnemar_b": t.get("b"),
+                             "mcnemar_c": t.get("c"), "mcnemar_p": t.get("p_value"), "mcnemar_method": t.get("method")})
+    return rows
+
+
+def statistics_section(data: dict[str, Any]) -> list[str]:
+    """report.md lines for the statistics (the CSV is ``statistics_rows``)."""
+    stats, models = data.get("statistics") or {}, data["models"]
+    if not any(m.get("intervals") for m in models):
+        return []
+    pct = f"{round(100 * stats['confidence'])} %"
+    md = [f"## Uncertainty: {pct} confidence intervals and paired tests against the baseline", "",
+          f"Intervals: {stats['interval_method']}, {stats['bootstrap_resamples']} resamples (`evaluate.bootstrap`), "
+          f"seed {stats['seed']}. Paired tests: {stats['paired_test']}, on the same test images "
+          f"({stats['pairing']}); significant means p < {stats['alpha']}.", ""]
+    md += _conclusions(models, stats)
+    intervals = [{"model": m["name"], "data_set": name, "accuracy": iv["accuracy"], "f1": iv["f1"], "auc": iv["auc"]}
+                 for m in models for name, iv in (m.get("intervals") or {}).items()]
+    md += [f"### Accuracy, F1 and AUC with {pct} intervals", "", markdown(intervals, [
+        Column("model", "Model"), Column("data_set", "Data set"), Column("accuracy", "Accuracy", _ci),
+        Column("f1", "F1 (real)", _ci), Column("auc", "AUC", lambda x: _ci(x, scale=1.0, unit=""))])]
+    comparisons = []
     for m in models:
         for name, vs in (m.get("vs_baseline") or {}).items():
             if name == "unpaired":
                 continue
             t = vs["mcnemar"]
-            cmp_rows.append([m["name"], name, _ci(vs["accuracy_difference"], unit="", signed=True), t["b"], t["c"],
-                             f"{t['p_value']:.3g}", t["method"], vs["sentence"].rsplit(": ", 1)[-1]])
-    if cmp_rows:
-        md += ["### Each pruned model against the baseline, on the same images", "", _table(cmp_header, cmp_rows), ""]
-    return md, csv_header, csv_rows
+            comparisons.append({"model": m["name"], "data_set": name, "difference": vs["accuracy_difference"],
+                                "b": t["b"], "c": t["c"], "p": t["p_value"], "test": t["method"],
+                                "conclusion": vs["sentence"].rsplit(": ", 1)[-1]})
+    if comparisons:
+        md += ["### Each pruned model against the baseline, on the same images", "", markdown(comparisons, [
+            Column("model", "Model"), Column("data_set", "Data set"),
+            Column("difference", "Accuracy difference (pp)", lambda x: _ci(x, unit="", signed=True)),
+            Column("b", "Baseline right, model wrong"), Column("c", "Baseline wrong, model right"),
+            Column("p", "McNemar p", lambda p: f"{p:.3g}"), Column("test", "Test"),
+            Column("conclusion", "Conclusion")])]
+    return md
 
 
 def _conclusions(models: list[dict[str, Any]], stats: dict[str, Any]) -> list[str]:
@@ -179,12 +194,13 @@ def semistructured_section(models: list[dict[str, Any]]) -> list[str]:
     md = ["## 2:4 semi-structured sparsity (GPU)", ""]
     if s["status"] != "measured":
         return md + [f"2:4 variant of the baseline: {s['status']}.", ""]
-    rows = [[batch, f"{t['dense']:.3f}", f"{t['2:4']:.3f}", f"{s['speedup'][batch]:.2f}x"]
+    rows = [{"batch": batch, "dense": t["dense"], "sparse": t["2:4"], "speedup": s["speedup"][batch]}
             for batch, t in s["latency_ms"].items()]
     md += [f"The baseline with 2 of every 4 weights zeroed in {s['layers_2_4']} layers "
            f"({100 * s['weights_covered']:.1f} % of the prunable weights; {s['unsupported_layers']} layers stay "
            f"dense), {s['dtype']} on {s['device']}, image size {s['image_size']}. Latency only: this variant is "
            "not fine-tuned, so no accuracy is claimed for it.", "",
-           _table(["Batch", "Dense (ms)", "2:4 (ms)", "Speed-up"], rows), ""]
+           markdown(rows, [Column("batch", "Batch"), Column("dense", "Dense (ms)", lambda x: f"{x:.3f}"),
+                           Column("sparse", "2:4 (ms)", lambda x: f"{x:.3f}"),
+                           Column("speedup", "Speed-up", lambda x: f"{x:.2f}x")])]
     return md
-

@@ -1,20 +1,20 @@
 """Structured (channel) pruning: remove whole channels ranked by L1 norm, so the network really shrinks.
 
-Unstructured pruning (``detector.pruning``) zeroes single weights and keeps every tensor's shape, so size
+Unstructured pruning (``detector.prune.unstructured``) zeroes single weights and keeps every tensor's shape, so size
 and latency stay where they were (paper Table 6). Channel pruning removes output channels of a
 convolution together with everything that depends on them: the matching BatchNorm entries, the input
 channels of the next layers and, across the residual connections, the channels of every layer that adds
 into the same tensor. torch-pruning's dependency graph finds those groups; the result is a smaller dense
 ResNet that any runtime (PyTorch, ONNX Runtime) runs faster.
 
-Budgets are the unstructured ones: the fraction of prunable weights (Conv2d and Linear weights, 23,456,960
-in ResNet-50) that the model no longer has. torch-pruning's ``pruning_ratio`` is a fraction of channels
-per layer instead, and a layer loses about ``1 - (1 - ratio)^2`` of its weights (both its inputs and its
-outputs shrink), so ``calibrate_channel_ratio`` searches the ratio that meets the budget. Counting needs
+Sparsity means what it means for unstructured pruning: the fraction of prunable weights (Conv2d and Linear
+weights, 23,456,960 in ResNet-50) that the model no longer has. torch-pruning's ``pruning_ratio`` is a
+fraction of channels per layer instead, and a layer loses about ``1 - (1 - ratio)^2`` of its weights (both
+its inputs and its outputs shrink), so ``calibrate_channel_ratio`` searches the ratio that meets the sparsity. Counting needs
 shapes only: the search prunes models on the meta device, a fraction of a second per probe.
 
 The head keeps its single output; only its input features shrink with the last block. A pruned model no
-longer fits ``build_model(arch)``: its checkpoint says ``pruning_method: structured`` and
+longer fits ``build_model(arch)``: its checkpoint's ``PruningInfo`` says ``structured`` and
 ``conform_to_state_dict`` rebuilds each layer at the shape of its saved tensors (no code is pickled).
 """
 
@@ -31,15 +31,13 @@ from detector.model import build_model, count_parameters
 
 log = logging.getLogger(__name__)
 
-METHODS = ("unstructured", "structured")
-
 # Channel counts that are multiples of 16 (or 8) run faster on SIMD CPUs and tensor cores: ResNet-50 at
 # 40 % on one CPU core, 1.59x the dense model's speed with multiples of 16 against 1.46x with any count.
-# But rounding moves every layer by up to 15 channels, and the budget with it, so an alignment is used
-# only where the calibrated budget stays within ALIGNED_TOLERANCE; otherwise any count (round_to 1).
+# But rounding moves every layer by up to 15 channels, and the sparsity with it, so an alignment is used
+# only where the calibrated sparsity stays within ALIGNED_TOLERANCE; otherwise any count (round_to 1).
 ALIGNMENTS = (16, 8, 1)
 ALIGNED_TOLERANCE = 0.005
-BUDGET_TOLERANCE = 0.01  # the promise: each budget is met to +-1 percentage point
+SPARSITY_TOLERANCE = 0.01  # the promise: each sparsity is met to +-1 percentage point
 
 
 def _prunable(model: nn.Module) -> int:
@@ -87,64 +85,66 @@ def _removed_at(arch: str, ratio: float, round_to: int) -> float:
 
 
 @functools.lru_cache(maxsize=128)
-def calibrate_channel_ratio(arch: str, budget: float, *, tolerance: float = 0.0025,
+def calibrate_channel_ratio(arch: str, sparsity: float, *, tolerance: float = 0.0025,
                             round_to: int = 1) -> tuple[float, float]:
-    """The per-layer channel ratio that removes ``budget`` of ``arch``'s prunable weights, with channel
+    """The per-layer channel ratio that removes ``sparsity`` of ``arch``'s prunable weights, with channel
     counts rounded to multiples of ``round_to``.
 
-    Returns ``(ratio, removed)`` with ``|removed - budget| <= tolerance`` where the channel counts allow it
+    Returns ``(ratio, removed)`` with ``|removed - sparsity| <= tolerance`` where the channel counts allow it
     (otherwise the closest ratio found).
 
     >>> ratio, removed = calibrate_channel_ratio("resnet18", 0.4)
     >>> round(removed, 2)
     0.4
     """
-    if not 0.0 < budget < 0.9:
-        raise ValueError(f"budget: {budget} is not a fraction in (0, 0.9)")
+    if not 0.0 < sparsity < 0.9:
+        raise ValueError(f"sparsity: {sparsity} is not a fraction in (0, 0.9)")
     lo, hi = 0.0, 0.95
     # Weights scale with (1 - ratio)^2: start there, then Newton steps on that model, kept in the bracket.
-    ratio = 1.0 - (1.0 - budget) ** 0.5
+    ratio = 1.0 - (1.0 - sparsity) ** 0.5
     best = (ratio, float("inf"), 0.0)
     for _ in range(24):
         removed = _removed_at(arch, ratio, round_to)
-        if abs(removed - budget) < best[1]:
-            best = (ratio, abs(removed - budget), removed)
-        if abs(removed - budget) <= tolerance:
+        if abs(removed - sparsity) < best[1]:
+            best = (ratio, abs(removed - sparsity), removed)
+        if abs(removed - sparsity) <= tolerance:
             break
-        if removed < budget:
+        if removed < sparsity:
             lo = ratio
         else:
             hi = ratio
-        step = ratio + (budget - removed) / (2.0 * (1.0 - ratio))
+        step = ratio + (sparsity - removed) / (2.0 * (1.0 - ratio))
         ratio = step if lo < step < hi else (lo + hi) / 2
     ratio, _, removed = best
     return ratio, removed
 
 
-def choose_channel_ratio(arch: str, budget: float) -> tuple[float, float, int]:
+def choose_channel_ratio(arch: str, sparsity: float) -> tuple[float, float, int]:
     """``(ratio, removed, round_to)``: the widest channel alignment of ``ALIGNMENTS`` that still meets
-    ``budget`` within ``ALIGNED_TOLERANCE``, and its calibrated ratio.
+    ``sparsity`` within ``ALIGNED_TOLERANCE``, and its calibrated ratio.
 
     >>> choose_channel_ratio("resnet50", 0.4)[2]
     16
     """
     for round_to in ALIGNMENTS[:-1]:
-        ratio, removed = calibrate_channel_ratio(arch, budget, round_to=round_to)
-        if abs(removed - budget) <= ALIGNED_TOLERANCE:
+        ratio, removed = calibrate_channel_ratio(arch, sparsity, round_to=round_to)
+        if abs(removed - sparsity) <= ALIGNED_TOLERANCE:
             return ratio, removed, round_to
-    return (*calibrate_channel_ratio(arch, budget, round_to=1), 1)
+    return (*calibrate_channel_ratio(arch, sparsity, round_to=1), 1)
 
 
-def prune_channels_l1(model: nn.Module, budget: float, *, arch: str, round_to: int | None = None) -> dict[str, Any]:
-    """Remove channels of ``model`` (an unpruned ``arch``), lowest L1 norm first, until ``budget`` of its
-    prunable weights are gone. In place; returns what was done (plain data, for checkpoint metadata).
+def prune_channels_l1(model: nn.Module, sparsity: float, *, arch: str,
+                      round_to: int | None = None) -> tuple[float, int]:
+    """Remove channels of ``model`` (an unpruned ``arch``), lowest L1 norm first, until ``sparsity`` of its
+    prunable weights are gone. In place; returns ``(channel ratio, channel multiple)`` that were used
+    (``detector.prune.prune`` wraps this into a ``PruningInfo``).
 
     ``round_to``: pruned channel counts are multiples of it; None picks the widest alignment that keeps
-    the budget (``choose_channel_ratio``).
+    the sparsity (``choose_channel_ratio``).
 
     >>> model = build_model("resnet18", seed=0)
-    >>> info = prune_channels_l1(model, 0.3, arch="resnet18")
-    >>> round(info["params_removed"], 2), model.eval()(torch.zeros(1, 3, 32, 32)).shape
+    >>> ratio, multiple = prune_channels_l1(model, 0.3, arch="resnet18")
+    >>> round(removed_fraction(model, "resnet18"), 2), model.eval()(torch.zeros(1, 3, 32, 32)).shape
     (0.3, torch.Size([1, 1]))
     """
     import torch_pruning as tp
@@ -152,27 +152,21 @@ def prune_channels_l1(model: nn.Module, budget: float, *, arch: str, round_to: i
     already = removed_fraction(model, arch)
     if already > 0:
         raise ValueError(f"the model has already lost {already:.4f} of its weights to channel pruning; "
-                         "prune the unpruned model to the new budget instead")
+                         "prune the unpruned model to the new sparsity instead")
     if round_to is None:
-        ratio, _, round_to = choose_channel_ratio(arch, budget)
+        ratio, _, round_to = choose_channel_ratio(arch, sparsity)
     else:
-        ratio, _ = calibrate_channel_ratio(arch, budget, round_to=round_to)
+        ratio, _ = calibrate_channel_ratio(arch, sparsity, round_to=round_to)
     # L1 norm of each channel's weights, summed over the whole dependency group (so a residual channel is
     # ranked by every layer that reads or writes it).
     _prune_channels_in_place(model, ratio, tp.importance.MagnitudeImportance(p=1), round_to)
     removed = removed_fraction(model, arch)
     log.info("channel pruning (L1, per-layer ratio %.4f, channels in multiples of %d): removed %.2f%% of "
              "prunable weights", ratio, round_to, 100 * removed)
-    if abs(removed - budget) > BUDGET_TOLERANCE:
+    if abs(removed - sparsity) > SPARSITY_TOLERANCE:
         log.warning("%s: channel pruning removed %.4f of the prunable weights, not %.4f +- %.2f (channel counts "
-                    "too coarse at multiples of %d)", arch, removed, budget, BUDGET_TOLERANCE, round_to)
-    return {
-        "pruning_method": "structured",
-        "channel_ratio": ratio,
-        "channel_multiple": round_to,
-        "params_removed": removed,
-        "dense_prunable_params": dense_prunable_params(arch),
-    }
+                    "too coarse at multiples of %d)", arch, removed, sparsity, SPARSITY_TOLERANCE, round_to)
+    return ratio, round_to
 
 
 def _replacement(module: nn.Module, shape: tuple[int, ...]) -> nn.Module | None:

@@ -1,0 +1,142 @@
+"""The work of each pipeline stage, as plain functions (no Ray): train a model for a stage, evaluate one.
+
+``detector.job.tune`` runs these inside Tune trials, and ``detector train`` calls ``train_stage`` directly:
+one way to build, prune and fit a model, whoever asks. Where a stage's outputs go is the run folder's
+business (``detector.job.runfolder``); these functions take the paths they write.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from detector.checkpoint import load_model, save_checkpoint
+from detector.config import to_dict
+from detector.data.loader import build_loader, manifest_sha256
+from detector.device import resolve_device
+from detector.io import atomic_write_json
+from detector.job.experiment import EvaluateSection
+from detector.job.runfolder import model_name
+from detector.job.search_space import param_names
+from detector.model import build_model
+from detector.prune import PruningInfo, measured_sparsity, prune
+from detector.train import TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+
+def train_stage(
+    cfg: TrainConfig,
+    *,
+    data: str,
+    out_dir: Path,
+    tb_dir: Path | None,
+    init: Path | None = None,
+    sparsity: float = 0.0,
+    method: str = "unstructured",
+    model_path: Path | None = None,
+    on_epoch: Callable[[dict[str, float], Path], None] | None = None,
+) -> dict[str, Any]:
+    """Train one model for a stage and return its fit summary.
+
+    ``init``: start from this checkpoint (the baseline) instead of a fresh model; ``sparsity`` > 0 prunes
+    it first with ``method`` ("unstructured": global L1, masks kept on; "structured": L1 channel pruning).
+    ``out_dir`` holds the loop's state (``checkpoint/state.pt``, ``checkpoint/best.pt``, ``history.jsonl``),
+    so the same call resumes. ``model_path``: where to save the final (best-epoch) model, with a ``.json``
+    summary beside it. Whether the run may stop early is the config's ``patience``.
+    """
+    if init is not None:
+        model, init_meta = load_model(init)
+        if init_meta["arch"] != cfg.arch:
+            raise ValueError(f"{init}: the checkpoint is a {init_meta['arch']}, the config asks for {cfg.arch}")
+        if sparsity > 0 and PruningInfo.from_metadata(init_meta, where=str(init)).method != "none":
+            raise ValueError(f"{init}: already pruned; prune the unpruned model to {sparsity:g} instead")
+    else:
+        model = build_model(cfg.arch, seed=cfg.seed)
+    pruning = prune(model, sparsity, method=method, arch=cfg.arch)
+    pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
+    train_loader = build_loader(data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size, train=True,
+                                num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin, drop_last=True,
+                                normalize=False)
+    val_loader = build_loader(data, "val", batch_size=cfg.batch_size, image_size=cfg.image_size,
+                              num_workers=cfg.num_workers, pin_memory=pin, normalize=False)
+    hparams = {"arch": cfg.arch, "sparsity": sparsity, **{name: getattr(cfg, name) for name in param_names()},
+               "batch_size": cfg.batch_size, "method": pruning.method}
+    metadata = {"data_manifest_sha256": manifest_sha256(data), "init": str(init) if init else None,
+                "pruning": pruning.to_dict()}
+    result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,
+                 hparams=hparams, metadata=metadata)
+    summary = {
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "history": result.history,
+        "best_checkpoint": str(result.best_checkpoint),
+    }
+    if model_path is not None:
+        save_checkpoint(model_path, model.cpu(), metadata={
+            **metadata,
+            "arch": cfg.arch,
+            "image_size": cfg.image_size,
+            "metrics": {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch},
+            "config": to_dict(cfg),
+        })
+        atomic_write_json(model_path.with_suffix(".json"), {"config": to_dict(cfg), **summary,
+                                                           "best_checkpoint": str(model_path)})
+        log.info("saved %s (best val accuracy %.4f at epoch %d)", model_path, result.best_val_accuracy,
+                 result.best_epoch)
+    return summary
+
+
+def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Path,
+                   predictions: Path) -> dict[str, Any]:
+    """Evaluate a model on the combined validation set and every test set, and measure its efficiency.
+
+    Writes ``out`` (metrics, efficiency) and ``predictions`` (labels and probabilities per test set, for
+    ROC curves and paired tests between models).
+    """
+    from detector.evaluate.efficiency import efficiency_row
+    from detector.evaluate.metrics import evaluate_split
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, meta = load_model(checkpoint, device=device)
+    pruning = PruningInfo.from_metadata(meta, where=str(checkpoint))
+    image_size = int(meta["image_size"])
+    val = evaluate_split(model, data, "val", image_size=image_size, batch_size=cfg.batch_size, device=device)
+    test = evaluate_split(model, data, "test", image_size=image_size, batch_size=cfg.batch_size, device=device)
+    eff = efficiency_row(model, device=device, image_size=image_size, repeats=cfg.latency_repeats,
+                         throughput_batch=cfg.throughput_batch)
+    result = {
+        "name": model_name(pruning.sparsity),
+        "checkpoint": str(checkpoint),
+        "arch": meta["arch"],
+        "pruning": pruning.to_dict(),
+        # the budget both methods are compared at: the architecture's prunable weights zeroed or removed
+        "sparsity": measured_sparsity(model, meta["arch"]),
+        "train_config": meta.get("config", {}),
+        "metrics": {"val": val["metrics"], "test": test["metrics"]},
+        "efficiency": eff,
+    }
+    if pruning.method == "none":
+        from detector.prune.semistructured import semistructured_benchmark
+
+        result["semistructured"] = semistructured_benchmark(model, image_size=image_size, repeats=cfg.latency_repeats)
+    atomic_write_json(out, _finite(result))
+    atomic_write_json(predictions, {"val": val["predictions"], "test": test["predictions"]})
+    return result
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: write None instead (e.g. AUC on a test set with one class)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
