@@ -14,6 +14,7 @@ import logging
 import sys
 
 from detector.commands._common import USER_ERRORS, fail
+from detector.job.stop import RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args._module.main(args) or 0)
+    except RunStopped as e:
+        print(f"detector {args.command}: {e}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -438,12 +438,14 @@ class _TensorBoard:
                 self.writer.add_scalar(tensorboard_tag(key), value, int(metrics["epoch"]))
         self.writer.flush()
 
-    def hparams(self, hparams: Mapping[str, Any], stopper: EarlyStopping) -> None:
-        if self.writer is None or not hparams:
+    def hparams(self, hparams: Mapping[str, Any], history: list[dict[str, float]], stopper: EarlyStopping) -> None:
+        """The run's hparams with its val accuracy at the last epoch (a search's objective) and at the best."""
+        if self.writer is None or not hparams or not history:
             return
         self.writer.add_hparams(
             {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()},
-            {"hparam/best_val_accuracy": stopper.best, "hparam/best_epoch": stopper.best_epoch},
+            {"hparam/val_accuracy": history[-1]["val_accuracy"], "hparam/best_val_accuracy": stopper.best,
+             "hparam/best_epoch": stopper.best_epoch},
             run_name=".",
         )
 
@@ -571,7 +573,7 @@ def fit(
             if progress.stopped:
                 log.info("early stop after epoch %d: no better val_accuracy for %d epochs (best %.4f at epoch %d)",
                          epoch, progress.stopper.bad_epochs, progress.stopper.best, progress.stopper.best_epoch)
-        tensorboard.hparams(hparams or {}, progress.stopper)
+        tensorboard.hparams(hparams or {}, progress.history, progress.stopper)
 
     if not best_path.exists():
         raise ValueError(f"{out_dir}: no epoch was trained (max_epochs={cfg.max_epochs}) and no best.pt exists")

@@ -92,7 +92,8 @@ def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
     from pipeline_helpers import tiny_experiment, write_untrained_baseline
 
     from detector.job.pipeline import run
-    from detector.job.tune import read_trials
+    from detector.job.runfolder import RunFolder
+    from detector.job.status import read_status
 
     uri, s3, _ = bucket
     storage = uri.replace("detector/data?", "detector/runs?")
@@ -104,5 +105,5 @@ def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
     stored = [f.path for f in s3.get_file_info(pafs.FileSelector("detector/runs/run/search", recursive=True))]
     assert any("experiment_state-" in p for p in stored) and any("/checkpoint_" in p for p in stored)
     assert not (run_dir / "tune").exists()
-    trials = read_trials(run_dir)
-    assert [(t["sparsity"], t["state"]) for t in trials] == [(0.2, "TERMINATED")]
+    trials = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
+    assert [(t["sparsity"], t["state"]) for t in trials] == [(0.2, "done")]

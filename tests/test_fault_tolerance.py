@@ -20,7 +20,8 @@ import pytest
 
 from detector.config import save_yaml
 from detector.job.pipeline import run
-from detector.job.tune import read_trials
+from detector.job.runfolder import RunFolder
+from detector.job.status import read_status
 from pipeline_helpers import make_tiny_data, tiny_experiment, write_untrained_baseline
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -34,7 +35,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def search_trials(run_dir: Path) -> list[dict]:
-    return [t for t in read_trials(run_dir) if t["stage"] == "search"]
+    return read_status(RunFolder(run_dir))["trial_stages"].get("search", {}).get("trials", [])
 
 
 def result_rows(run_dir: Path, trial_id: str) -> list[dict]:
@@ -83,8 +84,7 @@ def test_a_killed_driver_resumes_without_running_finished_trials_again(data, tmp
         while True:
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no two trials finished within 300 s"
-            finished = [t for t in search_trials(run_dir) if t["state"] == "TERMINATED"] \
-                if (run_dir / "tune" / "search").is_dir() else []
+            finished = [t for t in search_trials(run_dir) if t["state"] == "done"]
             if len(finished) >= 2:
                 break
             time.sleep(1)

@@ -86,26 +86,40 @@ def test_every_stage_read_the_pixels_decoded_once(finished_run, data):
         assert meta["data_manifest_sha256"] == manifest_sha256(str(pixels))
 
 
-def test_tensorboard_has_a_run_per_trial_and_fine_tune(finished_run):
+def test_tensorboard_has_a_run_per_trial_and_fine_tune_named_by_what_it_is(finished_run):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     tb = finished_run / "tensorboard"
+    assert sorted(p.name for p in (tb / "search").iterdir()) == [
+        f"s{s}-t{t}" for s in (10, 20, 30, 40) for t in (1, 2)]
+    assert sorted(p.name for p in (tb / "finetune").iterdir()) == ["s10", "s20", "s30", "s40"]
     runs = sorted(p for p in (tb / "search").iterdir()) + sorted((tb / "finetune").iterdir())
-    assert len(runs) == 8 + 4
     for run_dir in runs:
         acc = EventAccumulator(str(run_dir))
         acc.Reload()
         assert "val/accuracy" in acc.Tags()["scalars"]
         assert acc.Scalars("val/accuracy")
-        # the HParams plugin's data sits in the same run, so TensorBoard relates params to accuracy
-        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+        # the HParams plugin's data sits in the same run, so TensorBoard relates params to accuracy;
+        # what varies between runs comes first (TensorBoard ticks the first columns)
+        content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+        assert [h.name for h in experiment.hparam_infos][:4] == ["sparsity", "optimizer", "lr", "method"]
+        assert [m.name.tag for m in experiment.metric_infos][:2] == ["hparam/val_accuracy", "hparam/best_val_accuracy"]
 
 
-def test_status_lists_every_trial(finished_run):
+def test_status_says_the_run_finished_and_lists_every_trial(finished_run):
     out = subprocess.run([sys.executable, "-m", "detector.cli", "status", str(finished_run), "--json"],
-                         capture_output=True, text=True, check=True).stdout
-    rows = [json.loads(line) for line in out.splitlines()]
-    assert sorted({r["stage"] for r in rows}) == ["baseline", "evaluate", "finetune", "search"]
-    search = [r for r in rows if r["stage"] == "search"]
-    assert len(search) == 8 and all(r["state"] == "TERMINATED" and r["epochs"] == 1 for r in search)
+                         capture_output=True, text=True, check=True)
+    status = json.loads(out.stdout)
+    assert status["state"] == "finished" and set(status["stages"].values()) == {"done"}
+    assert sorted(status["trial_stages"]) == ["baseline", "evaluate", "finetune", "search"]
+    search = status["trial_stages"]["search"]["trials"]
+    assert sorted(r["name"] for r in search) == [f"search/s{s}-t{t}" for s in (10, 20, 30, 40) for t in (1, 2)]
+    assert all(r["state"] == "done" and r["epochs"] == r["epochs_planned"] == 1 for r in search)
+    assert out.stderr == ""  # nothing from Tune's internals
+    text = subprocess.run([sys.executable, "-m", "detector.cli", "status", str(finished_run)],
+                          capture_output=True, text=True, check=True).stdout
+    assert text.startswith(f"run {finished_run}: finished") and "val_accuracy (last epoch: the objective)" in text
 
 
 def test_a_finished_run_is_reused_not_run_again(finished_run):
@@ -151,7 +165,8 @@ def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
     """As with storage: s3://bucket/runs on a cluster; here a file:// URI stands in for the bucket."""
     from pipeline_helpers import write_untrained_baseline
 
-    from detector.job.tune import read_trials
+    from detector.job.runfolder import RunFolder
+    from detector.job.status import read_status
 
     run_dir, remote = tmp_path / "run", tmp_path / "bucket"
     exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
@@ -161,5 +176,5 @@ def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
     assert list((remote / "run" / "search").glob("experiment_state-*.json"))
     assert list((remote / "run" / "search").glob("*/checkpoint_*"))
     assert not (run_dir / "tune").exists()
-    trials = read_trials(run_dir)
-    assert sorted(t["sparsity"] for t in trials) == [0.1, 0.2] and all(t["state"] == "TERMINATED" for t in trials)
+    trials = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
+    assert sorted(t["sparsity"] for t in trials) == [0.1, 0.2] and all(t["state"] == "done" for t in trials)

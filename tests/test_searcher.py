@@ -18,6 +18,7 @@ def test_trials_are_handed_out_round_robin_then_the_search_ends():
     s = make()
     configs = [s.suggest(f"t{i}") for i in range(8)]
     assert [c["sparsity"] for c in configs] == [0.1, 0.2, 0.3, 0.4] * 2
+    assert [c["trial"] for c in configs] == [1, 1, 1, 1, 2, 2, 2, 2]  # its number within its sparsity's search
     for c in configs:
         assert c["optimizer"] in ("adam", "sgd") and 1e-6 <= c["lr"] <= 1e-4
     assert s.suggest("t8") == SparsitySearcher.FINISHED
@@ -44,24 +45,54 @@ def test_a_diverged_trial_is_a_failed_optuna_trial_not_a_value():
     assert trial.value is None and trial.state.name == "FAIL"
 
 
-def test_save_and_restore_continue_every_study(tmp_path):
-    s = make()
-    for i in range(4):
-        s.suggest(f"t{i}")
-        s.on_trial_complete(f"t{i}", {"val_accuracy": 0.5 + i / 10, "training_iteration": 1})
-    s.save(str(tmp_path / "searcher.pkl"))
-    restored = make()
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert [restored.suggest(f"t{i}")["sparsity"] for i in range(4, 8)] == [0.1, 0.2, 0.3, 0.4]
-    assert all(len(st._ot_study.trials) == 2 for st in restored.studies.values())
+def finish(s, trial_ids):
+    for i in trial_ids:
+        s.on_trial_complete(f"t{i}", {"val_accuracy": 0.5 + i / 20, "training_iteration": 1})
+
+
+def test_a_restored_search_goes_on_exactly_as_an_uninterrupted_one(tmp_path):
+    """The studies live in an Optuna journal, the searcher's state is JSON (no pickle), and the samplers'
+    random states travel with it: the suggestions after a resume are those the search would have made."""
+    import json
+
+    import optuna
+
+    uninterrupted = make(storage=str(tmp_path / "a.journal"))
+    first = [uninterrupted.suggest(f"t{i}") for i in range(4)]
+    finish(uninterrupted, range(4))
+    expected = [uninterrupted.suggest(f"t{i}") for i in range(4, 8)]
+
+    s = make(storage=str(tmp_path / "b.journal"))
+    assert [s.suggest(f"t{i}") for i in range(4)] == first
+    finish(s, range(4))
+    s.save(str(tmp_path / "searcher-state.pkl"))
+    state = json.loads((tmp_path / "searcher-state.pkl").read_text())  # data, not a pickle
+    assert state["trial_sparsity"] == {"t0": 0.1, "t1": 0.2, "t2": 0.3, "t3": 0.4}
+    restored = make(storage=str(tmp_path / "b.journal"))
+    restored.restore(str(tmp_path / "searcher-state.pkl"))
+    assert [restored.suggest(f"t{i}") for i in range(4, 8)] == expected
+    # the journal holds every study and trial, readable by Optuna itself (and optuna-dashboard)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "b.journal")))
+    names = sorted(st.study_name for st in optuna.get_all_study_summaries(storage))
+    assert names == ["sparsity-0.1", "sparsity-0.2", "sparsity-0.3", "sparsity-0.4"]
+    assert all(len(optuna.load_study(study_name=n, storage=storage).trials) == 2 for n in names)
 
 
 def test_restore_refuses_a_search_over_other_sparsities(tmp_path):
-    s = make()
+    s = make(storage=str(tmp_path / "s.journal"))
     s.save(str(tmp_path / "searcher.pkl"))
-    other = SparsitySearcher([0.5], trials_per_sparsity=1, space=SPACE, metric="val_accuracy")
+    other = SparsitySearcher([0.5], trials_per_sparsity=1, space=SPACE, metric="val_accuracy",
+                             storage=str(tmp_path / "s.journal"))
     with pytest.raises(ValueError, match="sparsities"):
         other.restore(str(tmp_path / "searcher.pkl"))
+
+
+def test_restore_refuses_a_pickle(tmp_path):
+    import pickle
+
+    (tmp_path / "searcher.pkl").write_bytes(pickle.dumps({"trial_sparsity": {}}))
+    with pytest.raises(ValueError, match="not the JSON state"):
+        make(storage=str(tmp_path / "s.journal")).restore(str(tmp_path / "searcher.pkl"))
 
 
 def test_same_seed_same_suggestions():

@@ -1,5 +1,11 @@
 """Run the whole experiment (import if needed, baseline, the concurrent sparsity searches, fine-tunes,
-evaluation, report) or chosen stages, on an embedded local Ray or a running cluster (--address)."""
+evaluation, report) or chosen stages, on an embedded local Ray or a running cluster (--address).
+
+Ctrl-C (SIGINT) or SIGTERM stops the whole job: the running stage saves its state and nothing after it
+starts (a second Ctrl-C stops at once); `detector run --resume --out RUN` continues where it stopped. One
+driver works on a run folder at a time: a second one exits at once, naming the first. While it runs,
+`detector status RUN --watch 10` shows every stage and trial.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_required: bool) -> N
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: 'auto' or ray://HOST:10001 (default: RAY_ADDRESS, else an "
                         "embedded local Ray)")
+    p.add_argument("--trust-run-folder", action="store_true",
+                   help="resume Tune's saved state even where others could have written it (it is unpickled)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,24 +53,31 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--config is required (e.g. jobs/configs/paper.yaml), or --resume --out RUN")
     else:
         config = args.config
-    return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address)
+    return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address,
+                   trust_run_folder=args.trust_run_folder)
 
 
 def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str | None,
-            address: str | None) -> int:
+            address: str | None, trust_run_folder: bool = False) -> int:
+    from detector.commands._common import fail
     from detector.job.experiment import STAGES, load_experiment
     from detector.job.pipeline import run
+    from detector.job.stop import StageIncomplete
 
     exp = load_experiment(config, overrides)
     out = out or Path("runs") / exp.name
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else list(STAGES)
-    result = run(exp, out, address=address, stages=chosen)
+    try:
+        result = run(exp, out, address=address, stages=chosen, trust_run_folder=trust_run_folder)
+    except StageIncomplete as e:
+        return fail("run", str(e), status=1)
     print()
     print(f"run folder:   {result['run_dir']}")
     if Path(result["report"]).exists():
         print(f"report:       {result['report']}")
     print(f"TensorBoard:  tensorboard --logdir {result['tensorboard']}")
     if result["dashboard"]:
-        print(f"Ray dashboard (while the run was live): {result['dashboard']}")
+        print(f"Ray dashboard (while the run was live): {result['dashboard']} "
+              "(sign in with the token `ray get-auth-token` prints)")
     print(f"trials:       detector status {result['run_dir']}")
     return 0

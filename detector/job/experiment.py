@@ -52,6 +52,9 @@ class SearchSection:
     seed: int = 0
     # Optuna's TPE samples at random for its first n trials (Optuna's default is 10).
     tpe_startup_trials: int = 10
+    # Where the Optuna studies live: null = a journal file in the run folder (RUN/search/optuna.journal), or
+    # an RDB URL (sqlite:///..., postgresql://user@host/db) shared by a team's runs; optuna-dashboard reads both.
+    storage: str | None = None
     # Stop weak trials early with ASHA (beyond the paper; off in paper.yaml).
     scheduler: Literal["none", "asha"] = "none"
     asha_grace_period: int = 2

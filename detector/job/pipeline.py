@@ -7,6 +7,7 @@ experiments that were cut off are restored from their own state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -99,11 +100,20 @@ def run(
     *,
     address: str | None = None,
     stages: Sequence[str] = STAGES,
+    trust_run_folder: bool = False,
 ) -> dict[str, Any]:
     """Run the chosen stages of the experiment into ``run_dir``; returns where the results are.
 
-    Stages whose outputs exist are reused; Ray is started (or joined) only when a stage has work.
+    Stages whose outputs exist are reused; Ray is started (or joined) only when a stage has work. The run
+    folder is held by this driver alone while it works (``detector.job.lease``); its state is kept in
+    ``RUN/status/`` for ``detector status``. SIGINT or SIGTERM stop the whole job (``RunStopped``): the
+    running stage is left resumable and nothing after it starts. ``trust_run_folder``: resume Tune's state
+    even from a folder that others could have written (it is unpickled).
     """
+    from detector.job.lease import DriverLease
+    from detector.job.status import RunState
+    from detector.job.stop import RunStopped, StopSignals
+
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
@@ -111,50 +121,88 @@ def run(
     folder = RunFolder(run_dir)
     check_run_config(exp, folder)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(exp, folder.config)
+    stop = StopSignals()
+    stop.install()
+    try:
+        with DriverLease(folder.lease, folder.lock):
+            save_yaml(exp, folder.config)
+            state = RunState(folder, [s for s in STAGES if s in stages])
+            try:
+                info = _run_stages(exp, folder, stages, state, stop, address=address, trust=trust_run_folder)
+            except RunStopped as e:
+                state.end("stopped", f"{e}; `detector run --resume --out {run_dir}` continues it")
+                log.warning("%s; resume with: detector run --resume --out %s", e, run_dir)
+                raise
+            except BaseException as e:
+                state.end("failed", f"{type(e).__name__}: {e}")
+                raise
+            state.end("finished")
+    finally:
+        stop.restore()
+    return {
+        "run_dir": str(run_dir),
+        "report": str(folder.report / "report.md"),
+        "tensorboard": str(folder.tensorboard),
+        "dashboard": info.dashboard_url if info else None,
+    }
+
+
+def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str], state: Any, stop: Any, *,
+                address: str | None, trust: bool) -> Any:
+    run_dir = folder.root
     data = folder.resolve(exp.data.path)
     t0 = time.time()
-
     if "prepare" in stages:
+        state.stage("prepare", "running")
         prepare_data(exp, data)
     if exp.data.pixels and set(stages) - {"report"}:  # the report reads the run folder only
         data = pixel_data(exp, folder, data, derive="prepare" in stages)
+    if "prepare" in stages:
+        state.stage("prepare", "done")
 
     todo = pending_work(exp, run_dir, stages)
     for stage, left in todo.items():
         if not left:
             log.info("%s: outputs exist in %s, reusing them", stage, run_dir)
+            state.stage(stage, "reused")
     info = None
     if any(todo.values()):
         from detector.job import tune as dtune
 
-        info = dtune.connect(address, exp)
+        info = dtune.connect(address, exp, job_name=f"detector-{run_dir.name}")
+        stop.install()  # ray.init set a SIGTERM handler of its own; ours decides what a stop means
         log.info("Ray: %s; resources %s", info.address, info.resources)
         if info.dashboard_url:
             log.info("Ray dashboard: %s", info.dashboard_url)
-        log.info("TensorBoard:   tensorboard --logdir %s", run_dir)
-        ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data)
+        log.info("TensorBoard:   tensorboard --logdir %s", folder.tensorboard)
+        log.info("Status:        detector status %s --watch 10", run_dir)
+        ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data, trust_run_folder=trust)
         try:
             if todo.get("baseline"):
-                dtune.run_baseline(ctx)
+                state.stage("baseline", "running")
+                dtune.run_baseline(ctx, stop)
+                state.stage("baseline", "done")
             if todo.get("search"):
                 _require(folder.model(0.0), "search", "baseline")
-                atomic_write_json(folder.search_results, dtune.run_search(ctx))
+                state.stage("search", "running")
+                atomic_write_json(folder.search_results, dtune.run_search(ctx, stop))
+                state.stage("search", "done")
             if todo.get("finetune"):
                 _require(folder.search_results, "finetune", "search")
                 best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.search_results)["best"].values()}
                 missing = [s for s in todo["finetune"] if s not in best]
                 if missing:
                     raise ConfigError(f"finetune: {folder.search_results} has no best parameters for {missing}")
-                rows = dtune.run_finetune(
-                    dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data, best_params=best),
-                    todo["finetune"],
-                )
+                state.stage("finetune", "running")
+                rows = dtune.run_finetune(dataclasses.replace(ctx, best_params=best), todo["finetune"], stop)
                 atomic_write_json(folder.finetune_results, {"trials": rows})
+                state.stage("finetune", "done")
             if todo.get("evaluate"):
                 for s in todo["evaluate"]:
                     _require(folder.model(s), "evaluate", "baseline" if s == 0 else "finetune")
-                dtune.run_evaluate(ctx, todo["evaluate"])
+                state.stage("evaluate", "running")
+                dtune.run_evaluate(ctx, todo["evaluate"], stop)
+                state.stage("evaluate", "done")
         finally:
             if info.embedded:
                 dtune.shutdown()
@@ -162,14 +210,11 @@ def run(
     if "report" in stages:
         from detector.report import write_report
 
+        state.stage("report", "running")
         write_report(run_dir)
+        state.stage("report", "done")
     log.info("done in %.0f s: %s", time.time() - t0, run_dir)
-    return {
-        "run_dir": str(run_dir),
-        "report": str(folder.report / "report.md"),
-        "tensorboard": str(run_dir),
-        "dashboard": info.dashboard_url if info else None,
-    }
+    return info
 
 
 def _require(path: Path, stage: str, needs: str) -> None:

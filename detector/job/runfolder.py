@@ -3,8 +3,12 @@
 ::
 
     RUN/experiment.yaml                   the validated config (written first)
+    RUN/driver.json, RUN/.driver.lock     the lease of the one driver working on the run (detector.job.lease)
+    RUN/status/run.json                   the run's state: which stage, live / stopped / failed / finished
+    RUN/status/<stage>.json               every trial of a Tune stage, live (state, epochs, metrics)
     RUN/models/baseline.pt, prune-10.pt   final models (+ .json: fit summary)
     RUN/search/results.json               every search trial, best parameters per sparsity
+    RUN/search/optuna.journal             the searches' Optuna studies (unless search.storage names a database)
     RUN/finetune/results.json             the fine-tune trials
     RUN/eval/<model>.json                 metrics and efficiency (+ .predictions.json: per image)
     RUN/tensorboard/...                   one TensorBoard run per trial and fine-tune
@@ -16,6 +20,8 @@ Stages, the Ray module, ``detector status`` and the report all ask here; nothing
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +32,34 @@ PREDICTIONS_SUFFIX = ".predictions.json"
 TUNE_STAGES = ("baseline", "search", "finetune", "evaluate")
 
 
+def untrusted_files(root: Path) -> list[str]:
+    """Files and folders under ``root`` (itself included) that this user does not own, or that group or
+    others may write: whoever wrote them could have planted code in what gets unpickled from there."""
+    uid = os.getuid()
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for path in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
+            st = os.lstat(path)
+            if st.st_uid != uid:
+                bad.append(f"{path} is owned by uid {st.st_uid}")
+            elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(st.st_mode):
+                bad.append(f"{path} is writable by {'group' if st.st_mode & stat.S_IWGRP else 'others'}")
+    return bad
+
+
 def model_name(sparsity: float) -> str:
     """``baseline`` for the dense model, ``prune-10`` ... for a pruned one."""
     return "baseline" if sparsity == 0 else f"prune-{round(sparsity * 100):d}"
+
+
+def sparsity_label(sparsity: float) -> str:
+    """``s40`` for 0.4 (``s12.5`` for 0.125): short, and sorts like the sparsities it names."""
+    return f"s{100 * sparsity:g}"
+
+
+def trial_label(sparsity: float, trial: int | None) -> str:
+    """``s40-t3``: the 3rd trial of the 40 % search; the name of a trial in Tune, TensorBoard and status."""
+    return f"{sparsity_label(sparsity)}-t{trial}"
 
 
 @dataclass(frozen=True)
@@ -39,6 +70,24 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE
+
+    # -- the driver and the run's live state (plain JSON, read by `detector status`) -------------------
+    @property
+    def lease(self) -> Path:
+        return self.root / "driver.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".driver.lock"
+
+    @property
+    def run_status(self) -> Path:
+        return self.root / "status" / "run.json"
+
+    def stage_status(self, stage: str) -> Path:
+        if stage not in TUNE_STAGES:
+            raise ValueError(f"no trial status for stage {stage!r}")
+        return self.root / "status" / f"{stage}.json"
 
     # -- models ----------------------------------------------------------------------------------------
     def model(self, sparsity: float) -> Path:
@@ -52,6 +101,11 @@ class RunFolder:
     @property
     def search_results(self) -> Path:
         return self.root / "search" / "results.json"
+
+    @property
+    def optuna_journal(self) -> Path:
+        """Where the Optuna studies of the search live by default: ``optuna-dashboard RUN/search/optuna.journal``."""
+        return self.root / "search" / "optuna.journal"
 
     @property
     def finetune_results(self) -> Path:
@@ -77,14 +131,15 @@ class RunFolder:
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
-    def tensorboard_run(self, stage: str, sparsity: float = 0.0, trial: str | None = None) -> Path:
-        """One TensorBoard run: ``baseline``, ``search/s0.1-<trial>`` or ``finetune/s0.1``."""
+    def tensorboard_run(self, stage: str, sparsity: float = 0.0, trial: int | None = None) -> Path:
+        """One TensorBoard run, named by what it is: ``baseline``, ``search/s40-t3`` (the 3rd trial of the
+        40 % search) or ``finetune/s40``. ``tensorboard --logdir RUN/tensorboard`` shows these names."""
         if stage == "baseline":
             return self.tensorboard / "baseline"
         if stage == "search":
-            return self.tensorboard / "search" / f"s{sparsity:g}-{trial}"
+            return self.tensorboard / "search" / trial_label(sparsity, trial)
         if stage == "finetune":
-            return self.tensorboard / "finetune" / f"s{sparsity:g}"
+            return self.tensorboard / "finetune" / sparsity_label(sparsity)
         raise ValueError(f"no TensorBoard runs for stage {stage!r}")
 
     # -- Ray Tune's storage ----------------------------------------------------------------------------

@@ -64,8 +64,9 @@ def train_stage(
                                 normalize=False)
     val_loader = build_loader(data, "val", batch_size=cfg.batch_size, image_size=cfg.image_size,
                               num_workers=cfg.num_workers, pin_memory=pin, normalize=False)
-    hparams = {"arch": cfg.arch, "sparsity": sparsity, **{name: getattr(cfg, name) for name in param_names()},
-               "batch_size": cfg.batch_size, "method": pruning.method}
+    # What varies between runs first: TensorBoard's HParams view ticks its first columns.
+    hparams = {"sparsity": sparsity, **{name: getattr(cfg, name) for name in param_names()},
+               "method": pruning.method, "arch": cfg.arch, "batch_size": cfg.batch_size}
     metadata = {"data_manifest_sha256": manifest_sha256(data), "init": str(init) if init else None,
                 "pruning": pruning.to_dict()}
     result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,

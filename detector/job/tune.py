@@ -19,10 +19,12 @@ The work itself is done by ``detector.job.stages`` (Ray-free); the trainables he
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
-import pickle
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,7 +38,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from detector.job.experiment import ExperimentConfig
-from detector.job.runfolder import TUNE_STAGES, RunFolder
+from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label
+from detector.job.stop import StageIncomplete, StopSignals
 from detector.job.search_space import Categorical, Domain, LogUniform, param_names, search_space
 
 log = logging.getLogger(__name__)
@@ -44,17 +47,44 @@ log = logging.getLogger(__name__)
 # Tune's own TensorBoard logger would write a second copy of every scalar beside ours (detector.train
 # writes one TensorBoard run per trial under RUN/tensorboard); CSV and JSON stay, the ResultGrid needs them.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# The driver handles SIGINT itself (detector.job.stop): the whole job stops, not only the running experiment.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# Every trial checkpoints every epoch and keeps one checkpoint, which forces an experiment snapshot each
+# time; with several trials per minute Tune warns that snapshots come often. They are cheap here (small
+# JSON state): the warning says nothing a user can act on.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 TRIAL_START_FILE = "trial_start.txt"
+
+
+SEARCHER_STATE_VERSION = 1
+
+
+def optuna_storage(url: str) -> Any:
+    """An Optuna storage from a URL: a journal file (``journal:///path``, or a plain path) or any RDB URL
+    (``sqlite:///...``, ``postgresql://...``). ``optuna-dashboard URL`` shows the studies in it."""
+    import optuna
+
+    if url.startswith("journal://"):
+        url = url[len("journal://"):]
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    return optuna.storages.RDBStorage(url)
 
 
 class SparsitySearcher(Searcher):
     """One Optuna study per sparsity inside a single Tune experiment.
 
     ``suggest`` picks the sparsity with the fewest trials handed out so far (round-robin), asks that
-    sparsity's ``OptunaSearch`` for parameters and adds ``sparsity`` to the trial's config. Results and
-    completions go back to the study that proposed the trial, so each study only ever sees its own trials,
-    exactly as if the four searches ran as four separate experiments.
+    sparsity's ``OptunaSearch`` for parameters and adds ``sparsity`` (and the trial's number within its
+    search, ``trial``) to the trial's config. Results and completions go back to the study that proposed the
+    trial, so each study only ever sees its own trials, exactly as if the four searches ran as four
+    separate experiments.
+
+    Every study lives in an Optuna storage (``storage``: a journal file on the run folder, or an RDB URL),
+    and the searcher's own state is saved as JSON: which Tune trial is which Optuna trial of which study, and
+    the samplers' random states. Nothing is pickled, and a resumed search goes on with the same studies.
 
     >>> from ray import tune
     >>> s = SparsitySearcher([0.1, 0.2], trials_per_sparsity=2,
@@ -73,21 +103,35 @@ class SparsitySearcher(Searcher):
         mode: str = "max",
         seed: int = 0,
         tpe_startup_trials: int = 10,
+        storage: str | None = None,
+        study_prefix: str = "",
     ) -> None:
-        import optuna
-
         super().__init__(metric=metric, mode=mode)
         self.sparsities = [float(s) for s in sparsities]
         self.trials_per_sparsity = trials_per_sparsity
-        self.studies: dict[float, OptunaSearch] = {}
         # Tune's search-space objects -> Optuna distributions, once, so each study gets a resolved space.
-        space = OptunaSearch.convert_search_space(space)
-        for i, s in enumerate(self.sparsities):
-            sampler = optuna.samplers.TPESampler(seed=seed + i, n_startup_trials=tpe_startup_trials)
-            self.studies[s] = OptunaSearch(
-                space=dict(space), metric=metric, mode=mode, sampler=sampler, study_name=f"sparsity-{s:g}"
-            )
+        self.space = OptunaSearch.convert_search_space(space)
+        self.seed = seed
+        self.tpe_startup_trials = tpe_startup_trials
+        self.storage_url = storage
+        self.study_prefix = study_prefix
         self.trial_sparsity: dict[str, float] = {}
+        self.trial_number: dict[str, int] = {}  # Tune trial -> its number within its sparsity's search
+        self.studies = self._make_studies()
+
+    def study_name(self, sparsity: float) -> str:
+        return f"{self.study_prefix}sparsity-{sparsity:g}"
+
+    def _make_studies(self) -> dict[float, OptunaSearch]:
+        import optuna
+
+        storage = optuna_storage(self.storage_url) if self.storage_url else None
+        studies = {}
+        for i, s in enumerate(self.sparsities):
+            sampler = optuna.samplers.TPESampler(seed=self.seed + i, n_startup_trials=self.tpe_startup_trials)
+            studies[s] = OptunaSearch(space=dict(self.space), metric=self._metric, mode=self._mode, sampler=sampler,
+                                      study_name=self.study_name(s), storage=storage)
+        return studies
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         # The search space and metric come from the constructor; Tune's param_space stays empty.
@@ -105,8 +149,9 @@ class SparsitySearcher(Searcher):
                 return Searcher.FINISHED
             sparsity = min(open_, key=lambda s: (self._launched(s), self.sparsities.index(s)))
             self.trial_sparsity[trial_id] = sparsity
+            self.trial_number[trial_id] = self._launched(sparsity)
         params = self.studies[sparsity].suggest(trial_id)
-        return {**params, "sparsity": sparsity}
+        return {**params, "sparsity": sparsity, "trial": self.trial_number[trial_id]}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.trial_sparsity and not result.get("trial_failed"):
@@ -120,29 +165,79 @@ class SparsitySearcher(Searcher):
             result, error = None, True
         self.studies[self.trial_sparsity[trial_id]].on_trial_complete(trial_id, result, error=error)
 
+    # -- state, as data --------------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
-        state = {
-            "trial_sparsity": self.trial_sparsity,
-            "studies": {s: st.__dict__.copy() for s, st in self.studies.items()},
-            "sparsities": self.sparsities,
-            "trials_per_sparsity": self.trials_per_sparsity,
-            "metric": self._metric,
-            "mode": self._mode,
-        }
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+        """Write the searcher's state as JSON (Tune names the file ``searcher-state-*.pkl``; it holds JSON)."""
+        studies = {}
+        for s, st in self.studies.items():
+            studies[f"{s:g}"] = {
+                "study": self.study_name(s),
+                "optuna_trials": {tid: tr.number for tid, tr in st._ot_trials.items()},
+                "completed": sorted(st._completed_trials),
+                "rng": _sampler_rng_state(st._sampler),
+            }
+        state = {"format": "detector-searcher", "version": SEARCHER_STATE_VERSION,
+                 "sparsities": self.sparsities, "trials_per_sparsity": self.trials_per_sparsity,
+                 "metric": self._metric, "mode": self._mode, "storage": self.storage_url,
+                 "trial_sparsity": self.trial_sparsity, "trial_number": self.trial_number, "studies": studies}
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
+        try:
+            with open(checkpoint_path) as f:
+                state = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{checkpoint_path}: not the JSON state this searcher writes ({e}); a run folder "
+                             "from an older version cannot be resumed: start it in a new --out folder") from None
+        if not isinstance(state, dict) or state.get("format") != "detector-searcher":
+            raise ValueError(f"{checkpoint_path}: not a detector searcher state")
         if state["sparsities"] != self.sparsities:
             raise ValueError(
                 f"{checkpoint_path}: the saved search is over sparsities {state['sparsities']}, "
                 f"the config asks for {self.sparsities}; use a new --out folder for a different search"
             )
-        self.trial_sparsity = state["trial_sparsity"]
-        for s, d in state["studies"].items():
-            self.studies[s].__dict__.update(d)
+        if not self.storage_url:
+            raise ValueError(f"{checkpoint_path}: the studies were kept in memory only; nothing to resume from")
+        import optuna
+
+        self.trial_sparsity = {str(k): float(v) for k, v in state["trial_sparsity"].items()}
+        self.trial_number = {str(k): int(v) for k, v in state.get("trial_number", {}).items()}
+        self.studies = self._make_studies()  # the same studies, loaded from the storage
+        for s, st in self.studies.items():
+            saved = state["studies"][f"{s:g}"]
+            study = st._ot_study
+            by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+            st._ot_trials = {tid: optuna.trial.Trial(study, by_number[n]._trial_id)
+                             for tid, n in saved["optuna_trials"].items() if n in by_number}
+            st._completed_trials = set(saved["completed"])
+            _set_sampler_rng_state(st._sampler, saved.get("rng"))
+            # An Optuna trial asked for just before the driver died, never handed to Tune: not a result.
+            known = set(saved["optuna_trials"].values())
+            for t in by_number.values():
+                if t.state == optuna.trial.TrialState.RUNNING and t.number not in known:
+                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                    log.warning("study %s: trial %d was asked for but never ran (driver stopped); marked failed",
+                                study.study_name, t.number)
+
+
+def _sampler_rng_state(sampler: Any) -> dict[str, Any]:
+    """The TPE sampler's random states as data: a resumed search must not draw its first values again."""
+    states = {}
+    for key, rng in (("tpe", sampler._rng.rng), ("random", sampler._random_sampler._rng.rng)):
+        kind, keys, pos, has_gauss, cached = rng.get_state()
+        states[key] = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    return states
+
+
+def _set_sampler_rng_state(sampler: Any, states: dict[str, Any] | None) -> None:
+    import numpy as np
+
+    if not states:
+        return
+    for key, rng in (("tpe", sampler._rng.rng), ("random", sampler._random_sampler._rng.rng)):
+        kind, keys, pos, has_gauss, cached = states[key]
+        rng.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,8 +251,10 @@ class StageContext:
     run_dir: str
     experiment: ExperimentConfig
     data: str
-    # finetune: sparsity -> {"optimizer": ..., "lr": ...}
+    # finetune: sparsity -> the searched parameters (detector.job.search_space) of its best trial
     best_params: dict[float, dict[str, Any]] | None = None
+    # resume Tune's state (which is unpickled) even from a folder that others could have written
+    trust_run_folder: bool = False
 
 
 @contextlib.contextmanager
@@ -211,13 +308,23 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
                      "time_now": time.time()})
 
 
-def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
+def _announce(stage: str, label: str, detail: dict[str, Any]) -> None:
+    """One line at a trial's start that names it: the Ray dashboard's actor logs show which trial is which."""
+    ctx = tune.get_context()
+    log.info("trial %s/%s (Tune %s) starts: %s", stage, label, ctx.get_trial_id(),
+             ", ".join(f"{k} {v}" for k, v in detail.items()))
+
+
+def detector_baseline(config: dict[str, Any], ctx: StageContext) -> None:
+    """The baseline stage's trainable (its name is what the Ray dashboard shows for the trial's actor)."""
     from detector.job import stages
 
     run = RunFolder(Path(ctx.run_dir))
+    cfg = ctx.experiment.stage_train("baseline")
+    _announce("baseline", "baseline", {"arch": cfg.arch, "max_epochs": cfg.max_epochs})
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
-            ctx.experiment.stage_train("baseline"),
+            cfg,
             data=ctx.data,
             out_dir=out_dir,
             tb_dir=run.tensorboard_run("baseline"),
@@ -227,14 +334,15 @@ def _baseline_trial(config: dict[str, Any], ctx: StageContext) -> None:
 
 
 def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *, stage: str,
-                  save: bool) -> None:
+                  trial: int | None, save: bool) -> None:
     """Prune the baseline to ``sparsity`` and train it with the searched ``params`` for a stage."""
     from detector.job import stages
 
     run = RunFolder(Path(ctx.run_dir))
     section = "search_train" if stage == "search" else stage
     searched = {name: params[name] for name in param_names()}
-    trial = tune.get_context().get_trial_name() if stage == "search" else None
+    label = trial_label(sparsity, trial) if stage == "search" else sparsity_label(sparsity)
+    _announce(stage, label, {"sparsity": sparsity, "method": ctx.experiment.search.method, **searched})
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
             ctx.experiment.stage_train(section, **searched),
@@ -249,29 +357,172 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
         ), {"sparsity": sparsity}, start)
 
 
-def _search_trial(config: dict[str, Any], ctx: StageContext) -> None:
+def detector_search(config: dict[str, Any], ctx: StageContext) -> None:
     # A search trial saves nothing but its result; whether it may stop early is search_train.patience.
-    _train_pruned(ctx, float(config["sparsity"]), config, stage="search", save=False)
+    _train_pruned(ctx, float(config["sparsity"]), config, stage="search", trial=int(config["trial"]), save=False)
 
 
-def _finetune_trial(config: dict[str, Any], ctx: StageContext) -> None:
+def detector_finetune(config: dict[str, Any], ctx: StageContext) -> None:
     sparsity = float(config["sparsity"])
     assert ctx.best_params is not None
-    _train_pruned(ctx, sparsity, ctx.best_params[sparsity], stage="finetune", save=True)
+    _train_pruned(ctx, sparsity, ctx.best_params[sparsity], stage="finetune", trial=None, save=True)
 
 
-def _evaluate_trial(config: dict[str, Any], ctx: StageContext) -> None:
+def detector_evaluate(config: dict[str, Any], ctx: StageContext) -> None:
     from detector.job import stages
 
     start = time.time()
     sparsity = float(config["sparsity"])
     run = RunFolder(Path(ctx.run_dir))
+    _announce("evaluate", model_name(sparsity), {"checkpoint": run.model(sparsity)})
     result = stages.evaluate_stage(
         run.model(sparsity), data=ctx.data, cfg=ctx.experiment.evaluate, out=run.evaluation(sparsity),
         predictions=run.predictions(sparsity),
     )
     tune.report({"sparsity": sparsity, "trial_start": start, "time_now": time.time(),
                  "test_accuracy": result["metrics"]["test"]["all"]["accuracy"]})
+
+
+# --------------------------------------------------------------------------------------------------
+# The live trial table, and stopping.
+
+
+def _trial_state(trial: Any) -> str:
+    last = trial.last_result or {}
+    if trial.status == "TERMINATED":
+        return "failed" if last.get("trial_failed") else "done"
+    return {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "error"}.get(trial.status,
+                                                                                             "pending")
+
+
+def _trial_label(stage: str, config: dict[str, Any]) -> str:
+    sparsity = float(config.get("sparsity", 0.0))
+    if stage == "search":
+        return trial_label(sparsity, config.get("trial"))
+    return model_name(sparsity) if stage == "evaluate" else ("baseline" if stage == "baseline"
+                                                             else sparsity_label(sparsity))
+
+
+class LiveStatus(tune.Callback):
+    """Keeps ``RUN/status/<stage>.json`` true while the experiment runs (every trial: state, epochs done of
+    planned, last and best val accuracy, restarts, failure reason), and asks Tune to stop when the driver
+    was signalled. It runs where Tune's loop runs (the driver; on the cluster through Ray Client). The
+    current driver's sink, registered by stage name, wins over the one this callback was created with, so a
+    callback restored with Tune's experiment (``Tuner.restore``) writes where the current driver says."""
+
+    def __init__(self, sink: "_Sink") -> None:
+        self.stage = sink.stage
+        self.sink = sink
+
+    def _sink(self) -> "_Sink | None":
+        return _SINKS.get(self.stage, self.sink)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        sink = self._sink()
+        if sink is None:
+            return
+        sink.in_loop = True
+        if sink.stop_asked and not sink.stop_sent:
+            # Tune's own handler for SIGUSR1 ends the experiment loop and saves its state (trials stay
+            # unfinished, so they resume); inside the loop that handler is certainly installed.
+            sink.stop_sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+        if time.monotonic() - sink.written > 2.0:
+            sink.write(trials)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._write(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trials)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._write(trials)
+
+    def _write(self, trials: list) -> None:
+        sink = self._sink()
+        if sink is not None:
+            sink.write(trials)
+
+
+def _final_rows(run: RunFolder, stage: str) -> list[dict[str, Any]]:
+    """The trial rows as the live-status callback last wrote them (wherever Tune's loop ran)."""
+    try:
+        return json.loads(run.stage_status(stage).read_text())["trials"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+@dataclass
+class _Sink:
+    run: RunFolder
+    stage: str
+    metric: str
+    epochs_planned: int
+    written: float = 0.0
+    in_loop: bool = False
+    stop_asked: bool = False
+    stop_sent: bool = False
+
+    def ask_stop(self) -> None:
+        self.stop_asked = True
+        if self.in_loop and not self.stop_sent:
+            self.stop_sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def write(self, trials: list) -> None:
+        from detector.job.status import write_trials
+
+        rows = []
+        for trial in trials:
+            last = trial.last_result or {}
+            config = trial.config or {}
+            rows.append({
+                "trial_id": trial.trial_id,
+                "name": f"{self.stage}/{_trial_label(self.stage, config)}",
+                "trial": config.get("trial"),
+                "sparsity": float(config.get("sparsity", 0.0)),
+                "params": {k: config[k] for k in param_names() if k in config},
+                "state": _trial_state(trial),
+                "epochs": int(last.get("training_iteration", 0) or 0),
+                "epochs_planned": self.epochs_planned,
+                "val_accuracy": _finite_or_none(last.get("val_accuracy")),
+                "best_val_accuracy": _finite_or_none(last.get("best_val_accuracy")),
+                "restarts": int(trial.num_failures),
+                "reason": last.get("trial_failed") or (_first_line(trial.error_file) if trial.status == "ERROR"
+                                                       else None),
+                "started": last.get("trial_start"),
+                "updated": last.get("time_now"),
+            })
+        write_trials(self.run, self.stage, rows, metric=self.metric, epochs_planned=self.epochs_planned)
+        self.written = time.monotonic()
+
+
+_SINKS: dict[str, _Sink] = {}
+
+
+def _finite_or_none(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _first_line(error_file: str | None) -> str | None:
+    """The last line of a trial's error file (its exception), which Tune writes as text."""
+    if not error_file:
+        return None
+    try:
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+    except OSError:
+        return "error (see the trial's error.txt)"
+    return lines[-1][:300] if lines else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,130 +536,170 @@ def _resources(exp: ExperimentConfig) -> dict[str, float]:
     return res
 
 
+def _epochs_planned(exp: ExperimentConfig, stage: str) -> int:
+    section = {"baseline": "baseline", "search": "search_train", "finetune": "finetune"}.get(stage)
+    return exp.stage_train(section).max_epochs if section else 1
+
+
 def run_experiment(
     name: str,
     trainable: Callable[[dict[str, Any], StageContext], None],
     ctx: StageContext,
     *,
+    stop: StopSignals,
+    expected: int,
     param_space: dict[str, Any] | None = None,
     search_alg: Searcher | None = None,
     scheduler: Any = None,
     num_samples: int = 1,
     max_concurrent_trials: int | None = None,
-) -> tune.ResultGrid:
-    """Run (or resume) the Tune experiment ``RUN/tune/<name>``.
+) -> list[dict[str, Any]]:
+    """Run (or resume) the Tune experiment ``RUN/tune/<name>``; the final trial rows (``RUN/status/<name>.json``).
 
     An experiment folder that Tune can restore is resumed: finished trials keep their results and are not
     run again, unfinished and errored ones continue from their last checkpoint, the searcher's studies
-    continue where they stopped.
+    continue where they stopped. A stop signal ends the experiment (Tune saves its state) and raises
+    ``RunStopped``; an experiment that ends with fewer than ``expected`` trials done raises
+    ``StageIncomplete``: nothing partial is ever returned as the stage's result.
     """
     exp = ctx.experiment
     run = RunFolder(Path(ctx.run_dir))
     storage = run.tune_root(exp.storage)
     path = run.tune_experiment(name, exp.storage)
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
-    if tune.Tuner.can_restore(path):
-        log.info("resuming the %s experiment from %s", name, path)
-        tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            fn,
-            param_space=param_space or {},
-            tune_config=tune.TuneConfig(
-                search_alg=search_alg,
-                scheduler=scheduler,
-                num_samples=num_samples,
-                max_concurrent_trials=max_concurrent_trials or exp.resources.max_concurrent_trials or None,
-                trial_dirname_creator=lambda t: f"{t.trial_id}",
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=exp.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
-                verbose=1,
-            ),
-        )
-    results = tuner.fit()
-    errors = [r for r in results if r.error is not None]
-    if errors:
-        details = "; ".join(f"{r.path}: {type(r.error).__name__}: {r.error}" for r in errors)
-        log.error("%s: %d of %d trials failed: %s", name, len(errors), len(results), details)
-    return results
+    sink = _Sink(run, name, exp.search.metric, _epochs_planned(exp, name))
+    _SINKS[name] = sink
+    try:
+        if tune.Tuner.can_restore(path):
+            log.info("resuming the %s experiment from %s", name, path)
+            _check_trusted(path, ctx.trust_run_folder)
+            tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                fn,
+                param_space=param_space or {},
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg,
+                    scheduler=scheduler,
+                    num_samples=num_samples,
+                    max_concurrent_trials=max_concurrent_trials or exp.resources.max_concurrent_trials or None,
+                    trial_dirname_creator=lambda t: f"{t.trial_id}",
+                    trial_name_creator=lambda t: _trial_label(name, t.config),
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=storage,
+                    failure_config=tune.FailureConfig(max_failures=exp.resources.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), LiveStatus(sink)],
+                    verbose=1,
+                ),
+            )
+        with stop.deferring(sink.ask_stop):
+            tuner.fit()
+        stop.check(name)
+    finally:
+        _SINKS.pop(name, None)
+    rows = _final_rows(run, name)
+    finished = [r for r in rows if r["state"] in ("done", "failed")]
+    if len(finished) < expected:
+        left = [f"{r['name']} ({r['state']}{': ' + r['reason'] if r.get('reason') else ''})"
+                for r in rows if r["state"] not in ("done", "failed")]
+        raise StageIncomplete(
+            f"{name}: {len(finished)} of {expected} trials finished; not done: {', '.join(left) or 'never started'}."
+            f" Nothing is written for this stage; `detector run --resume --out {ctx.run_dir}` continues it "
+            f"(Tune's experiment: {path})")
+    return rows
 
 
-def trial_row(result: tune.Result, *, metric: str) -> dict[str, Any]:
-    """One trial as the report lists it: sparsity, params, metric, epochs, start/end (Unix seconds), status."""
-    m = result.metrics or {}
-    cfg = result.config or {}
-    status = "completed"
-    if result.error is not None:
-        status = f"error: {type(result.error).__name__}: {result.error}"
-    elif m.get("trial_failed"):
-        status = f"failed: {m['trial_failed']}"
-    return {
-        "trial_id": m.get("trial_id") or Path(result.path).name,
-        "sparsity": float(cfg.get("sparsity", m.get("sparsity", 0.0))),
-        "params": {k: cfg[k] for k in param_names() if k in cfg},
-        "objective": m.get(metric) if status == "completed" else None,  # the searched metric, last epoch
-        "val_accuracy": m.get("val_accuracy") if status == "completed" else None,
-        "best_val_accuracy": m.get("best_val_accuracy") if status == "completed" else None,
-        "epochs": int(m.get("training_iteration", 0) or 0),
-        "start": m.get("trial_start"),
-        "end": m.get("time_now"),
-        "status": status,
-    }
+def _check_trusted(path: str, trusted: bool) -> None:
+    """Refuse to unpickle Tune's state (``Tuner.restore`` does) from files that someone else could have
+    written: on a shared volume a teammate, or anyone with write access, could plant code there."""
+    from detector.job.runfolder import untrusted_files
+    from detector.paths import is_uri
+
+    if trusted:
+        return
+    if is_uri(path):
+        log.warning("%s: resuming from object storage; its objects' writers are not checked (bucket policy decides "
+                    "who can write them)", path)
+        return
+    bad = untrusted_files(Path(path))
+    if bad:
+        raise ValueError(
+            f"{path}: Tune's saved state, which resuming unpickles (it can run code), is writable by others or not "
+            f"yours: {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}. Check who wrote it, then resume with "
+            "--trust-run-folder (or start a new --out folder)")
 
 
-def run_search(ctx: StageContext) -> dict[str, Any]:
+def run_search(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
     """Stage 1: every sparsity's Optuna search in one Tune experiment; returns trials and best params."""
     from ray.tune.schedulers import ASHAScheduler
 
     exp = ctx.experiment
     s = exp.search
+    run = RunFolder(Path(ctx.run_dir))
     max_epochs = exp.stage_train("search_train").max_epochs
     space = {name: _tune_domain(domain) for name, domain in search_space(s).items()}
     searcher = SparsitySearcher(
         s.sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric, mode=s.mode,
-        seed=s.seed, tpe_startup_trials=s.tpe_startup_trials,
+        seed=s.seed, tpe_startup_trials=s.tpe_startup_trials, storage=s.storage or str(run.optuna_journal),
+        study_prefix=f"{run.root.name}/" if s.storage else "",
     )
-    # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
-    # a cluster scaling up from zero GPUs would then start the searches one after another. One pending
-    # trial per sparsity lets every search start at once.
     scheduler = None
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
             metric=s.metric, mode=s.mode, time_attr="training_iteration", max_t=max_epochs,
             grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
         )
+    budget = len(s.sparsities) * s.trials_per_sparsity
+    # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
+    # a cluster scaling up from zero GPUs would then start the searches one after another. One pending
+    # trial per sparsity lets every search start at once.
     with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(len(s.sparsities))):
-        results = run_experiment(
-            "search", _search_trial, ctx, search_alg=searcher, scheduler=scheduler,
-            num_samples=len(s.sparsities) * s.trials_per_sparsity,
-        )
-    trials = sorted((trial_row(r, metric=s.metric) for r in results), key=lambda t: (t["sparsity"], t["start"] or 0))
+        rows = run_experiment("search", detector_search, ctx, stop=stop, expected=budget, search_alg=searcher,
+                              scheduler=scheduler, num_samples=budget)
+    trials = sorted((trial_row(r) for r in rows), key=lambda t: (t["sparsity"], t["trial"]))
     best: dict[str, Any] = {}
     for sp in s.sparsities:
         done = [t for t in trials if t["sparsity"] == sp and t["status"] == "completed" and t["objective"] is not None]
         if not done:
-            raise RuntimeError(
-                f"search: no trial at sparsity {sp:g} completed; see "
-                f"{RunFolder(Path(ctx.run_dir)).tune_experiment('search', exp.storage)} "
-                "and `detector status` for the errors"
-            )
+            raise StageIncomplete(f"search: no trial at sparsity {sp:g} completed (all failed: "
+                                  f"{'; '.join(t['status'] for t in trials if t['sparsity'] == sp)})")
         top = (max if s.mode == "max" else min)(done, key=lambda t: t["objective"])
         best[f"{sp:g}"] = {"sparsity": sp, "params": top["params"], "objective": top["objective"],
-                           "val_accuracy": top["val_accuracy"], "trial_id": top["trial_id"]}
+                           "val_accuracy": top["val_accuracy"], "trial_id": top["trial_id"], "name": top["name"]}
     return {
         "metric": s.metric,
+        "objective": "the last epoch's value of the metric",
         "mode": s.mode,
         "scheduler": s.scheduler,
         "epochs_run": sum(t["epochs"] for t in trials),
-        "epochs_budget": len(trials) * max_epochs,
+        "epochs_budget": budget * max_epochs,
         "trials": trials,
         "best": best,
+    }
+
+
+def trial_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One finished search trial as results.json lists it: its parameters, its objective (the metric at its
+    last epoch), its val accuracy at the last and at the best epoch, epochs, start/end, status."""
+    status = "completed" if row["state"] == "done" else f"failed: {row.get('reason')}"
+    ok = status == "completed"
+    return {
+        "trial_id": row["trial_id"],
+        "name": row["name"],
+        "trial": row["trial"],
+        "sparsity": row["sparsity"],
+        "params": row["params"],
+        "objective": row["val_accuracy"] if ok else None,
+        "val_accuracy": row["val_accuracy"] if ok else None,
+        "best_val_accuracy": row["best_val_accuracy"] if ok else None,
+        "epochs": row["epochs"],
+        "start": row["started"],
+        "end": row["updated"],
+        "status": status,
     }
 
 
@@ -421,31 +712,29 @@ def _tune_domain(domain: Domain) -> Any:
     raise TypeError(f"no Tune domain for {domain!r}")
 
 
-def run_baseline(ctx: StageContext) -> None:
-    results = run_experiment("baseline", _baseline_trial, ctx)
-    _raise_if_failed("baseline", results)
+def run_baseline(ctx: StageContext, stop: StopSignals) -> None:
+    rows = run_experiment("baseline", detector_baseline, ctx, stop=stop, expected=1)
+    _raise_if_failed("baseline", rows)
 
 
-def run_finetune(ctx: StageContext, sparsities: Sequence[float]) -> list[dict[str, Any]]:
-    results = run_experiment("finetune", _finetune_trial, ctx,
-                             param_space={"sparsity": tune.grid_search(list(sparsities))})
-    _raise_if_failed("finetune", results)
-    return [trial_row(r, metric=ctx.experiment.search.metric) for r in results]
+def run_finetune(ctx: StageContext, sparsities: Sequence[float], stop: StopSignals) -> list[dict[str, Any]]:
+    rows = run_experiment("finetune", detector_finetune, ctx, stop=stop, expected=len(sparsities),
+                          param_space={"sparsity": tune.grid_search(list(sparsities))})
+    _raise_if_failed("finetune", rows)
+    return rows
 
 
-def run_evaluate(ctx: StageContext, sparsities: Sequence[float]) -> None:
-    results = run_experiment("evaluate", _evaluate_trial, ctx,
-                             param_space={"sparsity": tune.grid_search(list(sparsities))},
-                             max_concurrent_trials=ctx.experiment.evaluate.concurrent_trials)
-    _raise_if_failed("evaluate", results)
+def run_evaluate(ctx: StageContext, sparsities: Sequence[float], stop: StopSignals) -> None:
+    rows = run_experiment("evaluate", detector_evaluate, ctx, stop=stop, expected=len(sparsities),
+                          param_space={"sparsity": tune.grid_search(list(sparsities))},
+                          max_concurrent_trials=ctx.experiment.evaluate.concurrent_trials)
+    _raise_if_failed("evaluate", rows)
 
 
-def _raise_if_failed(name: str, results: tune.ResultGrid) -> None:
-    failed = [r for r in results if r.error is not None or (r.metrics or {}).get("trial_failed")]
+def _raise_if_failed(name: str, rows: list[dict[str, Any]]) -> None:
+    failed = [r for r in rows if r["state"] == "failed"]
     if failed:
-        first = failed[0]
-        reason = first.error or first.metrics.get("trial_failed")
-        raise RuntimeError(f"{name}: {len(failed)} trial(s) failed, first at {first.path}: {reason}")
+        raise RuntimeError(f"{name}: {len(failed)} trial(s) failed, first {failed[0]['name']}: {failed[0]['reason']}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,12 +749,14 @@ class ClusterInfo:
     embedded: bool
 
 
-def connect(address: str | None, exp: ExperimentConfig) -> ClusterInfo:
+def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "detector") -> ClusterInfo:
     """Join a running cluster (``address``: "auto", "ray://HOST:10001", or RAY_ADDRESS set, as under
     ``ray job submit``), or start an embedded local Ray sized by ``resources.local_num_cpus``."""
     # `embedded`: this call starts Ray, so the pipeline shuts it down at the end (a Ray the caller started,
     # or a cluster, is left alone).
     embedded = address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    # The Ray dashboard's Jobs table names a job by its metadata's job_name.
+    job_config = ray.job_config.JobConfig(metadata={"job_name": job_name})
     if ray.is_initialized():
         ctx = None
     elif embedded:
@@ -476,15 +767,15 @@ def connect(address: str | None, exp: ExperimentConfig) -> ClusterInfo:
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             log_to_driver=True,
+            job_config=job_config,
         )
     elif address and address.startswith("ray://"):
         # Through Ray Client the Tune driver runs on the cluster, not here: Tune's settings travel with it.
         env = {k: v for k, v in os.environ.items() if k.startswith("TUNE_")}
-        env.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         env.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(len(exp.search.sparsities)))
-        ctx = ray.init(address=address, runtime_env={"env_vars": env})
+        ctx = ray.init(address=address, runtime_env={"env_vars": env}, job_config=job_config)
     else:
-        ctx = ray.init(address=address)
+        ctx = ray.init(address=address, job_config=job_config)
     resources = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
     dashboard = None
     if ctx is not None and getattr(ctx, "dashboard_url", None):
@@ -523,36 +814,3 @@ def _env_default(name: str, value: str) -> Iterator[None]:
         yield
     finally:
         os.environ.pop(name, None)
-
-
-def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The trials of every stage of a run, live or finished, from its storage alone (no cluster)."""
-    from ray.tune import ExperimentAnalysis
-
-    from detector.config import from_dict, load_yaml
-
-    run = RunFolder(Path(run_dir))
-    exp = from_dict(ExperimentConfig, load_yaml(run.config))
-    rows = []
-    for stage in TUNE_STAGES:
-        path = run.tune_experiment(stage, exp.storage)
-        if not tune.Tuner.can_restore(path):
-            continue
-        try:
-            analysis = ExperimentAnalysis(path)
-        except Exception as e:  # a state file half-way through its first write
-            log.warning("%s: cannot read the experiment state yet (%s)", path, e)
-            continue
-        for trial in analysis.trials:
-            last = trial.last_result or {}
-            rows.append({
-                "stage": stage,
-                "trial_id": trial.trial_id,
-                "sparsity": float(trial.config.get("sparsity", 0.0)),
-                "params": {k: trial.config[k] for k in param_names() if k in trial.config},
-                "state": trial.status,
-                "epochs": int(last.get("training_iteration", 0) or 0),
-                "best_val_accuracy": last.get("best_val_accuracy"),
-                "failed": last.get("trial_failed"),
-            })
-    return rows

@@ -1,0 +1,95 @@
+"""Stopping a run: SIGINT (Ctrl-C) and SIGTERM (``kill``, ``ray job stop``, a pod's deletion) stop the whole job.
+
+A stop never becomes a result. The first signal asks the stage that is running to end at its next safe
+point: a Tune stage ends its experiment and saves Tune's state (its trials stay unfinished, so ``detector run
+--resume`` continues them); any other stage stops where it is (its writes are atomic). Nothing after that
+stage starts, and no results file is written for it. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunStopped(BaseException):
+    """The run was stopped by a signal (a BaseException, like KeyboardInterrupt: no ``except Exception``
+    in between may swallow it). ``exit_status`` is the shell's convention, 128 + the signal number."""
+
+    def __init__(self, signum: int, stage: str | None = None) -> None:
+        self.signum = signum
+        self.stage = stage
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}" + (f" during the {stage} stage" if stage else ""))
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class StageIncomplete(RuntimeError):
+    """A Tune stage ended without every trial done (some errored, or never started): its results would be
+    partial, so none are written; the message says which trials and how to continue."""
+
+
+class StopSignals:
+    """SIGINT/SIGTERM -> a stop request, from ``install()`` until ``restore()``.
+
+    While a Tune stage runs, ``deferring(ask)`` registers how to ask it to stop (the handler then only records
+    the request and calls ``ask``; the stage checks ``requested`` when Tune returns). Outside such a block the
+    first signal raises ``RunStopped`` where the driver is. The second signal raises at once, anywhere.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._ask: Callable[[], None] | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only; a driver run from a thread cannot be stopped by them
+        for sig in SIGNALS:
+            self._previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            log.warning("%s again: stopping at once", name)
+            raise RunStopped(signum)
+        self.signum = signum
+        if self._ask is not None:
+            log.warning("%s: stopping the run after the running stage saves its state (again to stop at once)",
+                        name)
+            self._ask()
+        else:
+            raise RunStopped(signum)
+
+    def check(self, stage: str) -> None:
+        """Raise ``RunStopped`` if a stop was requested (a Tune stage calls this when Tune returns)."""
+        if self.signum is not None:
+            raise RunStopped(self.signum, stage)
+
+    @contextlib.contextmanager
+    def deferring(self, ask: Callable[[], None]) -> Iterator[None]:
+        self._ask = ask
+        try:
+            yield
+        finally:
+            self._ask = None
