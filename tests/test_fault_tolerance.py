@@ -190,9 +190,11 @@ def test_a_diverging_trial_fails_alone_with_its_reason(data, tmp_path):
     with pytest.raises(RuntimeError, match="no trial at sparsity 0.1 completed"):
         run(exp, run_dir, stages=["search"])
     trials = {t["sparsity"]: t for t in search_trials(run_dir)}
-    assert "nan" in trials[0.1]["failed"] or "inf" in trials[0.1]["failed"]
+    assert trials[0.1]["state"] == "failed"
+    assert "nan" in trials[0.1]["reason"] or "inf" in trials[0.1]["reason"]
     assert len(result_rows(run_dir, trials[0.1]["trial_id"])) == 1  # ended, not retried
-    assert trials[0.2]["failed"] is None and trials[0.2]["epochs"] == 1
+    assert trials[0.2]["state"] == "done" and trials[0.2]["reason"] is None and trials[0.2]["epochs"] == 1
+    assert not (run_dir / "search" / "results.json").exists()
 
 
 def _local_cluster_module():

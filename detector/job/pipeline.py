@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -112,7 +113,7 @@ def run(
     """
     from detector.job.lease import DriverLease
     from detector.job.status import RunState
-    from detector.job.stop import RunStopped, StopSignals
+    from detector.job.stop import RunStopped, StopSignals, stop_in_chain
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -129,13 +130,16 @@ def run(
             state = RunState(folder, [s for s in STAGES if s in stages])
             try:
                 info = _run_stages(exp, folder, stages, state, stop, address=address, trust=trust_run_folder)
-            except RunStopped as e:
-                state.end("stopped", f"{e}; `detector run --resume --out {run_dir}` continues it")
-                log.warning("%s; resume with: detector run --resume --out %s", e, run_dir)
-                raise
             except BaseException as e:
-                state.end("failed", f"{type(e).__name__}: {e}")
-                raise
+                stopped = stop_in_chain(e)
+                if stopped is None:
+                    state.end("failed", f"{type(e).__name__}: {e}")
+                    raise
+                stopped.stage = stopped.stage or state.data.get("stage")
+                message = f"stopped by {signal.Signals(stopped.signum).name} during the {stopped.stage} stage"
+                state.end("stopped", f"{message}; `detector run --resume --out {run_dir}` continues it")
+                log.warning("%s; resume with: detector run --resume --out %s", message, run_dir)
+                raise RunStopped(stopped.signum, stopped.stage) from None
             state.end("finished")
     finally:
         stop.restore()

@@ -34,6 +34,19 @@ class RunStopped(BaseException):
         return 128 + self.signum
 
 
+def stop_in_chain(error: BaseException) -> RunStopped | None:
+    """The ``RunStopped`` behind ``error``, if any. Raised by a signal handler while the driver was inside C
+    code (Ray's core worker), it can surface as another exception (a SystemError "returned a result with an
+    exception set") whose cause it is."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, RunStopped):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return None
+
+
 class StageIncomplete(RuntimeError):
     """A Tune stage ended without every trial done (some errored, or never started): its results would be
     partial, so none are written; the message says which trials and how to continue."""

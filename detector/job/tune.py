@@ -19,6 +19,7 @@ The work itself is done by ``detector.job.stages`` (Ray-free); the trainables he
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -387,9 +388,14 @@ def detector_evaluate(config: dict[str, Any], ctx: StageContext) -> None:
 # The live trial table, and stopping.
 
 
-def _trial_state(trial: Any) -> str:
+def _trial_state(trial: Any, finished: bool) -> str:
+    """A trial's state for the status table. ``finished``: Tune ended it in the experiment's loop. When an
+    experiment ends early (a stop, an error), Tune's clean-up marks its running trials TERMINATED too, though
+    they stay unfinished in its saved state and resume: those are "stopped", not "done"."""
     last = trial.last_result or {}
     if trial.status == "TERMINATED":
+        if not finished:
+            return "stopped"
         return "failed" if last.get("trial_failed") else "done"
     return {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "error"}.get(trial.status,
                                                                                              "pending")
@@ -437,6 +443,9 @@ class LiveStatus(tune.Callback):
         self._write(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        sink = self._sink()
+        if sink is not None:
+            sink.finished.add(trial.trial_id)  # Tune calls this just before it marks the trial TERMINATED
         self._write(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -446,12 +455,12 @@ class LiveStatus(tune.Callback):
         self._write(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._write(trials)
+        self._write(trials, final=True)
 
-    def _write(self, trials: list) -> None:
+    def _write(self, trials: list, final: bool = False) -> None:
         sink = self._sink()
         if sink is not None:
-            sink.write(trials)
+            sink.write(trials, final=final)
 
 
 def _final_rows(run: RunFolder, stage: str) -> list[dict[str, Any]]:
@@ -472,6 +481,7 @@ class _Sink:
     in_loop: bool = False
     stop_asked: bool = False
     stop_sent: bool = False
+    finished: set[str] = dataclasses.field(default_factory=set)  # trials Tune ended inside its loop
 
     def ask_stop(self) -> None:
         self.stop_asked = True
@@ -479,9 +489,11 @@ class _Sink:
             self.stop_sent = True
             os.kill(os.getpid(), signal.SIGUSR1)
 
-    def write(self, trials: list) -> None:
+    def write(self, trials: list, *, final: bool = False) -> None:
         from detector.job.status import write_trials
 
+        if not final:  # until the experiment ends, TERMINATED means Tune ended the trial as done
+            self.finished |= {t.trial_id for t in trials if t.status == "TERMINATED"}
         rows = []
         for trial in trials:
             last = trial.last_result or {}
@@ -492,7 +504,7 @@ class _Sink:
                 "trial": config.get("trial"),
                 "sparsity": float(config.get("sparsity", 0.0)),
                 "params": {k: config[k] for k in param_names() if k in config},
-                "state": _trial_state(trial),
+                "state": _trial_state(trial, trial.trial_id in self.finished),
                 "epochs": int(last.get("training_iteration", 0) or 0),
                 "epochs_planned": self.epochs_planned,
                 "val_accuracy": _finite_or_none(last.get("val_accuracy")),
@@ -773,7 +785,8 @@ def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "dete
         # Through Ray Client the Tune driver runs on the cluster, not here: Tune's settings travel with it.
         env = {k: v for k, v in os.environ.items() if k.startswith("TUNE_")}
         env.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(len(exp.search.sparsities)))
-        ctx = ray.init(address=address, runtime_env={"env_vars": env}, job_config=job_config)
+        # (Ray Client cannot carry a JobConfig: the job keeps the client's default name)
+        ctx = ray.init(address=address, runtime_env={"env_vars": env})
     else:
         ctx = ray.init(address=address, job_config=job_config)
     resources = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}

@@ -1,0 +1,207 @@
+"""Stopping a real `detector run` at each stage with SIGINT (Ctrl-C) and SIGTERM (`kill`, `ray job stop`), and
+resuming it: a stop never becomes a result, nothing after the stopped stage starts, and the resumed run ends
+as if it had never stopped (finished trials are not run again). One driver per run folder: a second one is
+refused while the first lives, and takes over once it is dead."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from detector.config import save_yaml
+from detector.job.runfolder import RunFolder
+from detector.job.status import read_status
+from pipeline_helpers import make_tiny_data, tiny_experiment
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+class Driver:
+    """A `detector run` in its own process group (as a terminal would start it), with its own Ray temp dir."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths live under it
+        env = {**os.environ, "RAY_TMPDIR": self.ray_tmp}
+        self.log = log
+        with open(log, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "detector.cli", "run", *args], env=env, stdout=f,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.reap()
+
+    def reap(self) -> None:
+        """Once the driver has exited: nothing of its Ray may be left running (wait for Ray's own shutdown)."""
+        deadline = time.monotonic() + 20
+        while ray_processes(self.ray_tmp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = ray_processes(self.ray_tmp)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        assert not left, f"the driver left {len(left)} Ray processes running"
+
+    def signal_group(self, sig: int) -> None:
+        """What Ctrl-C in a terminal does: the signal goes to the driver and every process it started."""
+        os.killpg(self.proc.pid, sig)
+
+
+def ray_processes(marker: str) -> list[int]:
+    pids = []
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                if marker in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(pid_dir.name))
+            except OSError:
+                pass
+    return pids
+
+
+def wait_for(run_dir: Path, driver: Driver, stage: str, *, timeout: float = 240) -> dict:
+    """Until the run is in ``stage``, and for a Tune stage until one of its trials has trained an epoch."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert driver.proc.poll() is None, f"the driver ended early:\n{driver.output()[-3000:]}"
+        assert time.monotonic() < deadline, f"not in stage {stage} after {timeout} s:\n{driver.output()[-3000:]}"
+        status = read_status(RunFolder(run_dir))
+        if status.get("stage") == stage and status["stages"].get(stage) == "running":
+            trials = status["trial_stages"].get(stage, {}).get("trials", [])
+            if stage not in ("baseline", "search", "finetune") or any(t["epochs"] >= 1 and t["state"] == "running"
+                                                                      for t in trials):
+                return status
+        time.sleep(0.3)
+
+
+def assert_stopped(run_dir: Path, stage: str, code: int, sig: int) -> None:
+    assert code == 128 + sig
+    status = read_status(RunFolder(run_dir))
+    assert status["state"] == "stopped" and status["stage"] == stage and status["stages"][stage] == "stopped"
+    later = list(status["stages"])[list(status["stages"]).index(stage) + 1:]
+    assert all(status["stages"][s] == "pending" for s in later), status["stages"]
+    assert "--resume" in status["message"]
+    for table in status["trial_stages"].values():
+        assert not any(t["state"] in ("running", "pending") for t in table["trials"])
+
+
+def result_rows(run_dir: Path, stage: str) -> dict[str, list[dict]]:
+    out = {}
+    for result in (run_dir / "tune" / stage).glob("*/result.json"):
+        out[result.parent.name] = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+    return out
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stop")
+    data = make_tiny_data(root / "shards")
+    exp = tiny_experiment(data, train={"max_epochs": 3, "patience": 3}, search_train={"max_epochs": 2},
+                          finetune={"max_epochs": 2},
+                          search={"sparsities": [0.2, 0.4], "trials_per_sparsity": 2})
+    path = root / "tiny.yaml"
+    save_yaml(exp, path)
+    return path
+
+
+@pytest.mark.timeout(1500)
+def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
+    run_dir = tmp_path / "run"
+    resume = ["--resume", "--out", str(run_dir)]
+
+    # Ctrl-C during the baseline: the whole job stops; no baseline model, nothing after it.
+    first = Driver(["--config", str(config), "--out", str(run_dir)], tmp_path / "1.log")
+    wait_for(run_dir, first, "baseline")
+    first.signal_group(signal.SIGINT)
+    assert_stopped(run_dir, "baseline", first.wait(), signal.SIGINT)
+    assert not RunFolder(run_dir).model(0.0).exists()
+    assert "--resume" in first.output()
+
+    # SIGTERM during the search (as `kill` or `ray job stop` send it, to the driver alone).
+    second = Driver(resume, tmp_path / "2.log")
+    wait_for(run_dir, second, "search")
+    second.proc.send_signal(signal.SIGTERM)
+    assert_stopped(run_dir, "search", second.wait(), signal.SIGTERM)
+    assert RunFolder(run_dir).model(0.0).exists()
+    assert not RunFolder(run_dir).search_results.exists()  # a cut search is never a result
+    searched = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
+    done_before = {t["trial_id"] for t in searched if t["state"] == "done"}
+    rows_before = {k: v for k, v in result_rows(run_dir, "search").items() if k in done_before}
+
+    # Two Ctrl-Cs during the fine-tunes: the second one stops at once.
+    third = Driver(resume, tmp_path / "3.log")
+    wait_for(run_dir, third, "finetune")
+    third.signal_group(signal.SIGINT)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    third.signal_group(signal.SIGINT)
+    code = third.wait(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert_stopped(run_dir, "finetune", code, signal.SIGINT)
+    results = json.loads(RunFolder(run_dir).search_results.read_text())
+    assert len(results["trials"]) == 4 and all(t["status"] == "completed" and t["epochs"] == 2
+                                               for t in results["trials"])
+    assert not list((run_dir / "models").glob("prune-*.pt"))
+
+    # SIGTERM during the evaluation.
+    fourth = Driver(resume, tmp_path / "4.log")
+    wait_for(run_dir, fourth, "evaluate")
+    fourth.proc.send_signal(signal.SIGTERM)
+    assert_stopped(run_dir, "evaluate", fourth.wait(), signal.SIGTERM)
+    assert not (run_dir / "report" / "report.md").exists()
+
+    # The last resume finishes the run; the search trials that had finished before the stop never ran again.
+    last = Driver(resume, tmp_path / "5.log")
+    assert last.wait(timeout=400) == 0, last.output()[-3000:]
+    status = read_status(RunFolder(run_dir))
+    assert status["state"] == "finished" and set(status["stages"].values()) <= {"done", "reused"}
+    assert (run_dir / "report" / "report.md").exists()
+    assert len(RunFolder(run_dir).evaluation_files()) == 3
+    after = result_rows(run_dir, "search")
+    assert all(after[k] == v for k, v in rows_before.items()), "a finished trial ran again"
+    assert json.loads((run_dir / "status" / "run.json").read_text())["runs"] == 5
+
+
+@pytest.mark.timeout(600)
+def test_one_driver_per_run_folder_and_a_dead_ones_lease_is_taken_over(config, tmp_path):
+    run_dir = tmp_path / "run"
+    # a baseline long enough to still be training when the second driver comes
+    args = ["--config", str(config), "--out", str(run_dir), "--stages", "prepare,baseline",
+            "--set", "train.max_epochs=25", "--set", "train.patience=25"]
+    first = Driver(args, tmp_path / "1.log")
+    wait_for(run_dir, first, "baseline")
+
+    # A second driver on the same folder exits at once, naming the first, and starts nothing.
+    t0 = time.monotonic()
+    second = Driver(args, tmp_path / "2.log")
+    assert second.wait(timeout=60) == 2
+    assert time.monotonic() - t0 < 30
+    assert f"another driver works on this run folder: pid {first.proc.pid}" in second.output()
+    assert read_status(RunFolder(run_dir))["state"] == "running"
+
+    # The first dies without a word (SIGKILL, like a lost node): the next driver takes its lease over.
+    first.signal_group(signal.SIGKILL)
+    first.proc.wait()
+    for pid in ray_processes(first.ray_tmp):  # what SIGKILL left of its embedded Ray
+        os.kill(pid, signal.SIGKILL)
+    status = read_status(RunFolder(run_dir))
+    assert status["state"] == "stopped" and "driver is gone" in status["message"]
+    third = Driver(args, tmp_path / "3.log")
+    assert third.wait(timeout=400) == 0, third.output()[-3000:]
+    assert f"taking over the lease of a driver that is gone: pid {first.proc.pid}" in third.output()
+    assert RunFolder(run_dir).model(0.0).exists()
+    assert not RunFolder(run_dir).lease.exists()  # released at the end
