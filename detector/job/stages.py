@@ -64,9 +64,11 @@ def train_stage(
                                 normalize=False)
     val_loader = build_loader(data, "val", batch_size=cfg.batch_size, image_size=cfg.image_size,
                               num_workers=cfg.num_workers, pin_memory=pin, normalize=False)
-    # What varies between runs first: TensorBoard's HParams view ticks its first columns.
+    # Only what varies between a run's trainings: TensorBoard's HParams view ticks five hparams (in
+    # alphabetical order) by default, and a sixth, constant one (the arch, in every run's config.yaml and in
+    # the report's header) would push sparsity out of view.
     hparams = {"sparsity": sparsity, **{name: getattr(cfg, name) for name in param_names()},
-               "method": pruning.method, "arch": cfg.arch, "batch_size": cfg.batch_size}
+               "method": pruning.method, "batch_size": cfg.batch_size}
     metadata = {"data_manifest_sha256": manifest_sha256(data), "init": str(init) if init else None,
                 "pruning": pruning.to_dict()}
     result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,
