@@ -28,12 +28,12 @@ def _none_if_nan(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _undefined_reason(metric: str, reals: int, predicted_real: int) -> str:
+def _undefined_reason(reals: int, predicted_real: int, metric: str) -> str:
     if reals == 0:
-        return f"undefined: no real images in this set, so {metric} of the real class measures nothing"
-    if metric == "precision" or predicted_real == 0:
+        return "undefined: no real images in this set"
+    if metric == "precision" and predicted_real == 0:
         return "undefined: no image was predicted real"
-    return "undefined: precision and recall of the real class are both 0"
+    return "undefined on this set"
 
 
 def classification_metrics(
@@ -79,7 +79,7 @@ def classification_metrics(
         }
         for i, c in enumerate(classes)
     }
-    notes = {k: _undefined_reason(k, int(support[1]), int(pred.sum())) for k in ("precision", "recall", "f1")
+    notes = {k: _undefined_reason(int(support[1]), int(pred.sum()), k) for k in ("precision", "recall", "f1")
              if per_class["real"][k] is None}
     present = sorted(set(y.tolist()))
     if len(present) == 2:
@@ -114,6 +114,12 @@ def classification_metrics(
     }
 
 
+def generator_name(g: Any) -> str:
+    """A sample's generator as the report names it: one not recorded (real photos; 140k fakes) is
+    "unspecified", whether it arrives as None, "" or, from a predictions file, "None"."""
+    return "unspecified" if g in (None, "", "None") else str(g)
+
+
 def breakdown_metrics(
     labels: np.ndarray,
     probs_real: np.ndarray,
@@ -128,8 +134,7 @@ def breakdown_metrics(
     """
     labels, probs_real = np.asarray(labels), np.asarray(probs_real)
     sources = np.asarray([str(s) for s in metas["source"]])
-    raw_generators = metas.get("generator", [None] * len(sources))
-    generators = np.asarray([str(g) if g not in (None, "") else "unspecified" for g in raw_generators])
+    generators = np.asarray([generator_name(g) for g in metas.get("generator", [None] * len(sources))])
     if len(sources) != len(labels):
         raise ValueError(f"metas cover {len(sources)} samples, labels {len(labels)}")
     out: dict[str, Any] = {"all": classification_metrics(labels, probs_real, threshold=threshold), "sources": {}}
@@ -145,6 +150,13 @@ def breakdown_metrics(
             "generators": per_gen,
         }
     return out
+
+
+def sources_with_own_set(sources: Sequence[str]) -> list[str]:
+    """The sources that get a data set of their own beside the combined one, sorted: all of them, unless
+    there is only one, whose test set then *is* the combined test set (shown once, as combined)."""
+    unique = sorted(set(sources))
+    return unique if len(unique) > 1 else []
 
 
 def _expected_counts(manifest: Mapping[str, Any], split: str) -> dict[str, int]:

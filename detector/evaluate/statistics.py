@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from detector import REAL
+from detector.evaluate.metrics import generator_name, sources_with_own_set
 
 METRICS = ("accuracy", "f1", "auc")
 MCNEMAR_METHOD = "score test (z = (c - b) / sqrt(b + c), no continuity correction)"
@@ -252,25 +253,22 @@ def comparison_sentence(name: str, reference: str, difference: Mapping[str, Any]
             f"[{low:+.2f}, {high:+.2f}] pp, McNemar p = {p_text}: {verdict}")
 
 
-def _generator_name(g: Any) -> str:
-    # Predictions store str(generator): a missing one arrives as "None" or "".
-    return "unspecified" if g in (None, "", "None") else str(g)
-
-
 def prediction_sets(predictions: Mapping[str, Mapping[str, Sequence[Any]]]) -> dict[str, tuple[str, np.ndarray]]:
-    """The data sets the report names (``detector.report.test_sets``) as (split, row indices) into one
-    model's ``eval/<model>.predictions.json``: combined_val, combined_test, each source's test set and,
-    where a source has several generators, ``source/generator``."""
+    """The data sets the report names (``detector.report.collect.test_sets``) as (split, row indices) into one
+    model's ``eval/<model>.predictions.json``: combined_val, combined_test, each source's test set (unless it
+    is the only one: ``sources_with_own_set``) and, where a source has several generators, ``source/generator``."""
     out: dict[str, tuple[str, np.ndarray]] = {}
     if "val" in predictions:
         out["combined_val"] = ("val", np.arange(len(predictions["val"]["labels"])))
     test = predictions["test"]
     out["combined_test"] = ("test", np.arange(len(test["labels"])))
     sources = np.asarray([str(s) for s in test.get("source", ["all"] * len(test["labels"]))])
-    generators = np.asarray([_generator_name(g) for g in test.get("generator", [None] * len(sources))])
+    generators = np.asarray([generator_name(g) for g in test.get("generator", [None] * len(sources))])
+    own = sources_with_own_set(sources.tolist())
     for source in sorted(set(sources.tolist())):
         sel = sources == source
-        out[source] = ("test", np.flatnonzero(sel))
+        if source in own:
+            out[source] = ("test", np.flatnonzero(sel))
         gens = sorted(set(generators[sel].tolist()))
         if len(gens) > 1:
             for gen in gens:
