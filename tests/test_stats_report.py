@@ -49,7 +49,7 @@ def timings(latency: float, throughput: float) -> dict[str, float]:
 
 def write_eval(run: Path, name: str, sparsity: float, probs: np.ndarray, *, order: np.ndarray | None = None,
                timing: dict[str, float] | None = None, before: np.ndarray | None = None,
-               sources: np.ndarray = SOURCES, **extra) -> None:
+               sources: np.ndarray = SOURCES, data: dict | None = DATA, **extra) -> None:
     metas = {"source": sources.tolist(), "generator": GENERATORS.tolist()}
     metrics = breakdown_metrics(LABELS, probs, metas)
     efficiency = {"sparsity": sparsity, "nonzero_params": 1000, "total_params": 1100, "size_mb": 90.0,
@@ -62,7 +62,7 @@ def write_eval(run: Path, name: str, sparsity: float, probs: np.ndarray, *, orde
     pruning = {"method": "unstructured" if sparsity else "none", "sparsity": sparsity}
     atomic_write_json(run / "eval" / f"{name}.json", {
         "name": name, "pruning": pruning, "sparsity": sparsity, "metrics": {"val": metrics, "test": metrics},
-        "efficiency": efficiency, "data": DATA, **extra})
+        "efficiency": efficiency, **({"data": data} if data else {}), **extra})
     # the stage's model file and fit summary, as the baseline and fine-tune stages leave them
     (run / "models").mkdir(exist_ok=True)
     (run / "models" / f"{name}.pt").write_bytes(b"\0" * (2**20 if sparsity == 0 else 3 * 2**19))
@@ -243,6 +243,17 @@ def test_a_source_that_is_the_whole_test_set_is_shown_once(tmp_path):
     assert "The test data has one source, `demo`: its test set is the combined test set, shown once" in md
     assert "Accuracy: demo" not in md
     assert "its configuration is unknown" in md  # no experiment.yaml here: said, not guessed
+
+
+def test_runs_evaluated_before_the_data_summary_read_it_from_the_dataset(tmp_path, demo_shards):
+    run = tmp_path / "run"
+    write_eval(run, "baseline", 0.0, probs_with_errors([0]), data=None)
+    (run / "experiment.yaml").write_text(f"data: {{path: {demo_shards}}}\n")
+    write_report(run)
+    counts = json.loads((run / "report" / "report.json").read_text())["run"]["data"]["counts"]
+    assert counts == [{"split": "train", "source": "demo", "real": 27, "fake": 26},
+                      {"split": "val", "source": "demo", "real": 6, "fake": 6},
+                      {"split": "test", "source": "demo", "real": 5, "fake": 5}]
 
 
 def test_figures_are_written(run):

@@ -7,9 +7,12 @@ data summary the evaluate stage writes into every ``eval/<model>.json``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from detector.job.runfolder import RunFolder
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RESAMPLES = 1000  # bootstrap resamples when the run folder has no config
 
@@ -63,6 +66,20 @@ def _describe_space(search: Any) -> str:
     return ", ".join(parts)
 
 
+def _manifest_summary(path: str) -> dict[str, Any] | None:
+    """The evaluate stage's data summary read from the dataset itself, for runs evaluated before it wrote
+    one; None where the data cannot be read from here (another machine's volume, an unreachable bucket)."""
+    from detector.data.loader import manifest_sha256, read_manifest
+
+    try:
+        manifest = read_manifest(path)
+        return {"path": path, "manifest_sha256": manifest_sha256(path),
+                **{k: manifest.get(k) for k in ("format", "splits", "generators", "pixels")}}
+    except (OSError, ValueError) as e:
+        log.info("data summary: %s not readable here: %s", path, e)
+        return None
+
+
 def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, Any]:
     """The header's facts as plain data (``report.json``'s ``run``); what is unknown says so."""
     exp = load_experiment_config(run)
@@ -95,6 +112,8 @@ def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, 
     if out.get("bootstrap_resamples", 1) < 1:
         raise ValueError(f"{run.config}: evaluate.bootstrap must be a positive integer, "
                          f"got {out['bootstrap_resamples']!r}")
+    if data is None and exp is not None:
+        data = _manifest_summary(run.resolve(exp.data.path))
     if data is None:
         out["data"] = None
     else:
