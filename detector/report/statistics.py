@@ -72,7 +72,7 @@ def _ci(x: dict[str, Any] | None, *, scale: float = 100.0, unit: str = "%", sign
 # The CSV of every interval and test: one row per model, data set and metric.
 STATISTICS_COLUMNS = [Column(k) for k in (
     "model", "data_set", "metric", "estimate", "low", "high", "diff_estimate", "diff_low", "diff_high",
-    "mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_method")]
+    "diff_method", "mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_method")]
 
 
 def statistics_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,7 +85,9 @@ def statistics_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 t = vs["mcnemar"] if vs and k == "accuracy" else {}
                 rows.append({"model": m["name"], "data_set": name, "metric": k, **{x: iv[k][x] for x in
                              ("estimate", "low", "high")}, "diff_estimate": d.get("estimate"),
-                             "diff_low": d.get("low"), "diff_high": d.get("high"), "mcnemar_b": t.get("b"),
+                             "diff_low": d.get("low"), "diff_high": d.get("high"),
+                             "diff_method": (d.get("method", "percentile bootstrap") if d else None),
+                             "mcnemar_b": t.get("b"),
                              "mcnemar_c": t.get("c"), "mcnemar_p": t.get("p_value"), "mcnemar_method": t.get("method")})
     return rows
 
@@ -103,7 +105,9 @@ def statistics_section(data: dict[str, Any]) -> list[str]:
           f"difference is {stats['difference_interval']}, so it excludes 0 exactly when p < {stats['alpha']}: "
           "the interval and the conclusion agree by construction (F1 and AUC differences in statistics.csv are "
           "paired bootstrap intervals; no conclusion is drawn from them). Significant means p < "
-          f"{stats['alpha']}.", ""]
+          f"{stats['alpha']}. With few discordant images the score test can exceed its nominal level slightly "
+          "(Fagerland, Lydersen & Laake 2013, who recommend it where that is acceptable); the counts b and c "
+          "are in the table below.", ""]
     md += _conclusions(models, stats)
     intervals = [{"model": m["name"], "data_set": name, "accuracy": iv["accuracy"], "f1": iv["f1"], "auc": iv["auc"]}
                  for m in models for name, iv in (m.get("intervals") or {}).items()]
@@ -148,12 +152,12 @@ def _conclusions(models: list[dict[str, Any]], stats: dict[str, Any]) -> list[st
     same = [(n, vs) for n, vs in compared if not vs["significant"]]
     lines.append("")
     if lower:
-        lines.append(f"On the combined test set pruning lowered accuracy significantly for "
-                     f"{', '.join(n for n, _ in lower)}: a claim of no loss in accuracy does not hold for these "
-                     "models.")
+        lines += [f"On the combined test set pruning lowered accuracy significantly for "
+                  f"{', '.join(n for n, _ in lower)}: a claim of no loss in accuracy does not hold for these "
+                  "models.", ""]
     if higher:
-        lines.append(f"Significantly higher accuracy than the baseline: {', '.join(n for n, _ in higher)} (see "
-                     "\"Pruning alone, and after fine-tuning\" for how many more epochs of training they had).")
+        lines += [f"Significantly higher accuracy than the baseline: {', '.join(n for n, _ in higher)} (see "
+                  "\"Pruning alone, and after fine-tuning\" for how many more epochs of training they had).", ""]
     if same:
         names = ", ".join(n for n, _ in same)
         worst_name, worst = min(same, key=lambda x: x[1]["accuracy_difference"]["low"])
@@ -167,8 +171,7 @@ def _conclusions(models: list[dict[str, Any]], stats: dict[str, Any]) -> list[st
                      f"{_pp(-low)} ({worst_name}).")
         else:
             text += "The intervals' lower ends are at 0: they allow no loss, and show no gain."
-        lines.append(text)
-    lines.append("")
+        lines += [text, ""]
     return lines
 
 
