@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+import textwrap
 
 from detector.commands._common import USER_ERRORS, fail
 from detector.job.stop import RunStopped
@@ -35,16 +37,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def plain_text(text: str) -> str:
+    """reStructuredText as a terminal shows it: roles (:mod:`x`) become their text, literals (``x``, `x`)
+    quoted words, and a literal block's "::" a colon. The one place docstrings become help."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    text = re.sub(r"``([^`]+)``|`([^`]+)`", lambda m: f"'{m.group(1) or m.group(2)}'", text)
+    return re.sub(r"(\S)::$|\s*::$", lambda m: f"{m.group(1) or ''}:", text, flags=re.M)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Plain text; paragraphs re-wrapped to the terminal, indented lines (usage examples) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks, paragraph = [], []
+        for line in plain_text(text).splitlines() + [""]:
+            if line.strip() and not line[0].isspace():
+                paragraph.append(line.strip())
+                continue
+            if paragraph:
+                blocks.append(textwrap.fill(" ".join(paragraph), width, initial_indent=indent,
+                                            subsequent_indent=indent))
+                paragraph = []
+            blocks.append(indent + line if line.strip() else "")
+        return "\n".join(blocks).strip("\n")
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return super()._split_lines(plain_text(text), width)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detector",
         description="Train, prune, search and evaluate detectors of AI-generated images.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

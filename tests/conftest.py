@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,29 @@ import pytest
 from PIL import Image
 
 from detector.data.sources import CELEBDF_TEST_LIST, FACES140K_IMAGES, SYNTHBUSTER_GENERATORS
+
+REPO = Path(__file__).resolve().parents[1]
+# The optional real-photo sample (176 JPEGs, 1024 px; not in the repo): its location is this one setting,
+# a path relative to the repository root unless absolute.
+REALORFAKE_ENV = "DETECTOR_REALORFAKE_SAMPLES"
+REALORFAKE_DEFAULT = "../shared/samples/realorfake"
+
+
+def realorfake_location() -> Path:
+    return (REPO / os.environ.get(REALORFAKE_ENV, REALORFAKE_DEFAULT)).resolve()
+
+
+@pytest.fixture
+def realorfake() -> Path:
+    """The real-photo sample's folder; its tests skip without it, except under CI=true, where they fail."""
+    folder = realorfake_location()
+    if not folder.is_dir():
+        reason = (f"optional real-photo sample not found at {folder} "
+                  f"(set {REALORFAKE_ENV} to its folder; default {REALORFAKE_DEFAULT} beside the repository)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
+    return folder
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color=(200, 30, 30), mode: str = "RGB",

@@ -24,7 +24,6 @@ from detector.data.loader import ShardDataset
 from detector.data.prepare import prepare
 from detector.data.sources import SYNTHBUSTER_GENERATORS, CelebDFSource
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "realorfake"
 
 
 def shard_rows(data: Path, columns=("split", "source", "generator", "group", "frame", "label")) -> list[dict]:
@@ -187,16 +186,15 @@ def test_duplicates_across_splits_are_reported_not_removed(tmp_path):
     assert manifest["totals"]["test"] == {"real": 1, "fake": 0}  # still imported
 
 
-def test_realorfake_samples_import_completely(tmp_path):
-    assert SAMPLES.is_dir(), f"{SAMPLES}: the shared sample images are missing"
-    manifest = prepare(tmp_path / "data", sources={"folder": SAMPLES}, workers=2, progress=False, strict=True)
+def test_realorfake_samples_import_completely(tmp_path, realorfake):
+    manifest = prepare(tmp_path / "data", sources={"folder": realorfake}, workers=2, progress=False, strict=True)
     assert manifest["rejected"] == []
     totals = manifest["totals"]
     assert sum(t["real"] for t in totals.values()) == 88 and sum(t["fake"] for t in totals.values()) == 88
     assert totals["train"] == {"real": 70, "fake": 70}  # round(0.8 * 88) per class
     assert {n["path"] for n in manifest["notes"]} == {"SOURCE.md", "md5sums.txt"}  # not images: said, not imported
     # the JPEGs are stored byte for byte
-    md5 = dict(line.split()[::-1] for line in (SAMPLES / "md5sums.txt").read_text().splitlines() if line.strip())
+    md5 = dict(line.split()[::-1] for line in (realorfake / "md5sums.txt").read_text().splitlines() if line.strip())
     rows = ShardDataset(str(tmp_path / "data"), "val", image_size=32, with_meta=True)
     paths = [m["original_path"] for _, _, m in rows]
     assert len(paths) == 18

@@ -19,6 +19,10 @@ def test_row_reports_counts_size_and_timings():
     assert row["total_params"] == 11_177_025
     assert row["nonzero_params"] == round(0.8 * row["prunable_params"])
     assert row["latency_ms"] > 0 and row["throughput"] > 0
+    # the spread of the repeats, so that a reader can tell a difference from noise
+    assert row["latency_p10_ms"] <= row["latency_ms"] <= row["latency_p90_ms"]
+    assert row["throughput_min"] <= row["throughput"] <= row["throughput_max"]
+    assert (row["throughput_batch"], row["throughput_repeats"]) == (2, 1)
     assert row["device"].startswith("cpu")
     assert is_pruned(model)  # measured on an exported copy; the model keeps its masks
 

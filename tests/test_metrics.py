@@ -26,7 +26,7 @@ def test_against_hand_computed_values():
     assert m["auc"] == pytest.approx((4 + 4 + 3 + 2) / 16)
     assert m["confusion_matrix"] == {"rows": "true", "columns": "predicted", "labels": ["fake", "real"],
                                      "matrix": [[3, 1], [1, 3]]}
-    assert m["support"] == {"fake": 4, "real": 4} and m["samples"] == 8
+    assert m["support"] == {"fake": 4, "real": 4} and m["samples"] == 8 and m["notes"] == {}
     json.dumps(m)  # plain data
 
 
@@ -48,8 +48,12 @@ def test_fake_only_set_has_no_auc_and_no_real_recall():
     m = classification_metrics([0, 0, 0, 0], [0.1, 0.7, 0.2, 0.3])
     assert m["accuracy"] == 0.75
     assert m["auc"] is None and "only one class (fake)" in m["auc_note"]
-    assert m["recall"] is None and m["f1"] is None  # no real image to recall: F1 (real) is n/a, not 0
-    assert m["precision"] == 0.0  # the fake at 0.7 was called real
+    # no real image: recall, F1 and precision of the real class are n/a, not 0 (the fake at 0.7 was called
+    # real, which scikit-learn's precision would count as 0 %)
+    assert m["recall"] is None and m["f1"] is None and m["precision"] is None
+    assert set(m["notes"]) == {"precision", "recall", "f1"}
+    assert set(m["notes"].values()) == {"undefined: no real images in this set"}
+    assert m["per_class"]["real"]["precision"] is None and m["macro"]["precision"] == m["per_class"]["fake"]["precision"]
     assert m["macro"]["f1"] == pytest.approx(m["per_class"]["fake"]["f1"])  # the undefined one left out
     assert m["per_class"]["fake"]["recall"] == 0.75
     assert m["confusion_matrix"]["matrix"] == [[3, 1], [0, 0]]
@@ -83,3 +87,9 @@ def test_breakdown_by_source_and_generator():
     sb = out["sources"]["synthbuster"]
     assert sb["all"]["auc"] is None
     assert sb["generators"]["dalle3"]["accuracy"] == 0.5 and sb["generators"]["midjourney"]["accuracy"] == 1.0
+
+
+def test_nothing_predicted_real_leaves_precision_undefined_with_its_reason():
+    m = classification_metrics([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4])
+    assert m["precision"] is None and m["recall"] == 0.0
+    assert m["notes"]["precision"] == "undefined: no image was predicted real"

@@ -61,10 +61,16 @@ def test_report_holds_every_model_on_every_test_set(finished_run):
     assert [m["name"] for m in r["models"]] == ["baseline", "prune-10", "prune-20", "prune-30", "prune-40"]
     for m in r["models"]:
         assert abs(m["efficiency"]["sparsity"] - m["sparsity"]) < 1e-3
-        for name in ("combined_val", "combined_test", "demo"):
+        for name in ("combined_val", "combined_test"):
             metrics = m["metrics"][name]
             assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "auc", "confusion_matrix"}
             assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["samples"]
+        assert "demo" not in m["metrics"]  # the only source: its test set is combined_test, shown once
+        if m["sparsity"] > 0:  # the evaluate stage also scored it pruned, before fine-tuning
+            assert m["before_finetune"]["status"] == "measured"
+            assert 0 <= m["before_finetune"]["metrics"]["combined_test"]["accuracy"] <= 1
+    assert r["same_sets"] == {"demo": "combined_test"}
+    assert r["run"]["arch"] == "resnet18" and r["run"]["data"]["counts"]
     md = (finished_run / "report" / "report.md").read_text()
     for title in ("Table 3.", "Table 4.", "Table 5.", "Table 6."):
         assert title in md

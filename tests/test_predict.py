@@ -12,8 +12,6 @@ from detector.data.transforms import ClassificationPresetEval
 from detector.model import build_model
 from detector.evaluate.predict import predict_images
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "realorfake"
-
 
 @pytest.fixture
 def checkpoint(tmp_path):
@@ -70,10 +68,45 @@ def test_predict_command_table_and_errors(checkpoint, image_folder, tmp_path, ca
     assert "missing.pt: checkpoint not found" in capsys.readouterr().err
 
 
-def test_predict_on_the_shared_realorfake_sample(checkpoint, capsys):
-    assert SAMPLES.is_dir(), f"{SAMPLES}: the shared samples must sit beside the checkout (../shared)"
-    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(SAMPLES), "--json", "--batch-size", "64"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+def test_images_far_from_the_training_size_are_scored_with_one_warning(checkpoint, image_folder, capsys):
+    # the model was trained at 32 px; the fixture's images are 40-64 px (no warning), these two are 400 px
+    for name in ("big1.png", "big2.png"):
+        Image.new("RGB", (400, 300), (9, 9, 9)).save(image_folder / name)
+    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(image_folder / "img0.png")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(image_folder), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 7
+    assert err.count("warning") == 1
+    assert "trained at 32x32 px" in err and "big1.png is 400x300 px" in err
+
+
+def test_predict_on_the_realorfake_sample(checkpoint, realorfake, capsys):
+    assert cli_main(["predict", "--checkpoint", str(checkpoint), str(realorfake), "--json", "--batch-size", "64"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("warning") == 1 and "trained at 32x32 px" in err and "is 1024x1024 px" in err
+    rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 176 and all(r["error"] is None for r in rows)
     assert sum("/real/" in r["path"] for r in rows) == sum("/fake/" in r["path"] for r in rows) == 88
     assert all(0.0 <= r["prob_real"] <= 1.0 for r in rows)
+
+
+def test_the_sample_is_one_setting_skipped_when_absent_and_required_under_ci(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REALORFAKE_ENV, REPO
+
+    test = f"{Path(__file__).resolve()}::test_predict_on_the_realorfake_sample"
+    env = {**os.environ, REALORFAKE_ENV: str(tmp_path / "absent"), "PYTHONPATH": str(REPO)}
+
+    def run(ci: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", test],
+                              env={**env, "CI": ci}, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    skipped, failed = run(""), run("true")
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    assert f"not found at {tmp_path / 'absent'}" in skipped.stdout and REALORFAKE_ENV in skipped.stdout
+    # pytest reports a failing fixture as an error: the run fails either way
+    assert failed.returncode == 1 and "1 error" in failed.stdout and "CI=true requires it" in failed.stdout

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and McNemar's test against examples worked by hand."""
+"""Bootstrap intervals, McNemar's test and Tango's interval against examples worked by hand."""
 
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from detector.evaluate.metrics import classification_metrics
-from detector.evaluate.statistics import alignment, bootstrap_metrics, comparison_sentence, compare_models, mcnemar
+from detector.evaluate.statistics import (alignment, bootstrap_metrics, comparison_sentence, compare_models, mcnemar,
+                                         paired_difference_interval)
 
 
 def test_bootstrap_interval_of_three_right_out_of_four():
@@ -58,30 +59,78 @@ def test_difference_of_a_model_with_itself_is_exactly_zero_and_paired():
         assert (r["b"]["difference"][k]["low"], r["b"]["difference"][k]["high"]) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("a, b, want_b, want_c, p", [
-    # exact: n = 7 discordant, min(b, c) = 1: p = 2 * (C(7,0) + C(7,1)) / 2^7 = 2 * 8 / 128 = 0.125
-    ([1] * 7 + [0], [1, 0, 0, 0, 0, 0, 0, 1], 6, 1, 0.125),
-    # exact: 5 vs 5 (n = 10): p = 2 * P(X <= 5) = 2 * 638 / 1024 > 1, capped at 1
-    ([1] * 5 + [0] * 5, [0] * 5 + [1] * 5, 5, 5, 1.0),
+@pytest.mark.parametrize("a, b, want_b, want_c, z", [
+    # b = 6, c = 1: z = (1 - 6) / sqrt(7) = -1.8898, p = erfc(1.8898 / sqrt 2) = 0.0588
+    ([1] * 7 + [0], [1, 0, 0, 0, 0, 0, 0, 1], 6, 1, -5 / math.sqrt(7)),
+    # 5 vs 5: z = 0, p = 1
+    ([1] * 5 + [0] * 5, [0] * 5 + [1] * 5, 5, 5, 0.0),
     # no discordant pair: nothing speaks against equal accuracy
-    ([1, 0, 1], [1, 0, 1], 0, 0, 1.0),
+    ([1, 0, 1], [1, 0, 1], 0, 0, 0.0),
 ])
-def test_mcnemar_exact_binomial(a, b, want_b, want_c, p):
+def test_mcnemar_score_test(a, b, want_b, want_c, z):
     r = mcnemar(a, b)
-    assert (r["b"], r["c"], r["method"]) == (want_b, want_c, "exact binomial")
-    assert r["p_value"] == pytest.approx(p, abs=1e-12)
+    assert (r["b"], r["c"]) == (want_b, want_c) and "no continuity correction" in r["method"]
+    assert r["statistic"] == pytest.approx(z, abs=1e-12)
+    assert r["p_value"] == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), abs=1e-12)
 
 
-def test_mcnemar_chi_square_with_continuity_correction():
-    # b = 10, c = 30 (40 >= 25 discordant): chi2 = (|10 - 30| - 1)^2 / 40 = 361 / 40 = 9.025,
-    # p = P(chi2_1 > 9.025) = 2 * (1 - Phi(3.0042)) = 0.002663
+def test_mcnemar_on_forty_discordant_images():
+    # b = 10, c = 30: z = 20 / sqrt(40) = 3.1623, p = 2 * (1 - Phi(3.1623)) = 0.001565
     a = np.r_[np.ones(10), np.zeros(30), np.ones(60)].astype(bool)
     b = np.r_[np.zeros(10), np.ones(30), np.ones(60)].astype(bool)
     r = mcnemar(a, b)
-    assert (r["b"], r["c"], r["method"]) == (10, 30, "chi-square with continuity correction")
-    assert r["statistic"] == pytest.approx(9.025)
-    assert r["p_value"] == pytest.approx(0.002663, abs=2e-6)
+    assert (r["b"], r["c"]) == (10, 30)
+    assert r["statistic"] == pytest.approx(3.16228, abs=1e-5)
+    assert r["p_value"] == pytest.approx(0.001565, abs=2e-6)
     assert mcnemar(b, a)["p_value"] == r["p_value"]  # symmetric
+
+
+Z95 = 1.959963984540054
+
+
+def test_tango_interval_against_values_worked_by_hand():
+    # b = c = 0 of n: the score equation reduces to n d / (1 - d) = z^2, so the bounds are +-z^2 / (n + z^2)
+    r = paired_difference_interval(0, 0, 10)
+    assert r["estimate"] == 0.0
+    assert r["high"] == pytest.approx(Z95**2 / (10 + Z95**2), abs=1e-12)  # 0.277532
+    assert r["low"] == pytest.approx(-Z95**2 / (10 + Z95**2), abs=1e-12)
+    # b = 0, c = n = 3 (every image right for B only): the restricted estimate is (1 - d) / 2, the statistic
+    # sqrt(3 (1 - d) / (1 + d)), so the lower bound is (3 - z^2) / (3 + z^2) = -0.1230 and the upper is 1
+    r = paired_difference_interval(0, 3, 3)
+    assert (r["estimate"], r["high"]) == (1.0, 1.0)
+    assert r["low"] == pytest.approx((3 - Z95**2) / (3 + Z95**2), abs=1e-12)
+    # the mirror image
+    r = paired_difference_interval(3, 0, 3)
+    assert (r["estimate"], r["low"]) == (-1.0, -1.0) and r["high"] == pytest.approx((Z95**2 - 3) / (3 + Z95**2))
+
+
+def test_tango_interval_against_the_published_example():
+    # Cavo et al. (2012), as analysed in Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency
+    # Tables" (ch. 8) and their R package contingencytables: n12 = 6, n21 = 16, N = 161,
+    # estimate -0.0621, Tango 95 % CI -0.1240 to -0.0054.
+    r = paired_difference_interval(16, 6, 161)
+    assert round(r["estimate"], 4) == -0.0621
+    assert (round(r["low"], 4), round(r["high"], 4)) == (-0.1240, -0.0054)
+
+
+@pytest.mark.parametrize("n", [20, 200, 5000])
+def test_the_interval_excludes_zero_exactly_when_the_test_rejects(n):
+    # every split of up to 30 discordant images: never "CI [+0.50, +4.00]" beside "p = 0.12"
+    for b in range(31):
+        for c in range(31 - b):
+            if b + c > n:
+                continue
+            correct_a = np.r_[np.ones(b), np.zeros(c), np.ones(n - b - c)].astype(bool)
+            correct_b = np.r_[np.zeros(b), np.ones(c), np.ones(n - b - c)].astype(bool)
+            p = mcnemar(correct_a, correct_b)["p_value"]
+            iv = paired_difference_interval(b, c, n)
+            assert iv["low"] <= iv["estimate"] <= iv["high"]
+            assert (iv["low"] > 0 or iv["high"] < 0) == (p < 0.05), (b, c, n, p, iv)
+
+
+def test_bad_counts_are_refused():
+    with pytest.raises(ValueError, match="b \\+ c <= n"):
+        paired_difference_interval(5, 6, 10)
 
 
 @pytest.mark.parametrize("estimate, p, verdict", [
@@ -95,6 +144,13 @@ def test_the_sentence_follows_the_numbers(estimate, p, verdict):
                                                         "high": estimate + 0.01}, {"p_value": p})
     assert text.endswith(": " + verdict)
     assert f"{100 * estimate:+.2f} pp" in text and "95 % CI" in text
+
+
+def test_an_interval_that_disagrees_with_the_test_is_said_to():
+    # a percentile bootstrap interval beside the test, as the report once printed them
+    text = comparison_sentence("prune-10", "baseline", {"estimate": 0.02, "low": 0.005, "high": 0.04},
+                               {"p_value": 0.12})
+    assert "no significant difference detected (the conclusion follows the test; the interval excludes 0" in text
 
 
 def _predictions(labels, probs, order=None):

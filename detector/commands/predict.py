@@ -2,7 +2,8 @@
 
   detector predict --checkpoint CKPT PATH [PATH ...]      (files or folders, searched recursively)
 
-Images are preprocessed exactly as in evaluation, at the checkpoint's image size. Unreadable files are
+Images are preprocessed exactly as in evaluation, at the checkpoint's image size; when images are far
+from that size (more than 2x larger or smaller), a warning on stderr says so, once. Unreadable files are
 reported (in the table, or with an "error" field in --json lines) and do not stop the run; the exit
 status is 1 only when no file could be read.
 """
@@ -32,17 +33,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from detector.checkpoint import load_model
-    from detector.evaluate.predict import predict_images
+    from detector.evaluate.predict import predict_images, size_mismatch
     from detector.device import resolve_device
 
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device=device)
+    image_size = int(meta["image_size"])
     ok = bad = 0
+    warned = False
     if not args.json:
         print(f"{'prob_real':>9}  {'label':<5}  path")
-    for p in predict_images(model, args.paths, image_size=int(meta["image_size"]), batch_size=args.batch_size,
+    for p in predict_images(model, args.paths, image_size=image_size, batch_size=args.batch_size,
                             device=device, threshold=args.threshold, num_workers=args.num_workers):
         ok, bad = (ok + 1, bad) if p.error is None else (ok, bad + 1)
+        if p.size is not None and not warned and size_mismatch(p.size, image_size):
+            warned = True
+            print(f"detector predict: warning: the model was trained at {image_size}x{image_size} px, but "
+                  f"{p.path} is {p.size[0]}x{p.size[1]} px; images are resized to {image_size}x{image_size} "
+                  "before scoring, and a detector of generated images may not carry over to sizes so far "
+                  "from its training (said once, for the first such image)", file=sys.stderr, flush=True)
         if args.json:
             print(json.dumps({"path": p.path, "prob_real": p.prob_real, "label": p.label, "error": p.error}))
         elif p.error is None:

@@ -6,8 +6,13 @@ and latency (~30 ms) unchanged across sparsities; these measurements reproduce t
 - ``size_mb``: bytes of the saved dense state dict (masks made permanent) / 2^20; 89.98 for ResNet-50.
 - ``sparse_size_mb``: the same weights in the compact sparse format (``detector export --format sparse``),
   which does shrink with sparsity; ``macs``: multiply-accumulates per image (what channel pruning cuts).
-- ``latency_ms``: median over ``repeats`` forward passes at batch 1, after ``warmup`` passes.
-- ``throughput``: images/s of forward passes at batch ``throughput_batch``.
+- ``latency_ms``: median over ``repeats`` forward passes at batch 1, after ``warmup`` passes;
+  ``latency_p10_ms`` / ``latency_p90_ms`` their spread.
+- ``throughput``: images/s of ``throughput_repeats`` forward passes at batch ``throughput_batch``;
+  ``throughput_min`` / ``throughput_max`` the slowest and fastest single pass, their spread.
+
+On a CPU shared with other work, two models timed one after the other differ by the load between them
+too: the spread is what lets a reader (and the report) tell a difference from noise.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import statistics
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,7 +74,9 @@ def efficiency_row(
 
     many = torch.randn(throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     forward(many)  # warm-up at this shape (cuDNN picks its kernels here)
-    elapsed = _timed(lambda: [forward(many) for _ in range(throughput_repeats)], device)
+    passes = [_timed(lambda: forward(many), device) for _ in range(throughput_repeats)]
+    elapsed = sum(passes)
+    p10, p90 = (float(v) for v in np.percentile(latencies, [10, 90]))
     return {
         "sparsity": report["sparsity"],
         "nonzero_params": report["nonzero_params"],
@@ -79,10 +87,15 @@ def efficiency_row(
         "macs": count_macs(net, image_size),
         "batch_latency_ms": 1000 * elapsed / throughput_repeats,
         "latency_ms": 1000 * statistics.median(latencies),
+        "latency_p10_ms": 1000 * p10,
+        "latency_p90_ms": 1000 * p90,
         "throughput": throughput_batch * throughput_repeats / elapsed,
+        "throughput_min": throughput_batch / max(passes),
+        "throughput_max": throughput_batch / min(passes),
         "device": device_name(device),
         "image_size": image_size,
         "precision": precision,
         "throughput_batch": throughput_batch,
+        "throughput_repeats": throughput_repeats,
         "repeats": repeats,
     }

@@ -1,9 +1,11 @@
 """Classification metrics (paper Tables 3 and 5, Fig. 5), per test set, source and generator.
 
 The positive class is Real (label 1), and every result says so (``positive_class``). A metric that is
-undefined on the data (precision of a class never predicted, recall of a class never present, AUC on a
-one-class set such as SynthBuster, which is fake-only) is ``None`` rather than a silent 0, and AUC
-carries the reason in ``auc_note``. Results are plain JSON-able dicts.
+undefined on the data is ``None`` rather than a silent 0, with its reason in ``notes`` (and AUC's in
+``auc_note``): precision, recall and F1 of a class the set does not contain (on a fake-only set such as
+SynthBuster, "precision (real)" would be 0 whenever one fake is called real, and undefined otherwise: a
+number about the set, not the model), precision of a class never predicted, AUC on a one-class set.
+Results are plain JSON-able dicts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ CLASS_NAMES = {FAKE: "fake", REAL: "real"}
 def _none_if_nan(x: float) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
+
+
+def _undefined_reason(reals: int, predicted_real: int, metric: str) -> str:
+    if reals == 0:
+        return "undefined: no real images in this set"
+    if metric == "precision" and predicted_real == 0:
+        return "undefined: no image was predicted real"
+    return "undefined on this set"
 
 
 def classification_metrics(
@@ -55,11 +65,11 @@ def classification_metrics(
     prec, rec, f1, support = precision_recall_fscore_support(
         y, pred, labels=classes, zero_division=np.nan, average=None
     )
-    # F1 of a class with no images is undefined (its recall is): scikit-learn's count formula would give
-    # 0 whenever another class is called it, and a fake-only test set would read "F1 (real) = 0".
-    f1 = np.where(support > 0, f1, np.nan)
-    macro = precision_recall_fscore_support(y, pred, labels=classes, zero_division=np.nan, average="macro")
-    macro = (macro[0], macro[1], float(np.nanmean(f1)) if np.isfinite(f1).any() else np.nan)
+    # Precision and F1 of a class with no images are undefined (its recall is): scikit-learn's count
+    # formulas give 0 whenever another class is called it, so a fake-only set would read "precision (real)
+    # 0 %" and "F1 (real) 0" about images that are not there. The macro mean leaves undefined ones out.
+    prec, f1 = np.where(support > 0, prec, np.nan), np.where(support > 0, f1, np.nan)
+    macro = [float(np.nanmean(v)) if np.isfinite(v).any() else np.nan for v in (prec, rec, f1)]
     per_class = {
         CLASS_NAMES[c]: {
             "precision": _none_if_nan(prec[i]),
@@ -69,6 +79,8 @@ def classification_metrics(
         }
         for i, c in enumerate(classes)
     }
+    notes = {k: _undefined_reason(int(support[1]), int(pred.sum()), k) for k in ("precision", "recall", "f1")
+             if per_class["real"][k] is None}
     present = sorted(set(y.tolist()))
     if len(present) == 2:
         auc, auc_note = float(roc_auc_score(y, p)), None
@@ -90,6 +102,7 @@ def classification_metrics(
             "recall": _none_if_nan(macro[1]),
             "f1": _none_if_nan(macro[2]),
         },
+        "notes": notes,  # why a real-class metric above is None
         "auc": auc,
         "auc_note": auc_note,
         "confusion_matrix": {
@@ -99,6 +112,12 @@ def classification_metrics(
             "matrix": cm.tolist(),  # [[true fake->fake, fake->real], [real->fake, real->real]]
         },
     }
+
+
+def generator_name(g: Any) -> str:
+    """A sample's generator as the report names it: one not recorded (real photos; 140k fakes) is
+    "unspecified", whether it arrives as None, "" or, from a predictions file, "None"."""
+    return "unspecified" if g in (None, "", "None") else str(g)
 
 
 def breakdown_metrics(
@@ -115,8 +134,7 @@ def breakdown_metrics(
     """
     labels, probs_real = np.asarray(labels), np.asarray(probs_real)
     sources = np.asarray([str(s) for s in metas["source"]])
-    raw_generators = metas.get("generator", [None] * len(sources))
-    generators = np.asarray([str(g) if g not in (None, "") else "unspecified" for g in raw_generators])
+    generators = np.asarray([generator_name(g) for g in metas.get("generator", [None] * len(sources))])
     if len(sources) != len(labels):
         raise ValueError(f"metas cover {len(sources)} samples, labels {len(labels)}")
     out: dict[str, Any] = {"all": classification_metrics(labels, probs_real, threshold=threshold), "sources": {}}
@@ -132,6 +150,13 @@ def breakdown_metrics(
             "generators": per_gen,
         }
     return out
+
+
+def sources_with_own_set(sources: Sequence[str]) -> list[str]:
+    """The sources that get a data set of their own beside the combined one, sorted: all of them, unless
+    there is only one, whose test set then *is* the combined test set (shown once, as combined)."""
+    unique = sorted(set(sources))
+    return unique if len(unique) > 1 else []
 
 
 def _expected_counts(manifest: Mapping[str, Any], split: str) -> dict[str, int]:

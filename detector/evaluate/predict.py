@@ -29,6 +29,21 @@ class Prediction:
     prob_real: float | None  # None when the file could not be read
     label: str | None  # "real" or "fake"
     error: str | None = None
+    size: tuple[int, int] | None = None  # (width, height) of the image as read, before the resize
+
+
+# An image this many times larger or smaller than the model's input is far from what it was trained on:
+# the resize to the input size removes (or invents) the fine detail a detector of generated images reads.
+SIZE_MISMATCH_FACTOR = 2.0
+
+
+def size_mismatch(size: tuple[int, int], image_size: int) -> bool:
+    """Whether an image of ``size`` (width, height) is far from a model's ``image_size`` x ``image_size`` input.
+
+    >>> size_mismatch((1024, 1024), 64), size_mismatch((256, 256), 224), size_mismatch((64, 100), 224)
+    (True, False, True)
+    """
+    return max(size) > SIZE_MISMATCH_FACTOR * image_size or min(size) < image_size / SIZE_MISMATCH_FACTOR
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -55,7 +70,8 @@ class _ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | tuple[int, int]]:
+        """(index, preprocessed image, its (width, height)), or (index, None, the error)."""
         from detector.data.images import decode_image
 
         path = self.files[i]
@@ -63,14 +79,14 @@ class _ImageFiles(Dataset):
             image = decode_image(path.read_bytes(), name=str(path))
         except (OSError, ValueError) as e:  # missing, unreadable, not an image, corrupt
             return i, None, str(e) if str(path) in str(e) else f"{path}: {e}"
-        return i, self.transform(image), None
+        return i, self.transform(image), image.size
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
-    ok = [(i, t) for i, t, _ in items if t is not None]
+def _collate(items: list[tuple[int, torch.Tensor | None, str | tuple[int, int]]]):
+    ok = [(i, t, size) for i, t, size in items if t is not None]
     errors = [(i, e) for i, t, e in items if t is None]
-    images = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], images, errors
+    images = torch.stack([t for _, t, _ in ok]) if ok else None
+    return [(i, size) for i, _, size in ok], images, errors
 
 
 @torch.inference_mode()
@@ -91,13 +107,13 @@ def predict_images(
     model.eval().to(device)
     loader = DataLoader(_ImageFiles(files, image_size), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda")
-    for indices, images, errors in loader:
+    for scored, images, errors in loader:
         rows: dict[int, Prediction] = {i: Prediction(str(files[i]), None, None, e) for i, e in errors}
         if images is not None:
             with autocast(device, precision):
                 logits = model(images.to(device, non_blocking=True)).squeeze(1)
-            for i, p in zip(indices, torch.sigmoid(logits.float()).cpu().tolist()):
-                rows[i] = Prediction(str(files[i]), p, "real" if p >= threshold else "fake")
+            for (i, size), p in zip(scored, torch.sigmoid(logits.float()).cpu().tolist()):
+                rows[i] = Prediction(str(files[i]), p, "real" if p >= threshold else "fake", size=tuple(size))
         for i in sorted(rows):
             if rows[i].error:
                 log.warning("unreadable: %s", rows[i].error)

@@ -96,13 +96,17 @@ def train_stage(
     return summary
 
 
-def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Path,
-                   predictions: Path) -> dict[str, Any]:
+def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Path, predictions: Path,
+                   pruned_from: Path | None = None) -> dict[str, Any]:
     """Evaluate a model on the combined validation set and every test set, and measure its efficiency.
 
-    Writes ``out`` (metrics, efficiency) and ``predictions`` (labels and probabilities per test set, for
-    ROC curves and paired tests between models).
+    Writes ``out`` (metrics, efficiency, a summary of the data) and ``predictions`` (labels and
+    probabilities per test set, for ROC curves and paired tests between models). For a pruned model,
+    ``out`` also holds ``before_finetune``: the same sets scored by the unpruned model it was fine-tuned
+    from (``pruned_from``; default: the checkpoint's recorded ``init``), pruned the same way to the same
+    sparsity and not trained: what pruning alone costs, beside what fine-tuning recovers.
     """
+    from detector.data.loader import read_manifest
     from detector.evaluate.efficiency import efficiency_row
     from detector.evaluate.metrics import evaluate_split
 
@@ -110,10 +114,15 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     model, meta = load_model(checkpoint, device=device)
     pruning = PruningInfo.from_metadata(meta, where=str(checkpoint))
     image_size = int(meta["image_size"])
-    val = evaluate_split(model, data, "val", image_size=image_size, batch_size=cfg.batch_size, device=device)
-    test = evaluate_split(model, data, "test", image_size=image_size, batch_size=cfg.batch_size, device=device)
+
+    def score(m: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        return tuple(evaluate_split(m, data, split, image_size=image_size, batch_size=cfg.batch_size,
+                                    device=device) for split in ("val", "test"))  # type: ignore[return-value]
+
+    val, test = score(model)
     eff = efficiency_row(model, device=device, image_size=image_size, repeats=cfg.latency_repeats,
                          throughput_batch=cfg.throughput_batch)
+    manifest = read_manifest(data)
     result = {
         "name": model_name(pruning.sparsity),
         "checkpoint": str(checkpoint),
@@ -122,6 +131,8 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
         # the budget both methods are compared at: the architecture's prunable weights zeroed or removed
         "sparsity": measured_sparsity(model, meta["arch"]),
         "train_config": meta.get("config", {}),
+        "data": {"path": data, "manifest_sha256": val["data_manifest_sha256"],
+                 **{k: manifest.get(k) for k in ("format", "splits", "generators", "pixels")}},
         "metrics": {"val": val["metrics"], "test": test["metrics"]},
         "efficiency": eff,
     }
@@ -129,9 +140,32 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
         from detector.prune.semistructured import semistructured_benchmark
 
         result["semistructured"] = semistructured_benchmark(model, image_size=image_size, repeats=cfg.latency_repeats)
+    else:
+        del model  # one model in memory at a time
+        source = pruned_from if pruned_from is not None else meta.get("init")
+        result["before_finetune"] = _before_finetune(Path(source) if source else None, pruning, score,
+                                                     device=device)
     atomic_write_json(out, _finite(result))
     atomic_write_json(predictions, {"val": val["predictions"], "test": test["predictions"]})
     return result
+
+
+def _before_finetune(source: Path | None, pruning: PruningInfo, score: Callable[[torch.nn.Module], Any], *,
+                     device: str) -> dict[str, Any]:
+    """``source`` (the unpruned model) pruned as ``pruning`` says, scored without training; or why not."""
+    if source is None:
+        return {"status": "not measured: the checkpoint records no model it was pruned from (metadata 'init')"}
+    if not source.is_file():
+        return {"status": f"not measured: {source}, the model it was pruned from, is missing"}
+    model, meta = load_model(source, device=device)
+    if PruningInfo.from_metadata(meta, where=str(source)).method != "none":
+        return {"status": f"not measured: {source} is itself pruned"}
+    again = prune(model, pruning.sparsity, method=pruning.method, arch=meta["arch"])
+    val, test = score(model)
+    log.info("%s pruned to %g (%s), before fine-tuning: test accuracy %.4f", source, pruning.sparsity,
+             pruning.method, test["metrics"]["all"]["accuracy"])
+    return {"status": "measured", "pruned_from": str(source), "pruning": again.to_dict(),
+            "metrics": {"val": val["metrics"], "test": test["metrics"]}}
 
 
 def _finite(obj: Any) -> Any:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from detector.evaluate.metrics import sources_with_own_set
 from detector.job.runfolder import RunFolder
 from detector.prune import PruningInfo
 
@@ -25,16 +26,24 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
     out = {k: m.get(k) for k in METRIC_KEYS}
     out["samples"] = m.get("samples")
     out["confusion_matrix"] = m.get("confusion_matrix")
+    # why a metric above is undefined (None), e.g. precision of the real class on a fake-only set
+    notes = dict(m.get("notes") or {})
+    if m.get("auc_note"):
+        notes["auc"] = m["auc_note"]
+    out["notes"] = notes
     return out
 
 
 def test_sets(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Flatten one model's evaluation into named test sets: the combined validation set, the combined test
-    set, each source's test set and, where a source has several generators, each generator's."""
+    """Flatten one model's evaluation (``metrics``: ``{"val": ..., "test": ...}``) into named test sets: the
+    combined validation set, the combined test set, each source's test set (unless it is the only one) and,
+    where a source has several generators, each generator's."""
     val, test = evaluation["metrics"]["val"], evaluation["metrics"]["test"]
     out = {"combined_val": _summary(val["all"]), "combined_test": _summary(test["all"])}
+    own = sources_with_own_set(list(test.get("sources", {})))
     for source, block in sorted(test.get("sources", {}).items()):
-        out[source] = _summary(block["all"])
+        if source in own:
+            out[source] = _summary(block["all"])
         gens = block.get("generators", {})
         if len(gens) > 1:
             for gen, m in sorted(gens.items()):
@@ -42,10 +51,32 @@ def test_sets(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _training(run: RunFolder, sparsity: float) -> dict[str, Any] | None:
+    """How the model was trained (its stage's fit summary, ``models/<model>.json``), or None if absent."""
+    path = run.model_summary(sparsity)
+    if not path.is_file():
+        return None
+    fit = read_json(path)
+    cfg = fit.get("config", {})
+    return {"epochs_run": fit.get("epochs_run"), "best_epoch": fit.get("best_epoch"),
+            "stopped_early": fit.get("stopped_early"), "max_epochs": cfg.get("max_epochs"),
+            "batch_size": cfg.get("batch_size"), "optimizer": cfg.get("optimizer"), "lr": cfg.get("lr")}
+
+
+def _before_finetune(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    before = evaluation.get("before_finetune")
+    if before is None:
+        return None
+    if before.get("status") != "measured":
+        return {"status": before.get("status", "not measured")}
+    return {"status": "measured", "pruned_from": before.get("pruned_from"), "metrics": test_sets(before)}
+
+
 def _model(run: RunFolder, evaluation: dict[str, Any], best: dict[str, Any], where: Path) -> dict[str, Any]:
     pruning = PruningInfo.from_metadata(evaluation, where=str(where))
     s = pruning.sparsity
     bp = best.get(f"{s:g}") if s > 0 else None
+    file = run.model(s)
     model = {
         "name": evaluation["name"],
         "sparsity": s,
@@ -55,14 +86,28 @@ def _model(run: RunFolder, evaluation: dict[str, Any], best: dict[str, Any], whe
         "efficiency": evaluation["efficiency"],
         "predictions": str(run.predictions(s)),
         "pruning_method": pruning.method if s > 0 else None,
+        "training": _training(run, s),
+        "before_finetune": _before_finetune(evaluation) if s > 0 else None,
+        # bytes of models/<model>.pt on disk / 2^20 (an unstructured model's file keeps its masks)
+        "model_file_mib": file.stat().st_size / 2**20 if file.is_file() else None,
     }
     if "semistructured" in evaluation:
         model["semistructured"] = evaluation["semistructured"]
     return model
 
 
+def _same_sets(evaluations: list[dict[str, Any]]) -> dict[str, str]:
+    """Data sets left out because they equal another: ``{"demo": "combined_test"}``."""
+    for e in evaluations:
+        sources = list(e["metrics"]["test"].get("sources", {}))
+        if len(sources) == 1 and not sources_with_own_set(sources):
+            return {sources[0]: "combined_test"}
+    return {}
+
+
 def collect(run_dir: Path) -> dict[str, Any]:
     """Everything the report shows, as ``report.json`` holds it."""
+    from detector.report.run_summary import run_summary
     from detector.report.statistics import add_statistics
 
     run = RunFolder(Path(run_dir))
@@ -72,12 +117,16 @@ def collect(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir}: neither evaluations (eval/) nor search results (search/) to report on")
     best = (search or {}).get("best", {})
     models = sorted((_model(run, e, best, p) for p, e in evaluations), key=lambda m: m["sparsity"])
-    statistics = add_statistics(run, models)
+    summary = run_summary(run, [e for _, e in evaluations])
+    statistics = add_statistics(models, resamples=summary["bootstrap_resamples"])
     trials = [{"sparsity": t["sparsity"], "params": t["params"], "val_accuracy": t["val_accuracy"],
-               "objective": t["objective"], "epochs": t["epochs"], "start": t["start"], "end": t["end"],
-               "status": t["status"], "trial_id": t["trial_id"]} for t in (search or {}).get("trials", [])]
+               "best_val_accuracy": t.get("best_val_accuracy"), "objective": t["objective"], "epochs": t["epochs"],
+               "start": t["start"], "end": t["end"], "status": t["status"], "trial_id": t["trial_id"]}
+              for t in (search or {}).get("trials", [])]
     return {
         "run_dir": str(run_dir),
+        "run": summary,
+        "same_sets": _same_sets([e for _, e in evaluations]),
         "models": models,
         "trials": trials,
         "search": {k: v for k, v in (search or {}).items() if k != "trials"},

@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detector.evaluate.statistics import EXACT_BELOW, compare_models
-from detector.job.runfolder import RunFolder
+from detector.evaluate.statistics import DIFFERENCE_METHOD, MCNEMAR_METHOD, compare_models
 from detector.report.tables import Column, markdown
 
 log = logging.getLogger(__name__)
@@ -21,26 +20,12 @@ log = logging.getLogger(__name__)
 CONFIDENCE = 0.95
 ALPHA = 0.05
 SEED = 0
-DEFAULT_RESAMPLES = 1000
 
 
-def bootstrap_resamples(run: RunFolder) -> int:
-    """``evaluate.bootstrap`` of the run's saved config (``RUN/experiment.yaml``), else the default 1000."""
-    from detector.config import load_yaml
-
-    path = run.config
-    if not path.is_file():
-        return DEFAULT_RESAMPLES
-    value = (load_yaml(path).get("evaluate") or {}).get("bootstrap", DEFAULT_RESAMPLES)
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{path}: evaluate.bootstrap must be a positive integer, got {value!r}")
-    return value
-
-
-def add_statistics(run: RunFolder, models: list[dict[str, Any]]) -> dict[str, Any]:
+def add_statistics(models: list[dict[str, Any]], *, resamples: int) -> dict[str, Any]:
     """Add ``intervals`` (every model) and ``vs_baseline`` (pruned models) to each of ``models``; return the
-    run's ``statistics`` block (method, resamples, and why anything was left out)."""
-    resamples = bootstrap_resamples(run)
+    run's ``statistics`` block (method, resamples, and why anything was left out). ``resamples``: the run's
+    ``evaluate.bootstrap``."""
     predictions, missing = {}, []
     for m in models:
         path = Path(m["predictions"])
@@ -65,8 +50,8 @@ def add_statistics(run: RunFolder, models: list[dict[str, Any]]) -> dict[str, An
         "interval_method": "percentile bootstrap over the images of each data set",
         "bootstrap_resamples": resamples,
         "seed": SEED,
-        "paired_test": (f"McNemar: exact binomial when fewer than {EXACT_BELOW} images are discordant, "
-                        "otherwise chi-square with continuity correction (1 df)"),
+        "paired_test": f"McNemar {MCNEMAR_METHOD}",
+        "difference_interval": DIFFERENCE_METHOD,
         "alpha": ALPHA,
         "pairing": "images matched by sha256",
         "reference": reference,
@@ -87,7 +72,7 @@ def _ci(x: dict[str, Any] | None, *, scale: float = 100.0, unit: str = "%", sign
 # The CSV of every interval and test: one row per model, data set and metric.
 STATISTICS_COLUMNS = [Column(k) for k in (
     "model", "data_set", "metric", "estimate", "low", "high", "diff_estimate", "diff_low", "diff_high",
-    "mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_method")]
+    "diff_method", "mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_method")]
 
 
 def statistics_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -100,7 +85,9 @@ def statistics_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 t = vs["mcnemar"] if vs and k == "accuracy" else {}
                 rows.append({"model": m["name"], "data_set": name, "metric": k, **{x: iv[k][x] for x in
                              ("estimate", "low", "high")}, "diff_estimate": d.get("estimate"),
-                             "diff_low": d.get("low"), "diff_high": d.get("high"), "mcnemar_b": t.get("b"),
+                             "diff_low": d.get("low"), "diff_high": d.get("high"),
+                             "diff_method": (d.get("method", "percentile bootstrap") if d else None),
+                             "mcnemar_b": t.get("b"),
                              "mcnemar_c": t.get("c"), "mcnemar_p": t.get("p_value"), "mcnemar_method": t.get("method")})
     return rows
 
@@ -112,9 +99,15 @@ def statistics_section(data: dict[str, Any]) -> list[str]:
         return []
     pct = f"{round(100 * stats['confidence'])} %"
     md = [f"## Uncertainty: {pct} confidence intervals and paired tests against the baseline", "",
-          f"Intervals: {stats['interval_method']}, {stats['bootstrap_resamples']} resamples (`evaluate.bootstrap`), "
-          f"seed {stats['seed']}. Paired tests: {stats['paired_test']}, on the same test images "
-          f"({stats['pairing']}); significant means p < {stats['alpha']}.", ""]
+          f"Each model's own accuracy, F1 and AUC: {stats['interval_method']}, {stats['bootstrap_resamples']} "
+          f"resamples (`evaluate.bootstrap`), seed {stats['seed']}. A pruned model against the baseline, on the "
+          f"same test images ({stats['pairing']}): {stats['paired_test']}; the interval of the accuracy "
+          f"difference is {stats['difference_interval']}, so it excludes 0 exactly when p < {stats['alpha']}: "
+          "the interval and the conclusion agree by construction (F1 and AUC differences in statistics.csv are "
+          "paired bootstrap intervals; no conclusion is drawn from them). Significant means p < "
+          f"{stats['alpha']}. With few discordant images the score test can exceed its nominal level slightly "
+          "(Fagerland, Lydersen & Laake 2013, who recommend it where that is acceptable); the counts b and c "
+          "are in the table below.", ""]
     md += _conclusions(models, stats)
     intervals = [{"model": m["name"], "data_set": name, "accuracy": iv["accuracy"], "f1": iv["f1"], "auc": iv["auc"]}
                  for m in models for name, iv in (m.get("intervals") or {}).items()]
@@ -128,59 +121,129 @@ def statistics_section(data: dict[str, Any]) -> list[str]:
                 continue
             t = vs["mcnemar"]
             comparisons.append({"model": m["name"], "data_set": name, "difference": vs["accuracy_difference"],
-                                "b": t["b"], "c": t["c"], "p": t["p_value"], "test": t["method"],
+                                "b": t["b"], "c": t["c"], "p": t["p_value"],
                                 "conclusion": vs["sentence"].rsplit(": ", 1)[-1]})
     if comparisons:
         md += ["### Each pruned model against the baseline, on the same images", "", markdown(comparisons, [
             Column("model", "Model"), Column("data_set", "Data set"),
-            Column("difference", "Accuracy difference (pp)", lambda x: _ci(x, unit="", signed=True)),
+            Column("difference", f"Accuracy difference (pp, {pct} CI)", lambda x: _ci(x, unit="", signed=True)),
             Column("b", "Baseline right, model wrong"), Column("c", "Baseline wrong, model right"),
-            Column("p", "McNemar p", lambda p: f"{p:.3g}"), Column("test", "Test"),
-            Column("conclusion", "Conclusion")])]
+            Column("p", "McNemar p", lambda p: f"{p:.3g}"), Column("conclusion", "Conclusion")])]
     return md
 
 
+def _pp(x: float) -> str:
+    """A loss in percentage points as the sentence needs it: never "-0.00", never "0.00" for a loss > 0."""
+    value = 100 * x
+    return "less than 0.01 pp" if 0 < value < 0.005 else f"{value:.2f} pp"
+
+
 def _conclusions(models: list[dict[str, Any]], stats: dict[str, Any]) -> list[str]:
-    """The claims the numbers support on the combined test set, one sentence per pruned model, then a summary."""
+    """The claims the numbers support on the combined test set, one sentence per pruned model, then a summary
+    that names every model once: significantly lower, significantly higher, or no difference detected."""
     lines = [f"- {note}" for note in stats.get("notes", [])]
     compared = [(m["name"], m["vs_baseline"]["combined_test"]) for m in models
                 if isinstance(m.get("vs_baseline"), dict) and "combined_test" in m["vs_baseline"]]
     if not compared:
         return lines + ([""] if lines else [])
     lines += [f"- {vs['sentence']}." for _, vs in compared]
-    lower = [n for n, vs in compared if vs["significant"] and vs["accuracy_difference"]["estimate"] < 0]
-    higher = [n for n, vs in compared if vs["significant"] and vs["accuracy_difference"]["estimate"] > 0]
-    worst = min(vs["accuracy_difference"]["low"] for _, vs in compared)
+    lower = [(n, vs) for n, vs in compared if vs["significant"] and vs["accuracy_difference"]["estimate"] < 0]
+    higher = [(n, vs) for n, vs in compared if vs["significant"] and vs["accuracy_difference"]["estimate"] > 0]
+    same = [(n, vs) for n, vs in compared if not vs["significant"]]
     lines.append("")
     if lower:
-        lines.append(f"On the combined test set pruning lowered accuracy significantly for {', '.join(lower)}: "
-                     "a claim of no loss in accuracy does not hold for these models.")
-    if not lower and not higher:
-        lines.append("No pruned model's accuracy on the combined test set differs significantly from the "
-                     f"baseline's. That is not proof of equal accuracy: the intervals still allow a loss of up to "
-                     f"{-100 * min(worst, 0.0):.2f} pp.")
-    elif higher:
-        lines.append(f"Significantly higher accuracy than the baseline: {', '.join(higher)}.")
-    lines.append("")
+        lines += [f"On the combined test set pruning lowered accuracy significantly for "
+                  f"{', '.join(n for n, _ in lower)}: a claim of no loss in accuracy does not hold for these "
+                  "models.", ""]
+    if higher:
+        lines += [f"Significantly higher accuracy than the baseline: {', '.join(n for n, _ in higher)} (see "
+                  "\"Pruning alone, and after fine-tuning\" for how many more epochs of training they had).", ""]
+    if same:
+        names = ", ".join(n for n, _ in same)
+        worst_name, worst = min(same, key=lambda x: x[1]["accuracy_difference"]["low"])
+        low = worst["accuracy_difference"]["low"]
+        text = ("No pruned model's accuracy on the combined test set differs significantly from the baseline's. "
+                if len(same) == len(compared) else
+                f"The accuracy of {names} on the combined test set does not differ significantly from the "
+                "baseline's. ")
+        if low < 0:
+            text += (f"That is not proof of equal accuracy: the intervals still allow a loss of up to "
+                     f"{_pp(-low)} ({worst_name}).")
+        else:
+            text += "The intervals' lower ends are at 0: they allow no loss, and show no gain."
+        lines += [text, ""]
     return lines
 
 
+def _ranges_overlap(e: dict[str, Any], b: dict[str, Any], low: str, high: str) -> bool | None:
+    if any(x.get(k) is None for x in (e, b) for k in (low, high)):
+        return None
+    return e[low] <= b[high] and b[low] <= e[high]
+
+
+TIMINGS = {"latency": ("latency_ms", "latency_p10_ms", "latency_p90_ms"),
+           "throughput": ("throughput", "throughput_min", "throughput_max")}
+
+
+def _timing(e: dict[str, Any], b: dict[str, Any], what: str) -> tuple[float, str] | None:
+    """(model / baseline, whether that is beyond the spread of their repeats) for latency or throughput."""
+    key, low, high = TIMINGS[what]
+    if not (e.get(key) and b.get(key)):
+        return None
+    overlap = _ranges_overlap(e, b, low, high)
+    return e[key] / b[key], {True: "within noise", False: "beyond the spread", None: "no spread recorded"}[overlap]
+
+
+def timing_flag(e: dict[str, Any], b: dict[str, Any]) -> str:
+    """A model's latency and throughput against the baseline's, and whether the difference is larger than
+    the spread of their repeats (on a shared CPU the load between two measurements moves them too)."""
+    found = {what: _timing(e, b, what) for what in TIMINGS}
+    same_work = e.get("macs") is not None and e.get("macs") == b.get("macs")
+    out = []
+    for what, x in found.items():
+        if x is not None:
+            ratio, verdict = x
+            if verdict == "beyond the spread" and same_work:
+                verdict += "; same GMACs, so from the load, not from pruning"
+            out.append(f"{what} {ratio:.2f}x ({verdict})")
+    return "; ".join(out)
+
+
+def _devices(models: list[dict[str, Any]]) -> str:
+    names = sorted({str(m["efficiency"].get("device")) for m in models})
+    return names[0] if len(names) == 1 else "the devices named in the table"
+
+
 def efficiency_note(models: list[dict[str, Any]]) -> str:
-    """What Table 6 shows about size and speed, in words that follow its numbers."""
+    """What Table 6's columns measure, and what its numbers show about size and speed, in words that follow them."""
     base = next((m for m in models if m["sparsity"] == 0), None)
+    e0 = (base or models[0])["efficiency"]
+    text = ("State dict: the bytes of the model's dense saved state dict (masks made permanent) / 2^20, the "
+            "paper's \"size\". Model file: `models/<model>.pt` as it lies on disk; an unstructured model's file "
+            "keeps its pruning masks beside the weights, so it is larger than the baseline's. Sparse export: "
+            "`detector export --format sparse` (the non-zero weights and a bit mask). All sizes in MiB (2^20 "
+            f"bytes). Latency: median of {e0.get('repeats', 'n')} forward passes at batch 1, with the 10th and "
+            f"90th percentile; throughput: images/s over {e0.get('throughput_repeats', 'several')} passes at batch "
+            f"{e0.get('throughput_batch', 'n/a')}, with the slowest and fastest pass. The models were timed one after "
+            f"another on {_devices(models)}; a timing counts as different from the baseline's only where the "
+            "two spreads do not overlap (\"within noise\" otherwise); on a CPU shared with other work even that is "
+            "weak evidence.")
     pruned = [m for m in models if m["sparsity"] > 0]
     if base is None or not pruned:
-        return "Size (MB) is the dense saved state dict; Sparse file (MB) the compact export (`detector export`)."
+        return text
     top = max(pruned, key=lambda m: m["sparsity"])
     b, e = base["efficiency"], top["efficiency"]
-    text = (f"At {100 * top['sparsity']:.0f} % ({top.get('pruning_method', 'unstructured')} pruning) the dense file "
-            f"is {e['size_mb'] / b['size_mb']:.2f}x and the batch-1 latency {e['latency_ms'] / b['latency_ms']:.2f}x "
-            f"the baseline's ({e.get('device', '')}).")
-    if top.get("pruning_method", "unstructured") == "unstructured":
-        text += (" Unstructured pruning keeps every tensor's shape, so the dense file and the arithmetic stay; "
-                 "only the sparse export shrinks")
+    method = top.get("pruning_method") or "unstructured"
+    latency = _timing(e, b, "latency")
+    text += (f" At {100 * top['sparsity']:.0f} % ({method} pruning) the state dict is "
+             f"{e['size_mb'] / b['size_mb']:.2f}x the baseline's"
+             + (f" and the batch-1 latency {latency[0]:.2f}x ({latency[1]})." if latency else "."))
+    if method == "unstructured":
+        text += (" Unstructured pruning keeps every tensor's shape, so the state dict and the arithmetic stay "
+                 "(GMACs are equal): any difference in latency or throughput between these models is measurement "
+                 "noise, not an effect of pruning. Only the sparse export shrinks")
         if e.get("sparse_size_mb") is not None:
-            text += f" (to {e['sparse_size_mb'] / b['size_mb']:.2f}x the baseline's dense file)"
+            text += f" (to {e['sparse_size_mb'] / b['size_mb']:.2f}x the baseline's state dict)"
         text += "."
     return text
 

@@ -1,7 +1,8 @@
-"""The run's report: the paper's Tables 3-6 as Markdown and CSV, ``report.json``, and figures.
+"""The run's report: what the run ran on, the paper's Tables 3-6 as Markdown and CSV, what pruning alone costs
+before fine-tuning, intervals and tests, ``report.json``, and figures.
 
-Reads only the run folder (``eval/*.json``, ``search/results.json``, ``models/*.json``), so it can be
-rewritten at any time, on any machine, without Ray or a GPU::
+Reads only the run folder (``experiment.yaml``, ``eval/*.json``, ``search/results.json``, ``models/*``), so
+it can be rewritten at any time, on any machine, without Ray or a GPU::
 
     detector report RUN
 
@@ -19,13 +20,16 @@ from typing import Any
 
 from detector.io import atomic_write_json, atomic_write_text
 from detector.job.runfolder import RunFolder
+from detector.job.selection import TIE_BREAK, select_best
 from detector.report.collect import METRIC_KEYS, collect
 from detector.report.figures import write_figures
 from detector.report.statistics import (STATISTICS_COLUMNS, efficiency_note, semistructured_section,
-                                        statistics_rows, statistics_section)
+                                        statistics_rows, statistics_section, timing_flag)
 from detector.report.tables import Column, csv_text, fixed, markdown, pct, thousands
 
 log = logging.getLogger(__name__)
+
+PAPER_SETTING = ("resnet50", 224)  # the paper's architecture and input size
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,11 @@ class Table:
     csv: str  # file name of its CSV in RUN/report/
     rows: list[dict[str, Any]]
     columns: list[Column]
+    extra_csv: tuple[str, ...] = ()  # keys the CSV keeps that the Markdown puts in a title or note
+
+    @property
+    def csv_columns(self) -> list[Column]:
+        return self.columns + [Column(k) for k in self.extra_csv if k not in {c.key for c in self.columns}]
 
 
 def _clock(t: float | None) -> str:
@@ -52,6 +61,68 @@ def _metric_columns() -> list[Column]:
     return [Column(k, titles[k], fixed(4) if k == "auc" else pct) for k in METRIC_KEYS]
 
 
+def _epochs(training: dict[str, Any] | None) -> str:
+    if not training or training.get("epochs_run") is None:
+        return "not recorded"
+    early = ", stopped early" if training.get("stopped_early") else ""
+    return f"{training['epochs_run']} (best {training['best_epoch']}{early})"
+
+
+# -- what the run ran on ---------------------------------------------------------------------------------
+
+def header_section(data: dict[str, Any]) -> list[str]:
+    """The run's configuration and data, before any result."""
+    run, models, trials = data["run"], data["models"], data["trials"]
+    md = ["## The run", ""]
+    if run.get("config") is None:
+        md += ["This run folder has no `experiment.yaml`: its configuration is unknown.", ""]
+    else:
+        arch, size = run["arch"], run["image_size"]
+        paper = "" if (arch, size) == PAPER_SETTING else \
+            f" (the paper's setting is {PAPER_SETTING[0]} at {PAPER_SETTING[1]} px: this run is not that)"
+        md += [f"Configuration `{run['config']}` (name `{run['name']}`): **{arch} at {size}x{size} px**{paper}.", ""]
+        base = next((m for m in models if m["sparsity"] == 0), None)
+        pruned = [m for m in models if m["sparsity"] > 0]
+        run_epochs = {
+            "baseline": _epochs(base["training"]) if base else "not evaluated",
+            "search trial": (f"{', '.join(sorted({str(t['epochs']) for t in trials}))} per trial, {len(trials)} "
+                             "trials" if trials else "no trials recorded"),
+            "fine-tune": "; ".join(f"{m['name']}: {_epochs(m['training'])}" for m in pruned) or "none evaluated",
+        }
+        rows = [{"stage": stage, **cfg, "epochs_run": run_epochs[stage]} for stage, cfg in run["stages"].items()]
+        md += [markdown(rows, [Column("stage", "Stage"), Column("max_epochs", "Max epochs"),
+                               Column("patience", "Early stopping (patience)"), Column("epochs_run", "Epochs run"),
+                               Column("batch_size", "Batch size"), Column("optimizer", "Optimizer"),
+                               Column("lr", "Learning rate")])]
+        s, p = run["search"], run["pruning"]
+        md += [f"- Pruning: {p['method']} ({'global L1, zeros in dense tensors' if p['method'] == 'unstructured' else 'L1 channel pruning, channels removed'}) "
+               f"at {', '.join(f'{100 * x:g} %' for x in p['sparsities'])}; each pruned model starts from the "
+               "baseline, is pruned, then fine-tuned.",
+               f"- Search per sparsity: {s['trials_per_sparsity']} trials, {s['space']}; {s['sampler']}; "
+               f"scheduler {s['scheduler']}; objective: {s['metric']} at the trial's last epoch ({s['mode']}).",
+               f"- Evaluation: batch {run['evaluate']['batch_size']}, latency over {run['evaluate']['latency_repeats']} "
+               f"repeats at batch 1, throughput at batch {run['evaluate']['throughput_batch']}; "
+               f"{run['bootstrap_resamples']} bootstrap resamples.", ""]
+    md += _data_lines(run)
+    return md
+
+
+def _data_lines(run: dict[str, Any]) -> list[str]:
+    d, cfg = run.get("data"), run.get("data_config") or {}
+    if d is None:
+        where = f" (config: `{cfg['path']}`)" if cfg.get("path") else ""
+        return [f"Data{where}: no evaluation records it yet (the evaluate stage writes its summary).", ""]
+    pixels = (f", decoded once into {d['pixels_size']} px pixels from `{d['decoded_from']}`"
+              if d.get("pixels_size") else "")
+    sources = f"; imported from {', '.join(cfg['sources'])}" if cfg.get("sources") else ""
+    lines = [f"Data: `{d['path']}` ({d.get('format')}{pixels}{sources}; manifest sha256 "
+             f"`{str(d.get('manifest_sha256'))[:12]}`). Images per split, source and class:", ""]
+    return lines + [markdown(d["counts"], [Column("split", "Split"), Column("source", "Source"),
+                                           Column("real", "Real", thousands), Column("fake", "Fake", thousands)])]
+
+
+# -- the paper's tables ----------------------------------------------------------------------------------
+
 def table3(baseline: dict[str, Any] | None) -> Table:
     """The baseline on every data set (not per generator)."""
     rows = [] if baseline is None else [
@@ -61,42 +132,150 @@ def table3(baseline: dict[str, Any] | None) -> Table:
                                                Column("samples", "Samples")])
 
 
+def _objective_title(metric: str) -> str:
+    return f"{metric.replace('_', ' ').capitalize()}, last epoch (objective)"
+
+
 def table4(data: dict[str, Any]) -> Table:
-    """The search's best parameters per sparsity."""
+    """The search's best parameters per sparsity, its objective once, and the trials it tied with."""
     metric = data["search"].get("metric", "val_accuracy")
+    mode = data["search"].get("mode", "max")
     rows, params = [], []
     for b in sorted(data["search"].get("best", {}).values(), key=lambda b: b["sparsity"]):
         params += [k for k in b["params"] if k not in params]
+        mine = [t for t in data["trials"] if t["sparsity"] == b["sparsity"]]
+        done = [t for t in mine if t["status"] == "completed" and t["objective"] is not None]
+        ties = select_best(done, mode=mode)[1] if done else []
+        tied = [t["trial_id"] for t in ties if t["trial_id"] != b.get("trial_id")]
         rows.append({"sparsity": b["sparsity"], **b["params"], "objective": b["objective"],
-                     "val_accuracy": b["val_accuracy"],
-                     "trials": sum(1 for t in data["trials"] if t["sparsity"] == b["sparsity"])})
+                     "trial_id": b.get("trial_id"), "tied_with": " ".join(tied) or None, "trials": len(mine)})
     param_columns = [Column(k, f"Best {k}", _param) for k in params]
     return Table("table4_best_params.csv", rows, [
         Column("sparsity", "Sparsity", lambda s: f"{100 * s:.0f}%"), *param_columns,
-        Column("objective", f"Trial {metric} (objective)", fixed(4)),
-        Column("val_accuracy", "Trial val accuracy", pct), Column("trials", "Trials")])
+        Column("objective", _objective_title(metric), pct if "accuracy" in metric else fixed(4)),
+        Column("trial_id", "Trial"), Column("tied_with", "Tied with (same objective)", lambda v: v or "none"),
+        Column("trials", "Trials")])
+
+
+def _search_lines(data: dict[str, Any], t4: Table) -> list[str]:
+    s, run = data["search"], data["run"]
+    lines = [f"Search: scheduler `{s.get('scheduler')}`, {s.get('epochs_run')} trial-epochs run of a budget of "
+             f"{s.get('epochs_budget')}. The objective is the trial's {s.get('metric', 'val_accuracy')} at its "
+             f"last epoch (not its best epoch; the trials table lists both). Best trial: {TIE_BREAK}."]
+    tied = [r for r in t4.rows if r["tied_with"]]
+    if tied:
+        lines.append("Ties: " + "; ".join(f"at {100 * r['sparsity']:.0f} % trial {r['trial_id']} tied with "
+                                          f"{r['tied_with']} and was launched first" for r in tied) + ".")
+    mismatch = []
+    for b in s.get("best", {}).values():
+        done = [t for t in data["trials"] if t["sparsity"] == b["sparsity"] and t["status"] == "completed"
+                and t["objective"] is not None]
+        if done and select_best(done, mode=s.get("mode", "max"))[0]["trial_id"] != b.get("trial_id"):
+            mismatch.append(f"{100 * b['sparsity']:.0f} %")
+    if mismatch:
+        lines.append(f"At {', '.join(mismatch)} the search recorded another best trial than this rule picks "
+                     "(an older selection): the table shows what the search used.")
+    search = run.get("search")
+    if search and search["trials_per_sparsity"] <= search["tpe_startup_trials"]:
+        lines.append(f"With {search['trials_per_sparsity']} trials per sparsity and TPE's first "
+                     f"{search['tpe_startup_trials']} at random, every trial of this search was a random draw.")
+    return [" ".join(lines), ""]
 
 
 def table5(models: list[dict[str, Any]]) -> Table:
     """Accuracy of every model on the combined test set and on each source's test set."""
     names = list(models[0]["metrics"]) if models else []
     sources = [n for n in names if n not in ("combined_val", "combined_test") and "/" not in n]
-    sets = ["combined_test", *sources] if len(sources) > 1 else ["combined_test"]
+    sets = ["combined_test", *sources]
     rows = [{"model": m["name"], **{n: m["metrics"][n]["accuracy"] for n in sets}} for m in models]
     return Table("table5_accuracy.csv", rows, [Column("model", "Model"),
                                                *(Column(n, f"Accuracy: {n}", pct) for n in sets)])
 
 
+def _same_set_lines(data: dict[str, Any]) -> list[str]:
+    return [f"The test data has one source, `{src}`: its test set is the combined test set, shown once as "
+            f"`{same}` (its generators keep their own rows)." for src, same in data["same_sets"].items()]
+
+
+def pruning_table(models: list[dict[str, Any]]) -> Table:
+    """Each pruned model right after pruning (no training) beside after fine-tuning, with its epochs."""
+    base = next((m for m in models if m["sparsity"] == 0), None)
+    base_epochs = (base or {}).get("training") or {}
+    rows = []
+    for m in models:
+        if m["sparsity"] == 0:
+            continue
+        before = m.get("before_finetune") or {}
+        measured = before.get("status") == "measured"
+        b = before.get("metrics", {}) if measured else {}
+        ft = m.get("training") or {}
+        after = m["metrics"]["combined_test"]["accuracy"]
+        pruned = b["combined_test"]["accuracy"] if measured else None
+        total = (base_epochs.get("best_epoch") + ft["best_epoch"]
+                 if base_epochs.get("best_epoch") is not None and ft.get("best_epoch") is not None else None)
+        rows.append({"model": m["name"], "method": m["pruning_method"],
+                     "val_pruned": b["combined_val"]["accuracy"] if measured else None,
+                     "test_pruned": pruned, "test_finetuned": after,
+                     "recovered_pp": None if pruned is None else 100 * (after - pruned),
+                     "finetune_epochs": _epochs(ft) if ft else "not recorded", "epochs_total": total,
+                     "note": None if measured else before.get("status", "not measured (older run)")})
+    return Table("pruning_before_after.csv", rows, [
+        Column("model", "Model"), Column("method", "Method"),
+        Column("val_pruned", "Val accuracy right after pruning", pct),
+        Column("test_pruned", "Test accuracy right after pruning", pct),
+        Column("test_finetuned", "Test accuracy after fine-tuning", pct),
+        Column("recovered_pp", "Fine-tuning gained (pp)", lambda x: "n/a" if x is None else f"{x:+.2f}"),
+        Column("finetune_epochs", "Fine-tune epochs run"),
+        Column("epochs_total", "Epochs behind the saved weights", lambda x: "n/a" if x is None else str(x)),
+        Column("note", "Note", lambda x: x or "")])
+
+
+def _pruning_lines(models: list[dict[str, Any]], table: Table) -> list[str]:
+    base = next((m for m in models if m["sparsity"] == 0), None)
+    be = (base or {}).get("training") or {}
+    if not be.get("best_epoch"):
+        return ["The baseline's epochs are not recorded (`models/baseline.json`).", ""]
+    text = (f"The baseline's saved weights are those of its epoch {be['best_epoch']} (of {be['epochs_run']} run). "
+            "Every pruned model starts from those weights, is pruned, and is then fine-tuned: the last column "
+            "counts the baseline's epochs plus the fine-tune's best epoch, so each pruned model had more "
+            "training than the baseline. Where a pruned model beats the baseline, the extra epochs are a "
+            "likelier cause than pruning; \"right after pruning\" is the cost of pruning alone (same images, "
+            "same preprocessing, no training).")
+    base_test = base["metrics"]["combined_test"]["accuracy"]
+    better = [r["model"] for r in table.rows if r["test_finetuned"] > base_test]
+    if better:
+        text += (f" Here {', '.join(better)} scored above the baseline's {100 * base_test:.2f} % after "
+                 "fine-tuning.")
+    return [text, ""]
+
+
 def table6(models: list[dict[str, Any]]) -> Table:
-    rows = [{"model": m["name"], "sparsity": m["measured_sparsity"],
-             **{k: m["efficiency"].get(k) for k in ("nonzero_params", "total_params", "size_mb", "sparse_size_mb",
-                                                    "macs", "latency_ms", "throughput", "device")}} for m in models]
-    return Table("table6_efficiency.csv", rows, [
+    base = next((m for m in models if m["sparsity"] == 0), None)
+    rows = []
+    for m in models:
+        e = m["efficiency"]
+        rows.append({"model": m["name"], "sparsity": m["measured_sparsity"],
+                     **{k: e.get(k) for k in ("nonzero_params", "total_params", "size_mb", "sparse_size_mb", "macs",
+                                              "latency_ms", "latency_p10_ms", "latency_p90_ms", "throughput",
+                                              "throughput_min", "throughput_max", "throughput_batch", "device")},
+                     "file_mib": m.get("model_file_mib"),
+                     "vs_baseline": timing_flag(e, base["efficiency"]) if base and m is not base else None})
+    # what every row shares goes into a column title, not a column of equal cells (the CSV keeps both)
+    batches = {r["throughput_batch"] for r in rows}
+    batch = f", batch {batches.pop()}" if len(batches) == 1 else ""
+    devices = {r["device"] for r in rows}
+    device = [] if len(devices) == 1 else [Column("device", "Device")]
+    columns = [
         Column("model", "Model"), Column("sparsity", "Sparsity (%)", fixed(2, 100)),
         Column("nonzero_params", "Non-zero params", thousands), Column("total_params", "Total params", thousands),
-        Column("size_mb", "Size (MB)", fixed(2)), Column("sparse_size_mb", "Sparse file (MB)", fixed(2)),
-        Column("macs", "GMACs", fixed(3, 1e-9)), Column("latency_ms", "Latency (ms, batch 1)", fixed(2)),
-        Column("throughput", "Throughput (img/s)", fixed(1)), Column("device", "Device")])
+        Column("size_mb", "State dict (MiB)", fixed(2)), Column("file_mib", "Model file (MiB)", fixed(2)),
+        Column("sparse_size_mb", "Sparse export (MiB)", fixed(2)), Column("macs", "GMACs", fixed(3, 1e-9)),
+        Column("latency_ms", "Latency, batch 1 (ms, median)", fixed(2)),
+        Column("latency_p10_ms", "p10", fixed(2)), Column("latency_p90_ms", "p90", fixed(2)),
+        Column("throughput", f"Throughput{batch} (img/s)", fixed(1)),
+        Column("throughput_min", "slowest pass", fixed(1)), Column("throughput_max", "fastest pass", fixed(1)),
+        Column("vs_baseline", "Timing vs baseline", lambda x: x or "-"), *device]
+    return Table("table6_efficiency.csv", rows, columns, extra_csv=("throughput_batch", "device"))
 
 
 def metrics_table(models: list[dict[str, Any]]) -> Table:
@@ -114,17 +293,41 @@ def metrics_table(models: list[dict[str, Any]]) -> Table:
         Column("tp", "TP (real->real)")])
 
 
+def undefined_lines(models: list[dict[str, Any]], sets: set[str] | None = None) -> list[str]:
+    """Why a cell reads n/a: one line per group of data sets with the same reasons."""
+    by_set: dict[str, dict[str, str]] = {}
+    for m in models:
+        for name, v in m["metrics"].items():
+            if sets is None or name in sets:
+                for metric, reason in (v.get("notes") or {}).items():
+                    by_set.setdefault(name, {}).setdefault(metric, reason)
+    groups: dict[tuple, list[str]] = {}
+    for name, notes in by_set.items():
+        groups.setdefault(tuple(sorted(notes.items())), []).append(name)
+    lines = []
+    titles = {"precision": "precision (real)", "recall": "recall (real)", "f1": "F1 (real)", "auc": "AUC"}
+    for notes, names in groups.items():
+        reasons: dict[str, list[str]] = {}
+        for metric, reason in notes:
+            reasons.setdefault(reason, []).append(titles.get(metric, metric))
+        text = "; ".join(f"{', '.join(ms)} {reason}" for reason, ms in reasons.items())
+        lines.append(f"- n/a on {', '.join(names)}: {text}.")
+    return lines + [""] if lines else []
+
+
 def trials_table(trials: list[dict[str, Any]]) -> Table:
     rows = [{"sparsity": t["sparsity"], "trial_id": t["trial_id"], **t["params"], "val_accuracy": t["val_accuracy"],
-             "epochs": t["epochs"], "start": t["start"], "end": t["end"], "status": t["status"]} for t in trials]
+             "best_val_accuracy": t.get("best_val_accuracy"), "epochs": t["epochs"], "start": t["start"],
+             "end": t["end"], "status": t["status"]} for t in trials]
     params = []
     for t in trials:
         params += [k for k in t["params"] if k not in params]
     return Table("trials.csv", rows, [
         Column("sparsity", "Sparsity", lambda s: f"{s:g}"), Column("trial_id", "Trial"),
         *(Column(k, k, _param) for k in params),
-        Column("val_accuracy", "Val accuracy", pct), Column("epochs", "Epochs"),
-        Column("start", "Start", _clock), Column("end", "End", _clock), Column("status", "Status")])
+        Column("val_accuracy", "Val accuracy, last epoch", pct),
+        Column("best_val_accuracy", "Val accuracy, best epoch", pct), Column("epochs", "Epochs"),
+        Column("start", "Start (UTC)", _clock), Column("end", "End (UTC)", _clock), Column("status", "Status")])
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -142,24 +345,27 @@ def write_report(run_dir: str | Path) -> Path:
         return markdown(table.rows, table.columns)
 
     md: list[str] = [f"# Report: {run_dir.name}", ""]
-    md += [f"Run folder: `{run_dir}`. Every number below is read from the run folder's `eval/`, `search/` and "
-           "`models/` files; `detector report RUN` rewrites this page.", ""]
+    md += [f"Run folder: `{run_dir}`. Every number below is read from the run folder's `experiment.yaml`, "
+           "`eval/`, `search/` and `models/` files; `detector report RUN` rewrites this page.", ""]
+    md += header_section(data)
     t3 = table3(baseline)
     if baseline:
         md += ["## Table 3. Baseline performance on all data sets", "", show(t3)]
+        md += undefined_lines([baseline], {r["dataset"] for r in t3.rows})
     t4 = table4(data)
     if t4.rows:
-        s = data["search"]
         md += ["## Table 4. Optimal hyper-parameters found by Optuna (TPE), per sparsity", "", show(t4)]
-        md += [f"Search: scheduler `{s.get('scheduler')}`, {s.get('epochs_run')} trial-epochs run of a budget of "
-               f"{s.get('epochs_budget')}.", ""]
+        md += _search_lines(data, t4)
+    pruning = pruning_table(models)
     if models:
         md += ["## Table 5. Accuracy comparison on the test sets", "", show(table5(models))]
+        md += _same_set_lines(data) + [""]
+        if pruning.rows:
+            md += ["## Pruning alone, and after fine-tuning (combined sets)", "", show(pruning)]
+            md += _pruning_lines(models, pruning)
         md += statistics_section(data)
         md += ["## Table 6. Model efficiency", "", show(table6(models))]
-        md += ["Sparsity: prunable weights zeroed (unstructured) or removed (structured). Size: the dense saved "
-               "state dict (MiB); sparse file: the compact export (`detector export --format sparse`). "
-               + efficiency_note(models), ""]
+        md += [efficiency_note(models), ""]
     else:
         md += ["No model has been evaluated yet (the evaluate stage writes `eval/`): tables 3, 5 and 6 follow "
                "once it has run.", ""]
@@ -167,6 +373,7 @@ def write_report(run_dir: str | Path) -> Path:
     if models:
         md += ["## All metrics", "", "Positive class: real (label 1). Confusion-matrix rows are true classes, "
                "columns predicted ones.", "", show(metrics_table(models))]
+        md += undefined_lines(models)
     if data["trials"]:
         md += ["## Search trials", "", show(trials_table(data["trials"]))]
 
@@ -174,9 +381,9 @@ def write_report(run_dir: str | Path) -> Path:
     md += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
 
     # Empty tables still get their CSV (a header row), so scripts find every file in every report.
-    for table in {t.csv: t for t in [t3, t4, table5(models), table6(models), metrics_table(models),
+    for table in {t.csv: t for t in [t3, t4, table5(models), pruning, table6(models), metrics_table(models),
                                      *tables]}.values():
-        atomic_write_text(out / table.csv, csv_text(table.rows, table.columns))
+        atomic_write_text(out / table.csv, csv_text(table.rows, table.csv_columns))
     stats = statistics_rows(models)
     if stats:
         atomic_write_text(out / "statistics.csv", csv_text(stats, STATISTICS_COLUMNS))
