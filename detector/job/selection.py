@@ -14,9 +14,13 @@ from typing import Any, Literal, Mapping, Sequence
 TIE_BREAK = "a tie on the objective goes to the trial launched first (as Optuna's study.best_trial)"
 
 
-def launch_order(trial: Mapping[str, Any]) -> tuple[bool, float, str]:
+def launch_order(trial: Mapping[str, Any]) -> tuple[float, bool, float, str]:
+    """The trial's number within its sparsity's search (the order its study proposed it: deterministic,
+    unlike start times of trials that run at once), then its start, then its id."""
+    number = trial.get("trial")
     start = trial.get("start")
-    return (start is None, float(start or 0.0), str(trial.get("trial_id", "")))
+    return (float(number) if number is not None else float("inf"), start is None, float(start or 0.0),
+            str(trial.get("trial_id", "")))
 
 
 def select_best(trials: Sequence[Mapping[str, Any]], *, mode: Literal["max", "min"] = "max"

@@ -41,6 +41,7 @@ from ray.tune.search.optuna import OptunaSearch
 from detector.job.experiment import ExperimentConfig
 from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label
 from detector.job.stop import StageIncomplete, StopSignals
+from detector.job.selection import select_best
 from detector.job.search_space import Categorical, Domain, LogUniform, param_names, search_space
 
 log = logging.getLogger(__name__)
@@ -378,7 +379,7 @@ def detector_evaluate(config: dict[str, Any], ctx: StageContext) -> None:
     _announce("evaluate", model_name(sparsity), {"checkpoint": run.model(sparsity)})
     result = stages.evaluate_stage(
         run.model(sparsity), data=ctx.data, cfg=ctx.experiment.evaluate, out=run.evaluation(sparsity),
-        predictions=run.predictions(sparsity),
+        predictions=run.predictions(sparsity), pruned_from=run.model(0.0) if sparsity > 0 else None,
     )
     tune.report({"sparsity": sparsity, "trial_start": start, "time_now": time.time(),
                  "test_accuracy": result["metrics"]["test"]["all"]["accuracy"]})
@@ -679,7 +680,7 @@ def run_search(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
         if not done:
             raise StageIncomplete(f"search: no trial at sparsity {sp:g} completed (all failed: "
                                   f"{'; '.join(t['status'] for t in trials if t['sparsity'] == sp)})")
-        top = (max if s.mode == "max" else min)(done, key=lambda t: t["objective"])
+        top, _ = select_best(done, mode=s.mode)
         best[f"{sp:g}"] = {"sparsity": sp, "params": top["params"], "objective": top["objective"],
                            "val_accuracy": top["val_accuracy"], "trial_id": top["trial_id"], "name": top["name"]}
     return {
