@@ -45,7 +45,7 @@ def test_status_and_report_never_run_what_was_planted_in_the_run_folder(tmp_path
     plant(run_dir, marker)
     (run_dir / "search").mkdir()
     (run_dir / "search" / "results.json").write_text(json.dumps({
-        "metric": "val_accuracy", "mode": "max", "scheduler": "none", "epochs_run": 1, "epochs_budget": 1,
+        "metric": "val_accuracy", "direction": "max", "scheduler": "none", "epochs_run": 1, "epochs_budget": 1,
         "trials": [{"trial_id": "t1", "name": "search/s10-t1", "trial": 1, "sparsity": 0.1,
                     "params": {"optimizer": "adam", "lr": 1e-4}, "objective": 0.5, "val_accuracy": 0.5,
                     "best_val_accuracy": 0.5, "epochs": 1, "start": 0.0, "end": 1.0, "status": "completed"}],

@@ -102,7 +102,7 @@ def run(tmp_path: Path) -> Path:
             "0.4": {"sparsity": 0.4, "params": {"optimizer": "adam", "lr": 2e-5}, "objective": 0.93,
                     "val_accuracy": 0.93, "trial_id": "t40a"}}
     atomic_write_json(run / "search" / "results.json", {
-        "metric": "val_accuracy", "mode": "max", "scheduler": "none", "epochs_run": 12, "epochs_budget": 12,
+        "metric": "val_accuracy", "direction": "max", "scheduler": "none", "epochs_run": 12, "epochs_budget": 12,
         "trials": trials, "best": best})
     return run
 

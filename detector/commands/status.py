@@ -38,6 +38,8 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [head]
     if status.get("message"):
         lines.append(f"  {status['message']}")
+    if status.get("note") and status["state"] == "running":
+        lines.append(f"  {status['note']}")
     if status.get("stages"):
         lines.append("stages: " + ", ".join(f"{s} {v}" for s, v in status["stages"].items()))
     rows = []

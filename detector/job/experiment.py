@@ -48,13 +48,23 @@ class SearchSection:
     lr_min: float = 1e-6
     lr_max: float = 1e-4
     metric: str = "val_accuracy"
-    mode: Literal["max", "min"] = "max"  # "min" for a loss, e.g. metric: val_loss
+    direction: Literal["max", "min"] = "max"  # "min" for a loss, e.g. metric: val_loss
     seed: int = 0
     # Optuna's TPE samples at random for its first n trials (Optuna's default is 10).
     tpe_startup_trials: int = 10
     # Where the Optuna studies live: null = a journal file in the run folder (RUN/search/optuna.journal), or
     # an RDB URL (sqlite:///..., postgresql://user@host/db) shared by a team's runs; optuna-dashboard reads both.
     storage: str | None = None
+    # What the search looks for (beyond the paper, which searches a fixed grid):
+    #   grid      the paper's: one Optuna search and fine-tune per sparsity in `sparsities`;
+    #   frontier  the largest sparsity whose fine-tuned model is non-inferior to the baseline on validation
+    #             data (val accuracy >= the baseline's - frontier_margin), by rounds: first `sparsities`, then
+    #             `frontier_parallel` probes inside the bracket until it is `frontier_resolution` wide
+    #             (detector.job.frontier).
+    mode: Literal["grid", "frontier"] = "grid"
+    frontier_margin: float = 0.005
+    frontier_resolution: float = 0.025
+    frontier_parallel: int = 1
     # Stop weak trials early with ASHA (beyond the paper; off in paper.yaml).
     scheduler: Literal["none", "asha"] = "none"
     asha_grace_period: int = 2
@@ -75,6 +85,12 @@ class SearchSection:
         bad = set(self.optimizers) - {"adam", "sgd"}
         if not self.optimizers or bad:
             raise ValueError(f"search.optimizers: {sorted(bad) or '[]'} not allowed; choose from adam, sgd")
+        if not 0.0 <= self.frontier_margin < 0.5:
+            raise ValueError(f"search.frontier_margin: {self.frontier_margin} is not in [0, 0.5)")
+        if not 0.0 < self.frontier_resolution < 0.5:
+            raise ValueError(f"search.frontier_resolution: {self.frontier_resolution} is not in (0, 0.5)")
+        if self.frontier_parallel < 1:
+            raise ValueError(f"search.frontier_parallel: {self.frontier_parallel} must be >= 1")
         if not 0.0 < self.lr_min < self.lr_max:
             raise ValueError(f"search.lr_min/lr_max: need 0 < lr_min < lr_max, got {self.lr_min}, {self.lr_max}")
 

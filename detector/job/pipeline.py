@@ -82,15 +82,28 @@ def prepare_data(exp: ExperimentConfig, data: str) -> None:
     prepare(Path(data), sources=sources, demo=d.demo, fmt=d.format, seed=d.seed)
 
 
+def planned_models(exp: ExperimentConfig, run: RunFolder) -> list[float]:
+    """The pruned models the run makes: the grid's sparsities, or every probe of a frontier search (known
+    once it has finished; none before)."""
+    if exp.search.mode == "frontier":
+        from detector.job.frontier import frontier_models
+
+        return list(frontier_models(run.frontier)) if run.search_results.exists() else []
+    return list(exp.search.sparsities)
+
+
 def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[float]]:
-    """Per Ray stage, the sparsities (0 = the baseline) whose outputs are not in the run folder yet."""
+    """Per Ray stage, the sparsities (0 = the baseline) whose outputs are not in the run folder yet. A
+    frontier search fine-tunes its probes itself (its decision needs them); its evaluations are known after it."""
     run = RunFolder(Path(run_dir))
-    models = [0.0, *exp.search.sparsities]
+    frontier = exp.search.mode == "frontier"
+    searched = run.search_results.exists()
+    models = planned_models(exp, run)
     todo = {
         "baseline": [0.0] if not run.model(0.0).exists() else [],
-        "search": list(exp.search.sparsities) if not run.search_results.exists() else [],
-        "finetune": [s for s in exp.search.sparsities if not run.model(s).exists()],
-        "evaluate": [s for s in models if not run.evaluation(s).exists()],
+        "search": ([] if searched else list(exp.search.sparsities)),
+        "finetune": [] if frontier else [s for s in models if not run.model(s).exists()],
+        "evaluate": [s for s in [0.0, *models] if not run.evaluation(s).exists()],
     }
     return {stage: todo[stage] for stage in todo if stage in stages}
 
@@ -189,7 +202,10 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
             if todo.get("search"):
                 _require(folder.model(0.0), "search", "baseline")
                 state.stage("search", "running")
-                atomic_write_json(folder.search_results, dtune.run_search(ctx, stop))
+                if exp.search.mode == "frontier":
+                    _frontier_search(exp, folder, ctx, state, stop)
+                else:
+                    atomic_write_json(folder.search_results, dtune.run_search(ctx, stop))
                 state.stage("search", "done")
             if todo.get("finetune"):
                 _require(folder.search_results, "finetune", "search")
@@ -201,6 +217,9 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
                 rows = dtune.run_finetune(dataclasses.replace(ctx, best_params=best), todo["finetune"], stop)
                 atomic_write_json(folder.finetune_results, {"trials": rows})
                 state.stage("finetune", "done")
+            if "evaluate" in todo:  # a frontier's probes are known only now
+                todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)]
+                                    if not folder.evaluation(s).exists()]
             if todo.get("evaluate"):
                 for s in todo["evaluate"]:
                     _require(folder.model(s), "evaluate", "baseline" if s == 0 else "finetune")
@@ -219,6 +238,40 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
         state.stage("report", "done")
     log.info("done in %.0f s: %s", time.time() - t0, run_dir)
     return info
+
+
+def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: Any, stop: Any) -> None:
+    """The frontier search (``search.mode: frontier``), round by round: each round's probes get their Optuna
+    searches (one Tune experiment, ``search-rN``) and their fine-tunes (``finetune-rN``), then the rule decides
+    on their val accuracy. Every step is recorded (``search/round-N.json``, ``search/frontier.json``, the
+    models), so a resumed run repeats no finished probe. Test data is never read here."""
+    from detector.job import tune as dtune
+    from detector.job.frontier import FrontierRecord, FrontierRule
+
+    s = exp.search
+    rule = FrontierRule(tuple(sorted(s.sparsities)), s.frontier_margin, s.frontier_resolution, s.frontier_parallel)
+    baseline = _read_json(folder.model_summary(0.0))["best_val_accuracy"]
+    record = FrontierRecord.open(folder.frontier, rule, baseline)
+    while probes := record.open_round():
+        r = len(record.rounds)
+        state.note(f"frontier round {r}: probes {', '.join(f'{p:g}' for p in probes)}")
+        log.info("frontier round %d: probing %s (baseline val accuracy %.4f, margin %g)", r, probes, baseline,
+                 rule.margin)
+        if not folder.round_results(r).exists():
+            atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, probes, name=f"search-r{r}"))
+        best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.round_results(r))["best"].values()}
+        missing = [p for p in probes if not folder.model(p).exists()]
+        if missing:
+            dtune.run_finetune(dataclasses.replace(ctx, best_params=best), missing, stop, name=f"finetune-r{r}")
+        for p in probes:
+            ok = record.decide(p, _read_json(folder.model_summary(p))["best_val_accuracy"])
+            log.info("frontier: %g %s", p, "non-inferior" if ok else "inferior")
+    rounds = [_read_json(folder.round_results(i + 1)) for i in range(len(record.rounds))]
+    merged = {**rounds[0], "trials": [t for r in rounds for t in r["trials"]],
+              "best": {k: v for r in rounds for k, v in r["best"].items()},
+              "epochs_run": sum(r["epochs_run"] for r in rounds), "epochs_budget": sum(r["epochs_budget"] for r in rounds),
+              "frontier": record.to_dict()["answer"]}
+    atomic_write_json(folder.search_results, merged)
 
 
 def _require(path: Path, stage: str, needs: str) -> None:

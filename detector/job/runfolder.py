@@ -32,6 +32,14 @@ PREDICTIONS_SUFFIX = ".predictions.json"
 TUNE_STAGES = ("baseline", "search", "finetune", "evaluate")
 
 
+def _is_experiment(name: str) -> bool:
+    try:
+        tune_stage(name)
+        return True
+    except ValueError:
+        return False
+
+
 def untrusted_files(root: Path) -> list[str]:
     """Files and folders under ``root`` (itself included) that this user does not own, or that group or
     others may write: whoever wrote them could have planted code in what gets unpickled from there."""
@@ -48,8 +56,17 @@ def untrusted_files(root: Path) -> list[str]:
 
 
 def model_name(sparsity: float) -> str:
-    """``baseline`` for the dense model, ``prune-10`` ... for a pruned one."""
-    return "baseline" if sparsity == 0 else f"prune-{round(sparsity * 100):d}"
+    """``baseline`` for the dense model, ``prune-10`` ... for a pruned one (``prune-82.5`` for 0.825)."""
+    return "baseline" if sparsity == 0 else f"prune-{100 * sparsity:g}"
+
+
+def tune_stage(name: str) -> str:
+    """The stage a Tune experiment belongs to: ``search`` for ``search`` and a frontier's ``search-r2``."""
+    stage = name.split("-r", 1)[0]
+    if stage not in TUNE_STAGES or (name != stage and not name[len(stage) + 2:].isdigit()):
+        raise ValueError(f"no Tune experiment {name!r}: stages are {', '.join(TUNE_STAGES)} (or search-rN, "
+                         "finetune-rN: a frontier search's rounds)")
+    return stage
 
 
 def sparsity_label(sparsity: float) -> str:
@@ -84,10 +101,17 @@ class RunFolder:
     def run_status(self) -> Path:
         return self.root / "status" / "run.json"
 
-    def stage_status(self, stage: str) -> Path:
-        if stage not in TUNE_STAGES:
-            raise ValueError(f"no trial status for stage {stage!r}")
-        return self.root / "status" / f"{stage}.json"
+    def stage_status(self, experiment: str) -> Path:
+        tune_stage(experiment)
+        return self.root / "status" / f"{experiment}.json"
+
+    def stage_statuses(self) -> list[str]:
+        """The Tune experiments with a status table, in the order they ran (a frontier's rounds in turn)."""
+        found = [p.stem for p in (self.root / "status").glob("*.json") if p.stem != "run"]
+        def order(name: str) -> tuple[int, int]:
+            stage, _, r = name.partition("-r")
+            return (TUNE_STAGES.index(stage) if stage in TUNE_STAGES else 99, int(r) if r.isdigit() else 0)
+        return sorted((n for n in found if _is_experiment(n)), key=order)
 
     # -- models ----------------------------------------------------------------------------------------
     def model(self, sparsity: float) -> Path:
@@ -106,6 +130,14 @@ class RunFolder:
     def optuna_journal(self) -> Path:
         """Where the Optuna studies of the search live by default: ``optuna-dashboard RUN/search/optuna.journal``."""
         return self.root / "search" / "optuna.journal"
+
+    @property
+    def frontier(self) -> Path:
+        """The frontier search's rule, rounds, probes and answer (search.mode: frontier)."""
+        return self.root / "search" / "frontier.json"
+
+    def round_results(self, round_: int) -> Path:
+        return self.root / "search" / f"round-{round_}.json"
 
     @property
     def finetune_results(self) -> Path:

@@ -145,8 +145,9 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
         source = pruned_from if pruned_from is not None else meta.get("init")
         result["before_finetune"] = _before_finetune(Path(source) if source else None, pruning, score,
                                                      device=device)
-    atomic_write_json(out, _finite(result))
+    # The predictions first: the evaluation file is what says the model is evaluated.
     atomic_write_json(predictions, {"val": val["predictions"], "test": test["predictions"]})
+    atomic_write_json(out, _finite(result))
     return result
 
 

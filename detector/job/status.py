@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from detector.io import atomic_write_json
 from detector.job.lease import holder_state, read_holder
-from detector.job.runfolder import TUNE_STAGES, RunFolder
+from detector.job.runfolder import RunFolder
 
 STAGE_STATES = ("pending", "running", "done", "reused", "stopped", "failed")
 TRIAL_STATES = ("pending", "running", "done", "failed", "error", "stopped")
@@ -66,6 +66,11 @@ class RunState:
             self.data["stage"] = name
         self._write()
 
+    def note(self, text: str) -> None:
+        """What the running stage is doing now (e.g. a frontier search's round), shown by ``detector status``."""
+        self.data["note"] = text
+        self._write()
+
     def end(self, state: str, message: str | None = None) -> None:
         self.data["state"] = state
         self.data["message"] = message
@@ -100,7 +105,7 @@ def read_status(run: RunFolder) -> dict[str, Any]:
         record = {**record, "state": "stopped",
                   "message": f"the driver is gone without a word{who}; `detector run --resume --out RUN` continues"}
     stages = {}
-    for stage in TUNE_STAGES:
+    for stage in run.stage_statuses():
         table = _read(run.stage_status(stage))
         if table is None:
             continue

@@ -39,7 +39,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from detector.job.experiment import ExperimentConfig
-from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label
+from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label, tune_stage
 from detector.job.stop import StageIncomplete, StopSignals
 from detector.job.selection import select_best
 from detector.job.search_space import Categorical, Domain, LogUniform, param_names, search_space
@@ -317,6 +317,19 @@ def _announce(stage: str, label: str, detail: dict[str, Any]) -> None:
              ", ".join(f"{k} {v}" for k, v in detail.items()))
 
 
+def _already_saved(model: Path, extra: dict[str, Any]) -> bool:
+    """A trial restored by ``Tuner.restore`` whose model was saved before the driver stopped (Tune's state
+    had not caught up): report what was saved, and never train or write that model again."""
+    summary = model.with_suffix(".json")
+    if not (model.exists() and summary.exists()):
+        return False
+    saved = json.loads(summary.read_text())
+    log.info("%s is already saved (best val accuracy %.4f at epoch %d): not trained again", model,
+             saved["best_val_accuracy"], saved["best_epoch"])
+    tune.report({**saved["history"][-1], **extra, "trial_start": time.time(), "time_now": time.time()})
+    return True
+
+
 def detector_baseline(config: dict[str, Any], ctx: StageContext) -> None:
     """The baseline stage's trainable (its name is what the Ray dashboard shows for the trial's actor)."""
     from detector.job import stages
@@ -324,6 +337,8 @@ def detector_baseline(config: dict[str, Any], ctx: StageContext) -> None:
     run = RunFolder(Path(ctx.run_dir))
     cfg = ctx.experiment.stage_train("baseline")
     _announce("baseline", "baseline", {"arch": cfg.arch, "max_epochs": cfg.max_epochs})
+    if _already_saved(run.model(0.0), {"sparsity": 0.0}):
+        return
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
             cfg,
@@ -345,6 +360,8 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
     searched = {name: params[name] for name in param_names()}
     label = trial_label(sparsity, trial) if stage == "search" else sparsity_label(sparsity)
     _announce(stage, label, {"sparsity": sparsity, "method": ctx.experiment.search.method, **searched})
+    if save and _already_saved(run.model(sparsity), {"sparsity": sparsity}):
+        return
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
             ctx.experiment.stage_train(section, **searched),
@@ -377,6 +394,11 @@ def detector_evaluate(config: dict[str, Any], ctx: StageContext) -> None:
     sparsity = float(config["sparsity"])
     run = RunFolder(Path(ctx.run_dir))
     _announce("evaluate", model_name(sparsity), {"checkpoint": run.model(sparsity)})
+    if run.evaluation(sparsity).exists():  # restored by Tune after the evaluation was written
+        result = json.loads(run.evaluation(sparsity).read_text())
+        tune.report({"sparsity": sparsity, "trial_start": start, "time_now": time.time(),
+                     "test_accuracy": result["metrics"]["test"]["all"]["accuracy"]})
+        return
     result = stages.evaluate_stage(
         run.model(sparsity), data=ctx.data, cfg=ctx.experiment.evaluate, out=run.evaluation(sparsity),
         predictions=run.predictions(sparsity), pruned_from=run.model(0.0) if sparsity > 0 else None,
@@ -402,7 +424,8 @@ def _trial_state(trial: Any, finished: bool) -> str:
                                                                                              "pending")
 
 
-def _trial_label(stage: str, config: dict[str, Any]) -> str:
+def _trial_label(experiment: str, config: dict[str, Any]) -> str:
+    stage = tune_stage(experiment)
     sparsity = float(config.get("sparsity", 0.0))
     if stage == "search":
         return trial_label(sparsity, config.get("trial"))
@@ -549,8 +572,8 @@ def _resources(exp: ExperimentConfig) -> dict[str, float]:
     return res
 
 
-def _epochs_planned(exp: ExperimentConfig, stage: str) -> int:
-    section = {"baseline": "baseline", "search": "search_train", "finetune": "finetune"}.get(stage)
+def _epochs_planned(exp: ExperimentConfig, experiment: str) -> int:
+    section = {"baseline": "baseline", "search": "search_train", "finetune": "finetune"}.get(tune_stage(experiment))
     return exp.stage_train(section).max_epochs if section else 1
 
 
@@ -646,8 +669,10 @@ def _check_trusted(path: str, trusted: bool) -> None:
             "--trust-run-folder (or start a new --out folder)")
 
 
-def run_search(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
-    """Stage 1: every sparsity's Optuna search in one Tune experiment; returns trials and best params."""
+def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float] | None = None,
+               name: str = "search") -> dict[str, Any]:
+    """Stage 1: every sparsity's Optuna search in one Tune experiment (``name``: ``search``, or a frontier
+    round's ``search-rN`` over its probes); returns trials and best params."""
     from ray.tune.schedulers import ASHAScheduler
 
     exp = ctx.experiment
@@ -655,38 +680,39 @@ def run_search(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
     run = RunFolder(Path(ctx.run_dir))
     max_epochs = exp.stage_train("search_train").max_epochs
     space = {name: _tune_domain(domain) for name, domain in search_space(s).items()}
+    sparsities = list(s.sparsities if sparsities is None else sparsities)
     searcher = SparsitySearcher(
-        s.sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric, mode=s.mode,
+        sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric, mode=s.direction,
         seed=s.seed, tpe_startup_trials=s.tpe_startup_trials, storage=s.storage or str(run.optuna_journal),
         study_prefix=f"{run.root.name}/" if s.storage else "",
     )
     scheduler = None
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
-            metric=s.metric, mode=s.mode, time_attr="training_iteration", max_t=max_epochs,
+            metric=s.metric, mode=s.direction, time_attr="training_iteration", max_t=max_epochs,
             grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
         )
-    budget = len(s.sparsities) * s.trials_per_sparsity
+    budget = len(sparsities) * s.trials_per_sparsity
     # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
     # a cluster scaling up from zero GPUs would then start the searches one after another. One pending
     # trial per sparsity lets every search start at once.
-    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(len(s.sparsities))):
-        rows = run_experiment("search", detector_search, ctx, stop=stop, expected=budget, search_alg=searcher,
+    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(len(sparsities))):
+        rows = run_experiment(name, detector_search, ctx, stop=stop, expected=budget, search_alg=searcher,
                               scheduler=scheduler, num_samples=budget)
     trials = sorted((trial_row(r) for r in rows), key=lambda t: (t["sparsity"], t["trial"]))
     best: dict[str, Any] = {}
-    for sp in s.sparsities:
+    for sp in sparsities:
         done = [t for t in trials if t["sparsity"] == sp and t["status"] == "completed" and t["objective"] is not None]
         if not done:
-            raise StageIncomplete(f"search: no trial at sparsity {sp:g} completed (all failed: "
+            raise StageIncomplete(f"{name}: no trial at sparsity {sp:g} completed (all failed: "
                                   f"{'; '.join(t['status'] for t in trials if t['sparsity'] == sp)})")
-        top, _ = select_best(done, mode=s.mode)
+        top, _ = select_best(done, mode=s.direction)
         best[f"{sp:g}"] = {"sparsity": sp, "params": top["params"], "objective": top["objective"],
                            "val_accuracy": top["val_accuracy"], "trial_id": top["trial_id"], "name": top["name"]}
     return {
         "metric": s.metric,
         "objective": "the last epoch's value of the metric",
-        "mode": s.mode,
+        "direction": s.direction,
         "scheduler": s.scheduler,
         "epochs_run": sum(t["epochs"] for t in trials),
         "epochs_budget": budget * max_epochs,
@@ -730,10 +756,11 @@ def run_baseline(ctx: StageContext, stop: StopSignals) -> None:
     _raise_if_failed("baseline", rows)
 
 
-def run_finetune(ctx: StageContext, sparsities: Sequence[float], stop: StopSignals) -> list[dict[str, Any]]:
-    rows = run_experiment("finetune", detector_finetune, ctx, stop=stop, expected=len(sparsities),
+def run_finetune(ctx: StageContext, sparsities: Sequence[float], stop: StopSignals,
+                 name: str = "finetune") -> list[dict[str, Any]]:
+    rows = run_experiment(name, detector_finetune, ctx, stop=stop, expected=len(sparsities),
                           param_space={"sparsity": tune.grid_search(list(sparsities))})
-    _raise_if_failed("finetune", rows)
+    _raise_if_failed(name, rows)
     return rows
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from detector.evaluate.metrics import sources_with_own_set
 from detector.job.runfolder import RunFolder
+from detector.report.frontier import frontier_data
 from detector.prune import PruningInfo
 
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "auc")
@@ -131,4 +132,5 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "trials": trials,
         "search": {k: v for k, v in (search or {}).items() if k != "trials"},
         "statistics": statistics,
+        "frontier": frontier_data(run),
     }

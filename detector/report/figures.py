@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from detector.io import atomic_open
+from detector.report.frontier import frontier_figure
 
 
 def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
@@ -34,6 +35,7 @@ def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
         _roc_figure(models, save)
         _accuracy_figure(models, data.get("statistics") or {}, save)
     _search_figure(data["trials"], data.get("search") or {}, save)
+    frontier_figure(data, save)
     return paths
 
 

@@ -101,7 +101,7 @@ def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, 
                     "tpe_startup_trials": exp.search.tpe_startup_trials,
                     "sampler": (f"Optuna TPE after {exp.search.tpe_startup_trials} random start-up "
                                 f"trial{'s' if exp.search.tpe_startup_trials != 1 else ''}"),
-                    "scheduler": exp.search.scheduler, "metric": exp.search.metric, "mode": exp.search.mode},
+                    "scheduler": exp.search.scheduler, "metric": exp.search.metric, "direction": exp.search.direction},
             pruning={"method": exp.search.method, "sparsities": list(exp.search.sparsities)},
             evaluate={"batch_size": exp.evaluate.batch_size, "latency_repeats": exp.evaluate.latency_repeats,
                       "throughput_batch": exp.evaluate.throughput_batch},

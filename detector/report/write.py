@@ -23,6 +23,7 @@ from detector.job.runfolder import RunFolder
 from detector.job.selection import TIE_BREAK, select_best
 from detector.report.collect import METRIC_KEYS, collect
 from detector.report.figures import write_figures
+from detector.report.frontier import frontier_section
 from detector.report.statistics import (STATISTICS_COLUMNS, efficiency_note, semistructured_section,
                                         statistics_rows, statistics_section, timing_flag)
 from detector.report.tables import Column, csv_text, fixed, markdown, pct, thousands
@@ -99,7 +100,7 @@ def header_section(data: dict[str, Any]) -> list[str]:
                f"at {', '.join(f'{100 * x:g} %' for x in p['sparsities'])}; each pruned model starts from the "
                "baseline, is pruned, then fine-tuned.",
                f"- Search per sparsity: {s['trials_per_sparsity']} trials, {s['space']}; {s['sampler']}; "
-               f"scheduler {s['scheduler']}; objective: {s['metric']} at the trial's last epoch ({s['mode']}).",
+               f"scheduler {s['scheduler']}; objective: {s['metric']} at the trial's last epoch ({s['direction']}).",
                f"- Evaluation: batch {run['evaluate']['batch_size']}, latency over {run['evaluate']['latency_repeats']} "
                f"repeats at batch 1, throughput at batch {run['evaluate']['throughput_batch']}; "
                f"{run['bootstrap_resamples']} bootstrap resamples.", ""]
@@ -139,7 +140,7 @@ def _objective_title(metric: str) -> str:
 def table4(data: dict[str, Any]) -> Table:
     """The search's best parameters per sparsity, its objective once, and the trials it tied with."""
     metric = data["search"].get("metric", "val_accuracy")
-    mode = data["search"].get("mode", "max")
+    mode = data["search"].get("direction", "max")
     rows, params = [], []
     for b in sorted(data["search"].get("best", {}).values(), key=lambda b: b["sparsity"]):
         params += [k for k in b["params"] if k not in params]
@@ -170,7 +171,7 @@ def _search_lines(data: dict[str, Any], t4: Table) -> list[str]:
     for b in s.get("best", {}).values():
         done = [t for t in data["trials"] if t["sparsity"] == b["sparsity"] and t["status"] == "completed"
                 and t["objective"] is not None]
-        if done and select_best(done, mode=s.get("mode", "max"))[0]["trial_id"] != b.get("trial_id"):
+        if done and select_best(done, mode=s.get("direction", "max"))[0]["trial_id"] != b.get("trial_id"):
             mismatch.append(f"{100 * b['sparsity']:.0f} %")
     if mismatch:
         lines.append(f"At {', '.join(mismatch)} the search recorded another best trial than this rule picks "
@@ -348,6 +349,7 @@ def write_report(run_dir: str | Path) -> Path:
     md += [f"Run folder: `{run_dir}`. Every number below is read from the run folder's `experiment.yaml`, "
            "`eval/`, `search/` and `models/` files; `detector report RUN` rewrites this page.", ""]
     md += header_section(data)
+    md += frontier_section(data)
     t3 = table3(baseline)
     if baseline:
         md += ["## Table 3. Baseline performance on all data sets", "", show(t3)]

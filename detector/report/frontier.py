@@ -1,0 +1,118 @@
+"""The report's answer to "how far can it be pruned?" for a frontier search (``search.mode: frontier``).
+
+The frontier was chosen on validation data (``search/frontier.json``); this section then states it on the
+test set as a non-inferiority claim: the frontier model's accuracy difference from the baseline on the same
+test images, with its paired interval, against the margin. It claims non-inferiority only when the whole
+interval lies above minus the margin.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from detector.job.runfolder import RunFolder, model_name
+from detector.report.tables import Column, markdown, pct
+
+TEST_SET = "combined_test"
+
+
+def frontier_data(run: RunFolder) -> dict[str, Any] | None:
+    """``search/frontier.json`` as written by the search, or None for a grid search."""
+    if not run.frontier.exists():
+        return None
+    try:
+        return json.loads(run.frontier.read_text())
+    except ValueError as e:
+        raise ValueError(f"{run.frontier}: not valid JSON: {e}") from None
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def test_claim(data: dict[str, Any], frontier: dict[str, Any]) -> str:
+    """One sentence: the frontier on the test set, with its interval, against the margin."""
+    ans = frontier.get("answer") or {}
+    margin = frontier["rule"]["margin"]
+    s = ans.get("sparsity")
+    if s is None:
+        return ("No probed sparsity was non-inferior to the baseline on validation data: the search found no "
+                "sparsity that can be pruned within the margin.")
+    model = next((m for m in data["models"] if abs(m["sparsity"] - s) < 1e-9), None)
+    vs = ((model or {}).get("vs_baseline") or {}).get(TEST_SET)
+    if not vs:
+        return (f"On validation data up to {100 * s:g} % of the weights can be removed within the margin; "
+                f"the test-set comparison is not available yet (evaluate {model_name(s)}).")
+    d = vs["accuracy_difference"]
+    within = d["low"] is not None and d["low"] > -margin
+    verdict = (f"within the {100 * margin:g} pp margin: non-inferior on the test set" if within else
+               f"the interval reaches below -{100 * margin:g} pp: non-inferiority is not shown on the test set")
+    return (f"Up to {100 * s:g} % of the weights can be removed: on {TEST_SET} the accuracy difference from the "
+            f"baseline is {_pp(d['estimate'])} pp, 95 % CI [{_pp(d['low'])}, {_pp(d['high'])}] pp, {verdict}"
+            + (f" (the first inferior probe, on validation, was {100 * ans['first_inferior']:g} %)."
+               if ans.get("first_inferior") is not None else "."))
+
+
+def frontier_section(data: dict[str, Any]) -> list[str]:
+    frontier = data.get("frontier")
+    if not frontier:
+        return []
+    rule, ans = frontier["rule"], frontier.get("answer") or {}
+    rows = [{"round": r["round"], "sparsity": p["sparsity"], "val_accuracy": p.get("val_accuracy"),
+             "difference": p.get("difference"),
+             "non_inferior": {True: "yes", False: "no", None: "not decided"}[p.get("non_inferior")]}
+            for r in frontier["rounds"] for p in r["probes"]]
+    md = ["## How far can it be pruned? The sparsity frontier", "",
+          f"The frontier is the largest sparsity whose fine-tuned model is non-inferior to the baseline on the "
+          f"validation set: val accuracy (best epoch) at least the baseline's {100 * frontier['baseline_val_accuracy']:.2f} % "
+          f"minus {100 * rule['margin']:g} pp. Round 1 probed {', '.join(f'{100 * s:g} %' for s in rule['grid'])}; "
+          f"each later round probed {rule['parallel']} sparsit{'y' if rule['parallel'] == 1 else 'ies'} inside the "
+          f"bracket of the last non-inferior and the first inferior probe, until it was {100 * rule['resolution']:g} pp "
+          "wide. Every probe had its own Optuna search and fine-tune; the choice read validation data only.", ""]
+    if ans:
+        md += [f"**{test_claim(data, frontier)}** Stopped because {ans['stopped_because']}.", ""]
+    else:
+        md += ["The search has not finished: the probes so far are below.", ""]
+    md += [markdown(rows, [Column("round", "Round"), Column("sparsity", "Sparsity", lambda s: f"{100 * s:g} %"),
+                           Column("val_accuracy", "Val accuracy (best epoch)", pct),
+                           Column("difference", "Difference from the baseline (pp)",
+                                  lambda d: "n/a" if d is None else _pp(d)),
+                           Column("non_inferior", "Non-inferior (val)")])]
+    return md
+
+
+def frontier_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> None:
+    """Val accuracy of every probe against sparsity, the margin, and the frontier (and test accuracy with its
+    interval for the evaluated models)."""
+    frontier = data.get("frontier")
+    if not frontier or not frontier["rounds"]:
+        return
+    import matplotlib.pyplot as plt
+
+    base, margin = frontier["baseline_val_accuracy"], frontier["rule"]["margin"]
+    probes = sorted((p for r in frontier["rounds"] for p in r["probes"] if p.get("val_accuracy") is not None),
+                    key=lambda p: p["sparsity"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.axhspan(100 * (base - margin), 100 * base, color="tab:green", alpha=0.12, label="within the margin")
+    ax.axhline(100 * base, color="k", lw=1, label="baseline (val)")
+    for ok, colour, label in ((True, "tab:green", "non-inferior probe (val)"), (False, "tab:red", "inferior probe (val)")):
+        pts = [p for p in probes if p["non_inferior"] is ok]
+        if pts:
+            ax.scatter([100 * p["sparsity"] for p in pts], [100 * p["val_accuracy"] for p in pts], c=colour,
+                       label=label, zorder=3)
+    tested = [m for m in data["models"] if m["sparsity"] > 0 and (m.get("intervals") or {}).get(TEST_SET)]
+    if tested:
+        iv = [m["intervals"][TEST_SET]["accuracy"] for m in tested]
+        ax.errorbar([100 * m["sparsity"] for m in tested], [100 * i["estimate"] for i in iv],
+                    yerr=[[100 * (i["estimate"] - i["low"]) for i in iv], [100 * (i["high"] - i["estimate"]) for i in iv]],
+                    fmt="s", ms=4, color="tab:blue", alpha=0.7, capsize=3, label=f"test accuracy, 95 % CI ({TEST_SET})")
+    ans = frontier.get("answer") or {}
+    if ans.get("sparsity") is not None:
+        ax.axvline(100 * ans["sparsity"], color="tab:green", ls="--", lw=1,
+                   label=f"frontier: {100 * ans['sparsity']:g} %")
+    ax.set_xlabel("sparsity (% of prunable weights removed)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("The sparsity frontier: decided on validation, checked on test")
+    ax.legend(fontsize=7, loc="lower left")
+    save(fig, "frontier.png")
