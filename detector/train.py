@@ -7,6 +7,9 @@ with early stopping on validation accuracy, checkpoints the whole state every ep
 
 Metrics are flat dicts with stable names (``train_loss``, ``val_accuracy``, ...); the same dict goes
 to TensorBoard, to ``on_epoch`` (e.g. ``tune.report``) and to ``history.jsonl``.
+
+A pruning schedule (``detector.prune.schedule``) runs inside this loop as a ``PruningHook``: fit calls it
+before every epoch and after every optimisation step, and it may re-prune the model there.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ from detector.device import PRECISIONS, Precision, autocast, resolve_device, res
 from detector.io import atomic_write_text
 from detector.model import ARCHITECTURES, build_model
 from detector.prune import PruningInfo
+from detector.prune.channels import conform_to_state_dict
 from detector.prune.unstructured import dense_state_dict
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,34 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: {value} must be >= 1 or null")
+
+
+class PruningHook(Protocol):
+    """A pruning schedule as ``fit`` runs it (``detector.prune.schedule.PruningSchedule.hook``).
+
+    fit calls ``begin`` once it knows the epoch length (fresh or resumed, before the optimizer is built: a
+    fresh schedule prunes its first step there), ``before_epoch`` before every epoch (True: the parameters
+    were replaced or reset, so fit builds a fresh optimizer) and ``after_step`` after every optimisation
+    step; each may re-prune the model in place. Epochs before ``at_target`` are
+    trained and validated but neither kept as the best model nor counted for early stopping. ``pruning``
+    describes the model as it is now (every checkpoint's ``metadata["pruning"]``); ``state_dict`` goes
+    into ``state.pt``, ``load_state_dict`` takes it back on resume.
+    """
+
+    def begin(self, model: nn.Module, *, steps_per_epoch: int | None, max_epochs: int) -> None: ...
+
+    def before_epoch(self, model: nn.Module, epoch: int) -> bool: ...
+
+    def after_step(self, model: nn.Module) -> None: ...
+
+    @property
+    def at_target(self) -> bool: ...
+
+    def pruning(self, model: nn.Module) -> PruningInfo: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -233,8 +265,10 @@ def train_one_epoch(
     channels_last: bool = False,
     max_batches: int | None = None,
     epoch: int = 1,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Train for one pass over ``loader`` (batches of ``(images, labels[, metas])``).
+    """Train for one pass over ``loader`` (batches of ``(images, labels[, metas])``); ``on_step()`` runs after
+    every optimisation step (a pruning schedule's ``after_step``).
 
     Returns ``train_loss`` (mean per sample), ``train_accuracy``, ``train_samples``, ``images_per_s``
     and ``data_wait_s`` (time spent waiting for the loader; high means the input pipeline is the limit).
@@ -257,6 +291,8 @@ def train_one_epoch(
             break
         images, labels = to_device(batch[0], batch[1], device, channels_last=channels_last)
         loss, ok = train_step(model, images, labels, optimizer, precision=precision, scaler=scaler)
+        if on_step is not None:
+            on_step()
         n = labels.shape[0]
         loss_sum += loss * n
         correct += ok
@@ -468,9 +504,24 @@ def _load_resume_state(model: nn.Module, cfg: TrainConfig, state_path: Path) -> 
     saved_arch = resume["metadata"].get("arch")
     if saved_arch != cfg.arch:
         raise ValueError(f"{state_path}: resuming a {saved_arch} run with arch {cfg.arch}")
+    if PruningInfo.from_metadata(resume["metadata"], where=str(state_path)).structured:
+        # Channels may have been removed since the model was built (an iterative schedule's later steps).
+        conform_to_state_dict(model, resume["model"])
     # Weights (and masks) before the optimizer is built: its parameter order must match the saved one.
     load_state_into(model, resume["model"], source=state_path)
     return resume
+
+
+def _restore_schedule(resume: Mapping[str, Any], schedule: PruningHook | None, state_path: Path) -> None:
+    saved = resume["train_state"].get("schedule")
+    if (saved is None) != (schedule is None):
+        raise ValueError(f"{state_path}: the run was trained {'with' if saved else 'without'} a "
+                         f"pruning schedule; resume it {'with' if saved else 'without'} one")
+    if schedule is not None:
+        try:
+            schedule.load_state_dict(saved)
+        except ValueError as e:
+            raise ValueError(f"{state_path}: {e}") from None
 
 
 def _restore(resume: Mapping[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -488,7 +539,8 @@ def _restore(resume: Mapping[str, Any], optimizer: torch.optim.Optimizer, scaler
     return _Progress(state["epoch"] + 1, stopper, state["stopped_early"], list(state["history"]))
 
 
-def _train_state(progress: _Progress, epoch: int, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+def _train_state(progress: _Progress, epoch: int, scaler: torch.amp.GradScaler | None,
+                 schedule: PruningHook | None) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "early_stopping": progress.stopper.state(),
@@ -496,7 +548,17 @@ def _train_state(progress: _Progress, epoch: int, scaler: torch.amp.GradScaler |
         "history": progress.history,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": _rng_state(),
+        "schedule": schedule.state_dict() if schedule is not None else None,
     }
+
+
+def _steps_per_epoch(loader: Iterable, max_batches: int | None) -> int | None:
+    """Optimisation steps in one epoch (None when the loader has no length and no cap is set)."""
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return max_batches
+    return min(total, max_batches) if max_batches is not None else total
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -514,6 +576,7 @@ def fit(
     on_epoch: Callable[[dict[str, float], Path], None] | None = None,
     metadata: Mapping[str, Any] | None = None,
     hparams: Mapping[str, Any] | None = None,
+    schedule: PruningHook | None = None,
 ) -> FitResult:
     """Train ``model`` with early stopping on ``val_accuracy``; resume from ``out_dir/checkpoint/``.
 
@@ -523,7 +586,9 @@ def fit(
     runs after both are on disk. ``metadata`` (e.g. ``data_manifest_sha256``, ``pruning``) goes into every
     checkpoint. ``hparams`` (e.g. a trial's sparsity/optimizer/lr) go into the checkpoints' metadata and
     TensorBoard's HParams view. A model with pruning masks keeps them: pruned weights stay zero throughout.
-    On return the model holds the best epoch's weights.
+    ``schedule`` (a ``PruningHook``) prunes the model as it trains: only epochs at its target can be the
+    best, every row gets ``current_sparsity``, every checkpoint the schedule's ``pruning``, and ``state.pt``
+    its state. On return the model holds the best epoch's weights.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
@@ -534,6 +599,13 @@ def fit(
 
     resume = _load_resume_state(model, cfg, state_path)
     model.to(device)
+    if resume is not None:
+        _restore_schedule(resume, schedule, state_path)
+    if schedule is not None:
+        # A fresh schedule prunes its first step here, before the optimizer takes the parameters: pruning
+        # re-registers each weight as weight_orig, and the optimizer's saved state follows their order.
+        schedule.begin(model, steps_per_epoch=_steps_per_epoch(train_loader, cfg.max_train_batches),
+                       max_epochs=cfg.max_epochs)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
@@ -555,17 +627,32 @@ def fit(
                 break
             if set_epoch is not None:
                 set_epoch(epoch)
-            metrics = _epoch(net, train_loader, val_loader, optimizer, scaler, cfg, device, precision, epoch)
-            progress.stopper = progress.stopper.update(metrics["val_accuracy"], epoch)
-            progress.stopped = progress.stopper.should_stop
-            metrics.update(best_val_accuracy=progress.stopper.best, best_epoch=progress.stopper.best_epoch)
+            if schedule is not None and schedule.before_epoch(model, epoch):
+                # Channels were removed or the weights rewound: a fresh optimizer over the parameters as they are.
+                if cfg.channels_last:
+                    model.to(memory_format=torch.channels_last)
+                optimizer = build_optimizer(model, cfg)
+                net = torch.compile(model) if cfg.compile else model
+            on_step = (lambda: schedule.after_step(model)) if schedule is not None else None
+            metrics = _epoch(net, train_loader, val_loader, optimizer, scaler, cfg, device, precision, epoch, on_step)
+            epoch_meta = {**base_meta, "epoch": epoch}
+            if schedule is not None:
+                pruning = schedule.pruning(model)
+                metrics["current_sparsity"] = pruning.achieved
+                epoch_meta["pruning"] = pruning.to_dict()
+            # Before its target a schedule's model is not the one asked for: it can be neither best nor stop the run.
+            if schedule is None or schedule.at_target:
+                progress.stopper = progress.stopper.update(metrics["val_accuracy"], epoch)
+                progress.stopped = progress.stopper.should_stop
+            if progress.stopper.best_epoch:
+                metrics.update(best_val_accuracy=progress.stopper.best, best_epoch=progress.stopper.best_epoch)
             progress.history.append(metrics)
-            epoch_meta = {**base_meta, "metrics": metrics, "epoch": epoch}
+            epoch_meta["metrics"] = metrics
             # best.pt before state.pt: a crash in between leaves a state that still points at a valid best.
             if progress.stopper.best_epoch == epoch:
                 save_checkpoint(best_path, model, metadata=epoch_meta)
             save_checkpoint(state_path, model, metadata=epoch_meta, optimizer=optimizer,
-                            extra={"train_state": _train_state(progress, epoch, scaler)})
+                            extra={"train_state": _train_state(progress, epoch, scaler, schedule)})
             _write_history(out_dir / "history.jsonl", progress.history)
             tensorboard.epoch(metrics)
             if on_epoch is not None:
@@ -576,6 +663,9 @@ def fit(
         tensorboard.hparams(hparams or {}, progress.history, progress.stopper)
 
     if not best_path.exists():
+        if schedule is not None and not schedule.at_target:
+            raise ValueError(f"{out_dir}: the pruning schedule did not reach its target sparsity in "
+                             f"max_epochs={cfg.max_epochs} epochs, so no model was kept")
         raise ValueError(f"{out_dir}: no epoch was trained (max_epochs={cfg.max_epochs}) and no best.pt exists")
     load_state_into(model, load_checkpoint(best_path)["model"], source=best_path)
     return FitResult(
@@ -590,10 +680,11 @@ def fit(
 
 def _epoch(net: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
            scaler: torch.amp.GradScaler | None, cfg: TrainConfig, device: torch.device, precision: str,
-           epoch: int) -> dict[str, float]:
+           epoch: int, on_step: Callable[[], None] | None) -> dict[str, float]:
     """One epoch of training, then validation: the epoch's metrics row (the running best is added by fit)."""
     train = train_one_epoch(net, train_loader, optimizer, device=device, precision=precision, scaler=scaler,
-                            channels_last=cfg.channels_last, max_batches=cfg.max_train_batches, epoch=epoch)
+                            channels_last=cfg.channels_last, max_batches=cfg.max_train_batches, epoch=epoch,
+                            on_step=on_step)
     val = evaluate(net, val_loader, device=device, precision=precision, channels_last=cfg.channels_last,
                    prefix="val", max_batches=cfg.max_val_batches)
     metrics: dict[str, float] = {

@@ -48,6 +48,35 @@ def test_efficiency_command_json_for_fresh_models(capsys):
     assert rows[1]["nonzero_params"] == rows[1]["prunable_params"] - round(0.1 * rows[1]["prunable_params"])
 
 
+@pytest.mark.parametrize("method", ["unstructured", "structured"])
+def test_table6_covers_90_and_95_percent(method):
+    from detector.prune import measured_sparsity, prune
+    from detector.report.tables import markdown
+    from detector.report.write import table6
+
+    models = []
+    for sparsity in (0.0, 0.9, 0.95):
+        model = build_model("resnet18", seed=0)
+        prune(model, sparsity, method=method, arch="resnet18")
+        row = efficiency_row(model, device="cpu", **FAST)
+        # the report's sparsity: of the unpruned architecture's weights (zeroed or removed), as evaluate_stage writes it
+        models.append({"name": f"s{sparsity}", "measured_sparsity": measured_sparsity(model, "resnet18"),
+                       "efficiency": row})
+    rows = table6(models).rows
+    assert [r["sparsity"] for r in rows] == pytest.approx([0.0, 0.9, 0.95], abs=0.01)
+    sizes = [r["sparse_size_mb"] for r in rows]
+    assert sizes[2] < sizes[1] < 0.2 * sizes[0]  # either method: the sparse export falls with the budget
+    if method == "structured":  # channels gone: the dense file and the arithmetic shrink too
+        assert rows[2]["size_mb"] < rows[1]["size_mb"] < 0.2 * rows[0]["size_mb"]
+        assert rows[2]["macs"] < rows[1]["macs"] < rows[0]["macs"]
+    else:  # zeros in dense tensors: the same dense file, exactly the budget's weights zeroed
+        assert rows[2]["size_mb"] == pytest.approx(rows[0]["size_mb"], abs=0.01)
+        eff = models[2]["efficiency"]
+        assert eff["nonzero_params"] == eff["prunable_params"] - round(0.95 * eff["prunable_params"])
+    text = markdown(rows, table6(models).columns)
+    assert all(f"| {m['name']} " in text and f"{100 * r['sparsity']:.2f}" in text for m, r in zip(models, rows))
+
+
 def test_efficiency_command_rejects_bad_sparsities(capsys):
     with pytest.raises(SystemExit):
         cli_main(["efficiency", "--arch", "resnet18", "--sparsities", "0,1.2"])

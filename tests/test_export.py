@@ -32,6 +32,24 @@ def test_resnet50_sparse_file_shrinks_with_sparsity_and_meets_the_40_percent_tar
     assert ratios[0.4] < ratios[0.1] < 1.0
 
 
+def test_the_sparse_file_keeps_falling_to_95_percent_and_reloads_exactly(tmp_path):
+    model = build_model("resnet18", seed=0).eval()
+    dense = len(_saved_bytes(model))
+    ratios = {}
+    for sparsity in (0.4, 0.9, 0.95):
+        prune_global_l1(model, sparsity)
+        ratios[sparsity] = len(sparse_bytes(model, metadata={})) / dense
+    # n/8 bytes of mask + 4 per surviving weight: 0.08 of the dense file at 95 %, before zlib
+    assert ratios[0.95] < ratios[0.9] < ratios[0.4] and ratios[0.95] <= 0.08
+    loaded, meta = load_model(write_sparse(tmp_path / "m.sparse", model, metadata=META))
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in dense_state_dict(model).items())
+    assert meta["sparsity"] == pytest.approx(0.95, abs=1e-6)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def _saved_bytes(model):
     buf = io.BytesIO()
     torch.save(dense_state_dict(model), buf)

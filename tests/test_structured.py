@@ -19,7 +19,7 @@ from detector.prune.channels import calibrate_channel_ratio, count_macs, prune_c
 SPARSITIES = [0.1, 0.2, 0.3, 0.4]
 
 
-@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("sparsity", [*SPARSITIES, 0.9, 0.95])
 def test_resnet50_calibration_meets_each_sparsity_within_one_percent(sparsity):
     ratio, removed = calibrate_channel_ratio("resnet50", sparsity)
     assert abs(removed - sparsity) <= 0.01
@@ -71,11 +71,21 @@ def test_the_channels_with_the_smallest_l1_norm_are_removed():
     assert norms.min() > 1e-3  # none of the weak channels survived
 
 
-def test_pruning_a_channel_pruned_model_again_is_refused():
+def test_a_channel_pruned_model_prunes_further_to_the_new_total():
     model = build_model("resnet18", seed=0)
     prune_channels_l1(model, 0.2, arch="resnet18")
-    with pytest.raises(ValueError, match="already lost"):
-        prune_channels_l1(model, 0.4, arch="resnet18")
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    info = prune(model, 0.6, method="structured", arch="resnet18")  # an iterative schedule's second step
+    assert abs(removed_fraction(model, "resnet18") - 0.6) <= 0.01 and abs(info.achieved - 0.6) <= 0.01
+    assert all(m.out_channels <= w for m, w in zip((m for m in model.modules() if isinstance(m, nn.Conv2d)), widths))
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
+    with pytest.raises(ValueError, match=r"already lost 0\.\d{4} of its weights.*cannot prune it to 0.5"):
+        prune_channels_l1(model, 0.5, arch="resnet18")  # channels do not come back
+
+
+def test_channel_pruning_beyond_95_percent_is_refused_with_the_range():
+    with pytest.raises(ValueError, match=r"not a fraction in \(0.0000, 0.95\]"):
+        calibrate_channel_ratio("resnet18", 0.97)
 
 
 def test_checkpoint_of_a_channel_pruned_model_rebuilds_it(tmp_path):

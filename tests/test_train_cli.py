@@ -49,25 +49,45 @@ def test_experiment_yaml_gives_the_baseline_stage(tmp_path):
     (["--set", "lr=-1"], "lr: -1"),
     (["--set", "learning_rate=1"], "unknown key(s) learning_rate"),
     (["--set", "lr"], "expected key=value"),
+    (["--schedule", "gradual"], "--schedule gradual needs --sparsity > 0"),
+    (["--schedule", "iterative", "--sparsity", "0.5", "--gradual-epochs", "2"],
+     "--gradual-epochs does not apply to --schedule iterative"),
+    (["--schedule", "gradual", "--sparsity", "0.5", "--rewind-epoch", "1"], "rewinding belongs to schedule iterative"),
+    (["--schedule", "gradual", "--sparsity", "0.5", "--method", "structured"], "gradual is for unstructured pruning"),
 ])
 def test_bad_config_is_one_clear_line(demo_shards, tmp_path, capsys, args, message):
     assert cli_main(["train", "--data", str(demo_shards), "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_train_fine_tunes_a_channel_pruned_copy_through_the_job_s_stage_function(demo_shards, tmp_path):
+def fine_tune(demo_shards, tmp_path, *args):
+    """A one-epoch baseline, then `detector train --init` from it with ``args``: (model, PruningInfo, its folder)."""
     from detector.prune import PruningInfo
-    from detector.prune.channels import removed_fraction
 
-    base = tmp_path / "baseline"
+    base, ft = tmp_path / "baseline", tmp_path / "fine-tune"
     assert cli_main(["train", "--data", str(demo_shards), "--out", str(base), *TINY, "--set", "max_epochs=1",
                      "--no-tensorboard"]) == 0
-    ft = tmp_path / "ch30"
-    assert cli_main(["train", "--data", str(demo_shards), "--out", str(ft), *TINY, "--set", "max_epochs=1",
-                     "--no-tensorboard", "--init", str(base / "checkpoint" / "best.pt"), "--sparsity", "0.3",
-                     "--method", "structured"]) == 0
+    assert cli_main(["train", "--data", str(demo_shards), "--out", str(ft), *TINY, "--no-tensorboard",
+                     "--init", str(base / "checkpoint" / "best.pt"), *args]) == 0
     model, meta = load_model(ft / "checkpoint" / "best.pt")
-    info = PruningInfo.from_metadata(meta)
+    return model, PruningInfo.from_metadata(meta), ft
+
+
+@pytest.mark.slow
+def test_train_fine_tunes_a_channel_pruned_copy_through_the_job_s_stage_function(demo_shards, tmp_path):
+    from detector.prune.channels import removed_fraction
+
+    model, info, _ = fine_tune(demo_shards, tmp_path, "--set", "max_epochs=1", "--sparsity", "0.3",
+                               "--method", "structured")
     assert info.method == "structured" and info.sparsity == 0.3 and abs(info.achieved - 0.3) <= 0.01
     assert abs(removed_fraction(model, "resnet18") - 0.3) <= 0.01
+
+
+@pytest.mark.slow
+def test_train_prunes_gradually_with_the_schedule_flags(demo_shards, tmp_path):
+    model, info, ft = fine_tune(demo_shards, tmp_path, "--sparsity", "0.9", "--schedule", "gradual",
+                                "--gradual-epochs", "1", "--prune-every-steps", "2")
+    assert (info.schedule, info.sparsity, info.schedule_params["prune_every_steps"]) == ("gradual", 0.9, 2)
+    assert sparsity_report(model)["sparsity"] == pytest.approx(0.9, abs=1e-6)
+    history = [json.loads(line) for line in (ft / "history.jsonl").read_text().splitlines()]
+    assert [round(row["current_sparsity"], 6) for row in history] == [0.9, 0.9]  # the ramp is the first epoch

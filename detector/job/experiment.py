@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from detector.config import ConfigError, apply_override, from_dict, load_yaml, to_dict
+from detector.job.runfolder import model_name
+from detector.prune.channels import MAX_SPARSITY as MAX_CHANNEL_SPARSITY
+from detector.prune.schedule import PruningSchedule, ScheduleKeys
 from detector.train import TrainConfig
 
 STAGES = ("prepare", "baseline", "search", "finetune", "evaluate", "report")
@@ -38,7 +41,14 @@ class DataSection:
 
 
 @dataclass(frozen=True)
-class SearchSection:
+class SearchSection(ScheduleKeys):
+    # ScheduleKeys: how each trial and fine-tune reaches its sparsity (beyond the paper; docs/pruning.md,
+    # "Schedules"): `schedule` "oneshot" (the paper's: prune the baseline once, then train), "gradual" (Zhu &
+    # Gupta's cubic ramp over the first `gradual_epochs` epochs, global L1 masks recomputed every
+    # `prune_every_steps` steps from `gradual_initial_sparsity`; unstructured only) or "iterative"
+    # (`iterative_steps` steps, geometric in the weights kept, `iterative_epochs` epochs of training after
+    # each; `rewind_epoch`: rewind the weights to that epoch's after every later step, as in lottery-ticket
+    # rewinding; null: no rewinding).
     sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
     # How pruned models lose their weights: "unstructured" (global L1, the paper's: zeros in dense
     # tensors) or "structured" (L1 channel pruning: `sparsities` of the prunable weights removed).
@@ -76,10 +86,21 @@ class SearchSection:
         for s in self.sparsities:
             if not 0.0 < s < 1.0:
                 raise ValueError(f"search.sparsities: {s} is not in (0, 1)")
-        if self.method == "structured" and max(self.sparsities) >= 0.9:
-            raise ValueError(f"search.sparsities: channel pruning takes budgets below 0.9, got {max(self.sparsities)}")
+        if self.method == "structured" and max(self.sparsities) > MAX_CHANNEL_SPARSITY:
+            raise ValueError(f"search.sparsities: channel pruning takes budgets up to {MAX_CHANNEL_SPARSITY} "
+                             f"(calibrated and tested up to there), got {max(self.sparsities)}")
+        try:
+            schedule = self.pruning_schedule()
+            schedule.check(min(self.sparsities), method=self.method)
+        except ValueError as e:
+            raise ValueError(f"search.{e}") from None
         if len(set(self.sparsities)) != len(self.sparsities):
             raise ValueError(f"search.sparsities: duplicates in {list(self.sparsities)}")
+        names = [model_name(s) for s in self.sparsities]
+        shared = sorted({n for n in names if names.count(n) > 1})
+        if shared:  # each sparsity's model, evaluation and TensorBoard run are named by its whole percent
+            raise ValueError(f"search.sparsities: {list(self.sparsities)} give the model name {shared[0]} twice; "
+                             "keep sparsities at least one percent apart")
         if self.trials_per_sparsity < 1:
             raise ValueError("search.trials_per_sparsity must be >= 1")
         bad = set(self.optimizers) - {"adam", "sgd"}
@@ -93,6 +114,10 @@ class SearchSection:
             raise ValueError(f"search.frontier_parallel: {self.frontier_parallel} must be >= 1")
         if not 0.0 < self.lr_min < self.lr_max:
             raise ValueError(f"search.lr_min/lr_max: need 0 < lr_min < lr_max, got {self.lr_min}, {self.lr_max}")
+
+    def pruning_schedule(self) -> PruningSchedule:
+        """The schedule every search trial and fine-tune follows (``stages.train_stage(schedule=...)``)."""
+        return PruningSchedule.from_keys(self)
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,9 @@ class ExperimentConfig:
             if self.data.pixels and size != self.train.image_size:
                 raise ValueError(f"{section}.image_size: {size} differs from train.image_size "
                                  f"({self.train.image_size}); data.pixels stores one size")
+        for section in ("search_train", "finetune"):  # the stages that prune
+            self.search.pruning_schedule().check_epochs(self.stage_train(section).max_epochs,  # type: ignore[arg-type]
+                                                        where=f"{section}.max_epochs")
 
     def stage_train(self, section: Literal["baseline", "search_train", "finetune"], **extra: Any) -> TrainConfig:
         """The TrainConfig of a stage: `train`, then the stage's overrides, then ``extra`` (e.g. a trial's lr)."""

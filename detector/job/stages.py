@@ -24,6 +24,7 @@ from detector.job.runfolder import model_name
 from detector.job.search_space import param_names
 from detector.model import build_model
 from detector.prune import PruningInfo, measured_sparsity, prune
+from detector.prune.schedule import PruningSchedule
 from detector.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,14 @@ def train_stage(
     method: str = "unstructured",
     model_path: Path | None = None,
     on_epoch: Callable[[dict[str, float], Path], None] | None = None,
+    schedule: PruningSchedule | None = None,
 ) -> dict[str, Any]:
     """Train one model for a stage and return its fit summary.
 
     ``init``: start from this checkpoint (the baseline) instead of a fresh model; ``sparsity`` > 0 prunes
-    it first with ``method`` ("unstructured": global L1, masks kept on; "structured": L1 channel pruning).
+    it with ``method`` ("unstructured": global L1, masks kept on; "structured": L1 channel pruning),
+    following ``schedule`` (``search.schedule``): once before training (oneshot, the default), or as it
+    trains (gradual, iterative: ``detector.prune.schedule``).
     ``out_dir`` holds the loop's state (``checkpoint/state.pt``, ``checkpoint/best.pt``, ``history.jsonl``),
     so the same call resumes. ``model_path``: where to save the final (best-epoch) model, with a ``.json``
     summary beside it. Whether the run may stop early is the config's ``patience``.
@@ -57,7 +61,10 @@ def train_stage(
             raise ValueError(f"{init}: already pruned; prune the unpruned model to {sparsity:g} instead")
     else:
         model = build_model(cfg.arch, seed=cfg.seed)
-    pruning = prune(model, sparsity, method=method, arch=cfg.arch)
+    schedule = schedule or PruningSchedule()
+    hook = schedule.hook(sparsity, method=method, arch=cfg.arch) if sparsity > 0 else None
+    # oneshot prunes here; a schedule's hook prunes inside the loop, starting from the unpruned model
+    pruning = prune(model, sparsity, method=method, arch=cfg.arch) if hook is None else PruningInfo()
     pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
     train_loader = build_loader(data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size, train=True,
                                 num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin, drop_last=True,
@@ -66,13 +73,17 @@ def train_stage(
                               num_workers=cfg.num_workers, pin_memory=pin, normalize=False)
     # Only what varies between a run's trainings: TensorBoard's HParams view ticks five hparams (in
     # alphabetical order) by default, and a sixth, constant one (the arch, in every run's config.yaml and in
-    # the report's header) would push sparsity out of view.
+    # the report's header) would push sparsity out of view. A schedule other than one-shot joins the method.
+    method_name = method if hook else pruning.method
     hparams = {"sparsity": sparsity, **{name: getattr(cfg, name) for name in param_names()},
-               "method": pruning.method, "batch_size": cfg.batch_size}
+               "method": method_name if not hook else f"{method_name}/{schedule.schedule}",
+               "batch_size": cfg.batch_size}
     metadata = {"data_manifest_sha256": manifest_sha256(data), "init": str(init) if init else None,
                 "pruning": pruning.to_dict()}
     result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,
-                 hparams=hparams, metadata=metadata)
+                 hparams=hparams, metadata=metadata, schedule=hook)
+    if hook is not None:
+        metadata["pruning"] = hook.pruning(model).to_dict()  # the model as trained: at the target
     summary = {
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy,

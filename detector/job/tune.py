@@ -371,6 +371,7 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
             init=run.model(0.0),
             sparsity=sparsity,
             method=ctx.experiment.search.method,
+            schedule=ctx.experiment.search.pruning_schedule(),
             model_path=run.model(sparsity) if save else None,
             on_epoch=_reporter({"sparsity": sparsity}, start),
         ), {"sparsity": sparsity}, start)

@@ -12,14 +12,17 @@ L1 channel pruning). ``PruningInfo.sparsity`` is the target; ``PruningInfo.achie
 
 - ``detector.prune.unstructured``: global L1 unstructured pruning, masks, sparsity accounting;
 - ``detector.prune.channels``: L1 channel pruning through torch-pruning's dependency graph;
-- ``detector.prune.semistructured``: 2:4 sparsity for NVIDIA sparse tensor cores (a latency measurement).
+- ``detector.prune.semistructured``: 2:4 sparsity for NVIDIA sparse tensor cores (a latency measurement);
+- ``detector.prune.schedule``: how a model reaches its sparsity while it trains: at once (``oneshot``, the
+  paper's), along Zhu & Gupta's cubic ramp (``gradual``) or in steps with fine-tuning between them
+  (``iterative``, optionally rewinding the weights as in lottery-ticket rewinding).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 import torch
@@ -30,6 +33,7 @@ from detector.prune.unstructured import effective_weight, prunable_weights, prun
 
 METHODS = ("unstructured", "structured")
 Method = Literal["none", "unstructured", "structured"]
+SCHEDULES = ("oneshot", "gradual", "iterative")  # detector.prune.schedule
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,18 @@ class PruningInfo:
     channel_ratio: float | None = None  # structured: the per-layer channel ratio that met the target
     channel_multiple: int | None = None  # structured: channel counts are multiples of this
     dense_prunable_params: int | None = None  # prunable weights of the unpruned architecture
+    # How the model reached it (detector.prune.schedule): its name, and the parameters it ran with
+    # (e.g. gradual: gradual_epochs, prune_every_steps, ramp_steps; iterative: step_sparsities, rewind_epoch).
+    schedule: str = "oneshot"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in ("none", *METHODS):
             raise ValueError(f"pruning method {self.method!r} is not one of none, {', '.join(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"pruning schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not isinstance(self.schedule_params, Mapping):
+            raise ValueError(f"pruning schedule_params: {self.schedule_params!r} is not a mapping")
         for name in ("sparsity", "achieved"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
@@ -102,7 +114,9 @@ def prune(model: nn.Module, sparsity: float, *, method: str = "unstructured", ar
 
     ``method="unstructured"``: global L1 over every Conv2d/Linear weight, masks kept on the model so
     fine-tuning keeps the zeros. ``method="structured"``: L1 channel pruning that removes ``sparsity`` of
-    the prunable weights (the model gets smaller). ``sparsity=0`` leaves the model as it is.
+    the prunable weights (the model gets smaller). ``sparsity=0`` leaves the model as it is. A model already
+    pruned with the same method is pruned further: what it has lost counts towards ``sparsity`` (the steps
+    of ``detector.prune.schedule``).
 
     >>> from detector.model import build_model
     >>> model = build_model("resnet18", seed=0)
