@@ -53,8 +53,8 @@ from typing import Any, Callable, Iterator, Sequence
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "jobs" / "configs" / "paper.yaml"
 # What each stage's trials are, in the pipeline's order.
-STAGE_TRAINABLES = {"baseline": "_baseline_trial", "search": "_search_trial", "finetune": "_finetune_trial",
-                    "evaluate": "_evaluate_trial"}
+STAGE_TRAINABLES = {"baseline": "detector_baseline", "search": "detector_search", "finetune": "detector_finetune",
+                    "evaluate": "detector_evaluate"}
 
 
 @dataclass(frozen=True)
@@ -263,12 +263,15 @@ def run_job(gpus: int, scheduler: str, work: WorkModel, *, gpus_per_node: int, e
                 stage_times[name] = (t0, time.time())
                 return out
 
-            stage("baseline", lambda: dtune.run_baseline(ctx))
-            search = stage("search", lambda: dtune.run_search(ctx))
+            from detector.job.stop import StopSignals
+
+            stop = StopSignals()  # not installed: nothing here is stopped by a signal
+            stage("baseline", lambda: dtune.run_baseline(ctx, stop))
+            search = stage("search", lambda: dtune.run_search(ctx, stop))
             best = {float(v["sparsity"]): v["params"] for v in search["best"].values()}
             ft_ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=exp.data.path, best_params=best)
-            stage("finetune", lambda: dtune.run_finetune(ft_ctx, sparsities))
-            stage("evaluate", lambda: dtune.run_evaluate(ctx, [0.0, *sparsities]))
+            stage("finetune", lambda: dtune.run_finetune(ft_ctx, sparsities, stop))
+            stage("evaluate", lambda: dtune.run_evaluate(ctx, [0.0, *sparsities], stop))
     finally:
         ray.shutdown()
         cluster.shutdown()

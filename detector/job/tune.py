@@ -696,8 +696,11 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     budget = len(sparsities) * s.trials_per_sparsity
     # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
     # a cluster scaling up from zero GPUs would then start the searches one after another. One pending
-    # trial per sparsity lets every search start at once.
-    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(len(sparsities))):
+    # trial per sparsity lets every search start at once; a cluster that already fits more trials gets as
+    # many pending as it fits (bench/cluster_schedule.py: trial processes then start in one wave, not in
+    # waves of four). TPE's start-up trials are random draws anyway, so nothing is lost to the searcher.
+    pending = min(budget, max(len(sparsities), _trials_that_fit(exp)))
+    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(pending)):
         rows = run_experiment(name, detector_search, ctx, stop=stop, expected=budget, search_alg=searcher,
                               scheduler=scheduler, num_samples=budget)
     trials = sorted((trial_row(r) for r in rows), key=lambda t: (t["sparsity"], t["trial"]))
@@ -741,6 +744,15 @@ def trial_row(row: dict[str, Any]) -> dict[str, Any]:
         "end": row["updated"],
         "status": status,
     }
+
+
+def _trials_that_fit(exp: ExperimentConfig) -> int:
+    """How many trials the cluster's resources hold now (GPUs, or CPUs for CPU-only trials)."""
+    res = exp.resources
+    total = ray.cluster_resources()
+    if res.gpus_per_trial > 0:
+        return int(total.get("GPU", 0.0) // res.gpus_per_trial)
+    return int(total.get("CPU", 0.0) // res.cpus_per_trial) if res.cpus_per_trial > 0 else 0
 
 
 def _tune_domain(domain: Domain) -> Any:
