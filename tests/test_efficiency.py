@@ -60,7 +60,7 @@ def test_table6_covers_90_and_95_percent(method):
         prune(model, sparsity, method=method, arch="resnet18")
         row = efficiency_row(model, device="cpu", **FAST)
         # the report's sparsity: of the unpruned architecture's weights (zeroed or removed), as evaluate_stage writes it
-        models.append({"name": f"s{sparsity}", "measured_sparsity": measured_sparsity(model, "resnet18"),
+        models.append({"name": f"s{sparsity}", "sparsity": sparsity, "measured_sparsity": measured_sparsity(model, "resnet18"),
                        "efficiency": row})
     rows = table6(models).rows
     assert [r["sparsity"] for r in rows] == pytest.approx([0.0, 0.9, 0.95], abs=0.01)
