@@ -71,10 +71,19 @@ class SearchSection(ScheduleKeys):
     #             data (val accuracy >= the baseline's - frontier_margin), by rounds: first `sparsities`, then
     #             `frontier_parallel` probes inside the bracket until it is `frontier_resolution` wide
     #             (detector.job.frontier).
-    mode: Literal["grid", "frontier"] = "grid"
+    #   pareto    accuracy against size: one multi-objective Optuna study over sparsity (in
+    #             [pareto_sparsity_min, pareto_sparsity_max], steps of 0.005) beside optimizer and lr,
+    #             `pareto_trials` trials, `objectives` from PARETO_OBJECTIVES; `pareto_models` models of the
+    #             front (spread over its sparsities) are fine-tuned and evaluated (detector.job.pareto).
+    mode: Literal["grid", "frontier", "pareto"] = "grid"
     frontier_margin: float = 0.005
     frontier_resolution: float = 0.025
     frontier_parallel: int = 1
+    objectives: tuple[str, ...] = ("val_accuracy", "nonzero_params")
+    pareto_trials: int = 20
+    pareto_sparsity_min: float = 0.1
+    pareto_sparsity_max: float = 0.95
+    pareto_models: int = 3
     # Stop weak trials early with ASHA (beyond the paper; off in paper.yaml).
     scheduler: Literal["none", "asha"] = "none"
     asha_grace_period: int = 2
@@ -112,6 +121,21 @@ class SearchSection(ScheduleKeys):
             raise ValueError(f"search.frontier_resolution: {self.frontier_resolution} is not in (0, 0.5)")
         if self.frontier_parallel < 1:
             raise ValueError(f"search.frontier_parallel: {self.frontier_parallel} must be >= 1")
+        from detector.job.pareto import PARETO_OBJECTIVES
+
+        bad = [o for o in self.objectives if o not in PARETO_OBJECTIVES]
+        if bad or len(self.objectives) < 2 or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"search.objectives: {list(self.objectives)}: give two or more distinct objectives from "
+                             f"{', '.join(PARETO_OBJECTIVES)}" + (f" ({bad} are not among them)" if bad else ""))
+        if self.pareto_trials < 2 or not 1 <= self.pareto_models <= self.pareto_trials:
+            raise ValueError(f"search.pareto_trials / pareto_models: need pareto_trials >= 2 and "
+                             f"1 <= pareto_models <= pareto_trials, got {self.pareto_trials}, {self.pareto_models}")
+        if self.mode == "pareto" and self.scheduler != "none":
+            raise ValueError("search.scheduler: ASHA ranks trials on one metric; a Pareto search has several "
+                             "(use scheduler: none with mode: pareto)")
+        if not 0.0 < self.pareto_sparsity_min < self.pareto_sparsity_max <= 0.95:
+            raise ValueError(f"search.pareto_sparsity_min/max: need 0 < min < max <= 0.95, got "
+                             f"{self.pareto_sparsity_min}, {self.pareto_sparsity_max}")
         if not 0.0 < self.lr_min < self.lr_max:
             raise ValueError(f"search.lr_min/lr_max: need 0 < lr_min < lr_max, got {self.lr_min}, {self.lr_max}")
 

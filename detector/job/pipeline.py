@@ -89,6 +89,10 @@ def planned_models(exp: ExperimentConfig, run: RunFolder) -> list[float]:
         from detector.job.frontier import frontier_models
 
         return list(frontier_models(run.frontier)) if run.search_results.exists() else []
+    if exp.search.mode == "pareto":  # the front's picks, known once the search has run
+        if not run.search_results.exists():
+            return []
+        return sorted(float(b["sparsity"]) for b in _read_json(run.search_results)["best"].values())
     return list(exp.search.sparsities)
 
 
@@ -204,9 +208,13 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
                 state.stage("search", "running")
                 if exp.search.mode == "frontier":
                     _frontier_search(exp, folder, ctx, state, stop)
+                elif exp.search.mode == "pareto":
+                    atomic_write_json(folder.search_results, dtune.run_pareto(ctx, stop))
                 else:
                     atomic_write_json(folder.search_results, dtune.run_search(ctx, stop))
                 state.stage("search", "done")
+            if "finetune" in todo and exp.search.mode == "pareto":  # the front's picks are known only now
+                todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.model(s).exists()]
             if todo.get("finetune"):
                 _require(folder.search_results, "finetune", "search")
                 best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.search_results)["best"].values()}

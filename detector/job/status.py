@@ -25,7 +25,8 @@ TRIAL_STATES = ("pending", "running", "done", "failed", "error", "stopped")
 # A trial row in RUN/status/<stage>.json. `val_accuracy` is the last reported epoch's (what the search's
 # objective and the report use); `best_val_accuracy` the best epoch's so far (what early stopping keeps).
 TRIAL_FIELDS = ("trial_id", "name", "trial", "sparsity", "params", "state", "epochs", "epochs_planned",
-                "val_accuracy", "best_val_accuracy", "restarts", "reason", "started", "updated")
+                "val_accuracy", "best_val_accuracy", "restarts", "reason", "started", "updated",
+                "objectives")  # objectives: a Pareto search's, per trial
 
 
 def _read(path: Path) -> dict[str, Any] | None:

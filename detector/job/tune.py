@@ -170,15 +170,8 @@ class SparsitySearcher(Searcher):
     # -- state, as data --------------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
         """Write the searcher's state as JSON (Tune names the file ``searcher-state-*.pkl``; it holds JSON)."""
-        studies = {}
-        for s, st in self.studies.items():
-            studies[f"{s:g}"] = {
-                "study": self.study_name(s),
-                "optuna_trials": {tid: tr.number for tid, tr in st._ot_trials.items()},
-                "completed": sorted(st._completed_trials),
-                "rng": _sampler_rng_state(st._sampler),
-            }
-        state = {"format": "detector-searcher", "version": SEARCHER_STATE_VERSION,
+        studies = {f"{s:g}": _study_state(st) for s, st in self.studies.items()}
+        state = {"format": "detector-searcher", "version": SEARCHER_STATE_VERSION, "kind": "sparsity",
                  "sparsities": self.sparsities, "trials_per_sparsity": self.trials_per_sparsity,
                  "metric": self._metric, "mode": self._mode, "storage": self.storage_url,
                  "trial_sparsity": self.trial_sparsity, "trial_number": self.trial_number, "studies": studies}
@@ -186,41 +179,119 @@ class SparsitySearcher(Searcher):
             json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        try:
-            with open(checkpoint_path) as f:
-                state = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{checkpoint_path}: not the JSON state this searcher writes ({e}); a run folder "
-                             "from an older version cannot be resumed: start it in a new --out folder") from None
-        if not isinstance(state, dict) or state.get("format") != "detector-searcher":
-            raise ValueError(f"{checkpoint_path}: not a detector searcher state")
-        if state["sparsities"] != self.sparsities:
+        state = _read_searcher_state(checkpoint_path)
+        if state.get("kind", "sparsity") != "sparsity" or state["sparsities"] != self.sparsities:
             raise ValueError(
                 f"{checkpoint_path}: the saved search is over sparsities {state['sparsities']}, "
                 f"the config asks for {self.sparsities}; use a new --out folder for a different search"
             )
         if not self.storage_url:
             raise ValueError(f"{checkpoint_path}: the studies were kept in memory only; nothing to resume from")
-        import optuna
-
         self.trial_sparsity = {str(k): float(v) for k, v in state["trial_sparsity"].items()}
         self.trial_number = {str(k): int(v) for k, v in state.get("trial_number", {}).items()}
         self.studies = self._make_studies()  # the same studies, loaded from the storage
         for s, st in self.studies.items():
-            saved = state["studies"][f"{s:g}"]
-            study = st._ot_study
-            by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-            st._ot_trials = {tid: optuna.trial.Trial(study, by_number[n]._trial_id)
-                             for tid, n in saved["optuna_trials"].items() if n in by_number}
-            st._completed_trials = set(saved["completed"])
-            _set_sampler_rng_state(st._sampler, saved.get("rng"))
-            # An Optuna trial asked for just before the driver died, never handed to Tune: not a result.
-            known = set(saved["optuna_trials"].values())
-            for t in by_number.values():
-                if t.state == optuna.trial.TrialState.RUNNING and t.number not in known:
-                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-                    log.warning("study %s: trial %d was asked for but never ran (driver stopped); marked failed",
-                                study.study_name, t.number)
+            _restore_study(st, state["studies"][f"{s:g}"])
+
+
+def _read_searcher_state(checkpoint_path: str) -> dict[str, Any]:
+    try:
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{checkpoint_path}: not the JSON state this searcher writes ({e}); a run folder "
+                         "from an older version cannot be resumed: start it in a new --out folder") from None
+    if not isinstance(state, dict) or state.get("format") != "detector-searcher":
+        raise ValueError(f"{checkpoint_path}: not a detector searcher state")
+    return state
+
+
+def _study_state(st: OptunaSearch) -> dict[str, Any]:
+    """One OptunaSearch's state beside its storage, as data: which Tune trial is which Optuna trial, and the
+    sampler's random states."""
+    return {"study": st._ot_study.study_name,
+            "optuna_trials": {tid: tr.number for tid, tr in st._ot_trials.items()},
+            "completed": sorted(st._completed_trials), "rng": _sampler_rng_state(st._sampler)}
+
+
+def _restore_study(st: OptunaSearch, saved: dict[str, Any]) -> None:
+    import optuna
+
+    study = st._ot_study
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    st._ot_trials = {tid: optuna.trial.Trial(study, by_number[n]._trial_id)
+                     for tid, n in saved["optuna_trials"].items() if n in by_number}
+    st._completed_trials = set(saved["completed"])
+    _set_sampler_rng_state(st._sampler, saved.get("rng"))
+    # An Optuna trial asked for just before the driver died, never handed to Tune: not a result.
+    known = set(saved["optuna_trials"].values())
+    for t in by_number.values():
+        if t.state == optuna.trial.TrialState.RUNNING and t.number not in known:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            log.warning("study %s: trial %d was asked for but never ran (driver stopped); marked failed",
+                        study.study_name, t.number)
+
+
+class ParetoSearcher(Searcher):
+    """One multi-objective Optuna study (TPE) over the sparsity and the training parameters, for
+    ``search.mode: pareto``; its storage and JSON state work as ``SparsitySearcher``'s."""
+
+    def __init__(self, *, trials: int, space: dict[str, Any], objectives: Sequence[str], seed: int = 0,
+                 tpe_startup_trials: int = 10, storage: str | None = None, study_name: str = "pareto") -> None:
+        from detector.job.pareto import directions
+
+        super().__init__(metric=list(objectives), mode=directions(objectives))
+        self.trials = trials
+        self.space = OptunaSearch.convert_search_space(space)
+        self.objectives = list(objectives)
+        self.seed, self.tpe_startup_trials = seed, tpe_startup_trials
+        self.storage_url, self.name = storage, study_name
+        self.trial_number: dict[str, int] = {}
+        self.study = self._make_study()
+
+    def _make_study(self) -> OptunaSearch:
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.tpe_startup_trials)
+        return OptunaSearch(space=dict(self.space), metric=self.objectives, mode=list(self._mode), sampler=sampler,
+                            study_name=self.name, storage=optuna_storage(self.storage_url) if self.storage_url else None)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self.trial_number:
+            if len(self.trial_number) >= self.trials:
+                return Searcher.FINISHED
+            self.trial_number[trial_id] = len(self.trial_number) + 1
+        params = self.study.suggest(trial_id)
+        return {**params, "sparsity": round(float(params["sparsity"]), 6), "trial": self.trial_number[trial_id]}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # Optuna's multi-objective studies take final values only
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.trial_number:
+            return
+        if result and result.get("trial_failed"):
+            result, error = None, True
+        self.study.on_trial_complete(trial_id, result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"format": "detector-searcher", "version": SEARCHER_STATE_VERSION, "kind": "pareto",
+                       "objectives": self.objectives, "trials": self.trials, "storage": self.storage_url,
+                       "trial_number": self.trial_number, "study": _study_state(self.study)}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = _read_searcher_state(checkpoint_path)
+        if state.get("kind") != "pareto" or state["objectives"] != self.objectives:
+            raise ValueError(f"{checkpoint_path}: not a Pareto search over {self.objectives}; use a new --out folder")
+        if not self.storage_url:
+            raise ValueError(f"{checkpoint_path}: the study was kept in memory only; nothing to resume from")
+        self.trial_number = {str(k): int(v) for k, v in state["trial_number"].items()}
+        self.study = self._make_study()
+        _restore_study(self.study, state["study"])
 
 
 def _sampler_rng_state(sampler: Any) -> dict[str, Any]:
@@ -362,6 +433,9 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
     _announce(stage, label, {"sparsity": sparsity, "method": ctx.experiment.search.method, **searched})
     if save and _already_saved(run.model(sparsity), {"sparsity": sparsity}):
         return
+    extra: dict[str, Any] = {"sparsity": sparsity}
+    if stage == "search" and ctx.experiment.search.mode == "pareto":
+        extra.update(_size_objectives(ctx, run, sparsity))
     with _trial_workspace() as (out_dir, start):
         _train_or_fail(lambda: stages.train_stage(
             ctx.experiment.stage_train(section, **searched),
@@ -373,8 +447,23 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
             method=ctx.experiment.search.method,
             schedule=ctx.experiment.search.pruning_schedule(),
             model_path=run.model(sparsity) if save else None,
-            on_epoch=_reporter({"sparsity": sparsity}, start),
-        ), {"sparsity": sparsity}, start)
+            on_epoch=_reporter(extra, start),
+        ), extra, start)
+
+
+def _size_objectives(ctx: StageContext, run: RunFolder, sparsity: float) -> dict[str, float]:
+    """A Pareto trial's size objectives, measured on the baseline pruned to its sparsity (training keeps
+    the zeros and the shapes, so they hold for the trained model too)."""
+    from detector.checkpoint import load_model
+    from detector.job.pareto import SIZE_OBJECTIVES, size_objectives
+    from detector.prune import prune
+
+    wanted = [o for o in ctx.experiment.search.objectives if o in SIZE_OBJECTIVES]
+    if not wanted:
+        return {}
+    model, meta = load_model(run.model(0.0))
+    prune(model, sparsity, method=ctx.experiment.search.method, arch=meta["arch"])
+    return size_objectives(model, wanted, image_size=int(meta["image_size"]))
 
 
 def detector_search(config: dict[str, Any], ctx: StageContext) -> None:
@@ -506,6 +595,7 @@ class _Sink:
     in_loop: bool = False
     stop_asked: bool = False
     stop_sent: bool = False
+    objectives: tuple[str, ...] = ()  # a Pareto search's objectives, recorded per trial
     finished: set[str] = dataclasses.field(default_factory=set)  # trials Tune ended inside its loop
 
     def ask_stop(self) -> None:
@@ -535,6 +625,8 @@ class _Sink:
                 "val_accuracy": _finite_or_none(last.get("val_accuracy")),
                 "best_val_accuracy": _finite_or_none(last.get("best_val_accuracy")),
                 "restarts": int(trial.num_failures),
+                **({"objectives": {o: _finite_or_none(last.get(o)) for o in self.objectives}}
+                   if self.objectives else {}),
                 "reason": last.get("trial_failed") or (_first_line(trial.error_file) if trial.status == "ERROR"
                                                        else None),
                 "started": last.get("trial_start"),
@@ -604,7 +696,9 @@ def run_experiment(
     storage = run.tune_root(exp.storage)
     path = run.tune_experiment(name, exp.storage)
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
-    sink = _Sink(run, name, exp.search.metric, _epochs_planned(exp, name))
+    sink = _Sink(run, name, exp.search.metric, _epochs_planned(exp, name),
+                 objectives=tuple(exp.search.objectives) if exp.search.mode == "pareto" and
+                 tune_stage(name) == "search" else ())
     _SINKS[name] = sink
     try:
         if tune.Tuner.can_restore(path):
@@ -725,6 +819,44 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     }
 
 
+def run_pareto(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
+    """``search.mode: pareto``: one multi-objective study over sparsity and the training parameters; returns
+    every trial with its objectives, the Pareto front, and the front's models to fine-tune (as ``best``)."""
+    from detector.job.pareto import SPARSITY_STEP, non_dominated, pick_models
+
+    exp, s = ctx.experiment, ctx.experiment.search
+    run = RunFolder(Path(ctx.run_dir))
+    space = {name: _tune_domain(domain) for name, domain in search_space(s).items()}
+    space["sparsity"] = tune.quniform(s.pareto_sparsity_min, s.pareto_sparsity_max, SPARSITY_STEP)
+    searcher = ParetoSearcher(trials=s.pareto_trials, space=space, objectives=s.objectives, seed=s.seed,
+                              tpe_startup_trials=s.tpe_startup_trials, storage=s.storage or str(run.optuna_journal),
+                              study_name=f"{run.root.name}/pareto" if s.storage else "pareto")
+    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(s.pareto_trials, _trials_that_fit(exp))))):
+        rows = run_experiment("search", detector_search, ctx, stop=stop, expected=s.pareto_trials,
+                              search_alg=searcher, num_samples=s.pareto_trials)
+    trials = sorted((trial_row(r) for r in rows), key=lambda t: t["trial"])
+    done = [t for t in trials if t["status"] == "completed"]
+    if not done:
+        raise StageIncomplete("search: no Pareto trial completed")
+    front = non_dominated(done, s.objectives)
+    picks = pick_models(front, s.pareto_models)
+    return {
+        "mode": "pareto",
+        "metric": s.metric,
+        "objectives": list(s.objectives),
+        "objective": "each objective at the trial's last epoch (sizes: the pruned model's)",
+        "direction": s.direction,
+        "scheduler": "none",
+        "epochs_run": sum(t["epochs"] for t in trials),
+        "epochs_budget": s.pareto_trials * exp.stage_train("search_train").max_epochs,
+        "trials": trials,
+        "front": [t["trial_id"] for t in front],
+        "best": {f"{t['sparsity']:g}": {"sparsity": t["sparsity"], "params": t["params"], "objective": t["objective"],
+                                        "val_accuracy": t["val_accuracy"], "trial_id": t["trial_id"],
+                                        "name": t["name"]} for t in picks},
+    }
+
+
 def trial_row(row: dict[str, Any]) -> dict[str, Any]:
     """One finished search trial as results.json lists it: its parameters, its objective (the metric at its
     last epoch), its val accuracy at the last and at the best epoch, epochs, start/end, status."""
@@ -743,6 +875,7 @@ def trial_row(row: dict[str, Any]) -> dict[str, Any]:
         "start": row["started"],
         "end": row["updated"],
         "status": status,
+        **({"objectives": row["objectives"]} if "objectives" in row else {}),
     }
 
 

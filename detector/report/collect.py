@@ -122,7 +122,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
     statistics = add_statistics(models, resamples=summary["bootstrap_resamples"])
     trials = [{"sparsity": t["sparsity"], "params": t["params"], "val_accuracy": t["val_accuracy"],
                "best_val_accuracy": t.get("best_val_accuracy"), "objective": t["objective"], "epochs": t["epochs"],
-               "start": t["start"], "end": t["end"], "status": t["status"], "trial_id": t["trial_id"]}
+               "start": t["start"], "end": t["end"], "status": t["status"], "trial_id": t["trial_id"],
+               **{k: t[k] for k in ("name", "trial", "objectives") if k in t}}
               for t in (search or {}).get("trials", [])]
     return {
         "run_dir": str(run_dir),

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from detector.io import atomic_open
 from detector.report.frontier import frontier_figure
+from detector.report.pareto import pareto_figure
 
 
 def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
@@ -36,6 +37,7 @@ def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
         _accuracy_figure(models, data.get("statistics") or {}, save)
     _search_figure(data["trials"], data.get("search") or {}, save)
     frontier_figure(data, save)
+    pareto_figure(data, save)
     return paths
 
 

@@ -24,6 +24,7 @@ from detector.job.selection import TIE_BREAK, select_best
 from detector.report.collect import METRIC_KEYS, collect
 from detector.report.figures import write_figures
 from detector.report.frontier import frontier_section
+from detector.report.pareto import pareto_section
 from detector.report.statistics import (STATISTICS_COLUMNS, efficiency_note, semistructured_section,
                                         statistics_rows, statistics_section, timing_flag)
 from detector.report.tables import Column, csv_text, fixed, markdown, pct, thousands
@@ -350,6 +351,7 @@ def write_report(run_dir: str | Path) -> Path:
            "`eval/`, `search/` and `models/` files; `detector report RUN` rewrites this page.", ""]
     md += header_section(data)
     md += frontier_section(data)
+    md += pareto_section(data)
     t3 = table3(baseline)
     if baseline:
         md += ["## Table 3. Baseline performance on all data sets", "", show(t3)]
