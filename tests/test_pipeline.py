@@ -185,3 +185,17 @@ def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
     assert not (run_dir / "tune").exists()
     trials = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
     assert sorted(t["sparsity"] for t in trials) == [0.1, 0.2] and all(t["state"] == "done" for t in trials)
+
+
+def test_every_search_trial_is_in_the_run_s_optuna_storage(finished_run):
+    """`optuna-dashboard RUN/search/optuna.journal` shows what Optuna's own API reads here."""
+    import optuna
+
+    journal = finished_run / "search" / "optuna.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    results = json.loads((finished_run / "search" / "results.json").read_text())
+    for sparsity in (0.1, 0.2, 0.3, 0.4):
+        study = optuna.load_study(study_name=f"sparsity-{sparsity:g}", storage=storage)
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+        mine = sorted(t["objective"] for t in results["trials"] if t["sparsity"] == sparsity)
+        assert sorted(t.value for t in study.trials) == pytest.approx(mine)
