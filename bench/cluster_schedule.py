@@ -159,6 +159,7 @@ def modelled_trial(stage: str, work: WorkModel, timeline: Path) -> Callable[[dic
         start = time.time()
         boot = {"pid": os.getpid(), "process_start": process_start_time(), "process_cpu_s": time.process_time()}
         trial_id = tune.get_context().get_trial_id()
+        experiment = tune.get_context().get_experiment_name()  # "search", or a frontier round's "search-r2"
         if stage == "baseline":
             epochs, epoch_s = work.baseline_epochs, work.epoch_s
         elif stage == "search":
@@ -172,9 +173,9 @@ def modelled_trial(stage: str, work: WorkModel, timeline: Path) -> Callable[[dic
         for epoch in range(1, epochs + 1):
             time.sleep(epoch_s)
             accuracy = modelled_accuracy(params, epoch)
-            row = {"stage": stage, "trial_id": trial_id, "start": start, "now": time.time(), "epochs": epoch,
+            row = {"stage": experiment, "trial_id": trial_id, "start": start, "now": time.time(), "epochs": epoch,
                    "work_s": epoch * epoch_s, **boot}
-            (timeline / f"{stage}-{trial_id}.json").write_text(json.dumps(row))
+            (timeline / f"{experiment}-{trial_id}.json").write_text(json.dumps(row))
             metrics = {"sparsity": sparsity, "trial_start": start, "time_now": row["now"]}
             if stage == "evaluate":
                 tune.report({**metrics, "test_accuracy": accuracy})
@@ -184,8 +185,30 @@ def modelled_trial(stage: str, work: WorkModel, timeline: Path) -> Callable[[dic
                 Path(d, "state.json").write_text(json.dumps({"epoch": epoch}))
                 tune.report({**metrics, "val_accuracy": accuracy, "best_val_accuracy": accuracy},
                             checkpoint=tune.Checkpoint.from_directory(d))
+        if stage in ("baseline", "finetune"):
+            write_modelled_model(Path(ctx.run_dir), sparsity, epochs)
 
     return trial
+
+
+def frontier_accuracy(sparsity: float) -> float:
+    """A frontier search's modelled val accuracy of a fine-tuned model: the baseline's 0.98 up to 80 %, then
+    falling 2 pp per pp of sparsity (so the frontier, at a 0.5 pp margin, lies at 80.25 %)."""
+    return 0.98 - 2.0 * max(0.0, sparsity - 0.8)
+
+
+def write_modelled_model(run_dir: Path, sparsity: float, epochs: int) -> None:
+    """What a fine-tune leaves in the run folder that a frontier search decides on: the model's summary (and
+    an empty stand-in for its file: no weights are modelled)."""
+    from detector.job.runfolder import RunFolder
+
+    folder = RunFolder(run_dir)
+    accuracy = frontier_accuracy(sparsity)
+    history = [{"epoch": e, "val_accuracy": accuracy} for e in range(1, epochs + 1)]
+    folder.model(sparsity).parent.mkdir(parents=True, exist_ok=True)
+    folder.model(sparsity).write_bytes(b"")
+    folder.model_summary(sparsity).write_text(json.dumps({
+        "best_val_accuracy": accuracy, "best_epoch": epochs, "epochs_run": epochs, "history": history}))
 
 
 @contextlib.contextmanager
@@ -212,14 +235,49 @@ def modelled_work(work: WorkModel, timeline: Path) -> Iterator[Any]:
 
 
 def experiment(scheduler: str, gpus: int, eval_concurrency: int | None):
+    """The paper's job; ``scheduler`` "frontier": its frontier search instead of the grid (no ASHA), round 1
+    over 50/70/80/90/95 %, then as many probes per round as the cluster holds searches (GPUs / 5 trials)."""
     from detector.job.experiment import load_experiment
 
+    mode = ["search.mode=frontier", "search.sparsities=[0.5,0.7,0.8,0.9,0.95]", "search.frontier_resolution=0.025",
+            f"search.frontier_parallel={max(1, gpus // 5)}", "search.scheduler=none"] if scheduler == "frontier" \
+        else [f"search.scheduler={scheduler}"]
     return load_experiment(PAPER_CONFIG, [
         "data.path=/nonexistent",  # never read: the modelled trials touch no data
         "resources.cpus_per_trial=0.01", "resources.gpus_per_trial=1", "resources.max_failures=0",
-        f"search.scheduler={scheduler}",
+        *mode,
         f"evaluate.concurrent_trials={eval_concurrency or gpus}",
     ])
+
+
+def frontier_rounds(exp: Any, run_dir: Path, ctx: Any, stop: Any, dtune: Any,
+                    stage_times: dict[str, tuple[float, float]]) -> list[float]:
+    """The pipeline's own frontier search (``detector.job.pipeline._frontier_search``), with each round's
+    search and fine-tune experiments timed; returns every probe (all are evaluated)."""
+    from detector.job import pipeline
+    from detector.job.frontier import frontier_models
+    from detector.job.runfolder import RunFolder
+    from detector.job.status import RunState
+
+    timed = {}
+    for name in ("run_search", "run_finetune"):
+        real = getattr(dtune, name)
+
+        def wrapped(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            t0 = time.time()
+            out = _real(*args, **kwargs)
+            stage_times[kwargs["name"]] = (t0, time.time())
+            return out
+
+        timed[name] = real
+        setattr(dtune, name, wrapped)
+    try:
+        folder = RunFolder(run_dir)
+        pipeline._frontier_search(exp, folder, ctx, RunState(folder, ["search"]), stop)
+    finally:
+        for name, real in timed.items():
+            setattr(dtune, name, real)
+    return list(frontier_models(folder.frontier))
 
 
 def node_gpus(gpus: int, per_node: int) -> list[int]:
@@ -267,10 +325,14 @@ def run_job(gpus: int, scheduler: str, work: WorkModel, *, gpus_per_node: int, e
 
             stop = StopSignals()  # not installed: nothing here is stopped by a signal
             stage("baseline", lambda: dtune.run_baseline(ctx, stop))
-            search = stage("search", lambda: dtune.run_search(ctx, stop))
-            best = {float(v["sparsity"]): v["params"] for v in search["best"].values()}
-            ft_ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=exp.data.path, best_params=best)
-            stage("finetune", lambda: dtune.run_finetune(ft_ctx, sparsities, stop))
+            if exp.search.mode == "frontier":
+                sparsities = frontier_rounds(exp, run_dir, ctx, stop, dtune, stage_times)
+            else:
+                search = stage("search", lambda: dtune.run_search(ctx, stop))
+                best = {float(v["sparsity"]): v["params"] for v in search["best"].values()}
+                ft_ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=exp.data.path,
+                                            best_params=best)
+                stage("finetune", lambda: dtune.run_finetune(ft_ctx, sparsities, stop))
             stage("evaluate", lambda: dtune.run_evaluate(ctx, [0.0, *sparsities], stop))
     finally:
         ray.shutdown()
@@ -400,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the runs")
     p.add_argument("--gpus", type=int, nargs="+", default=[4, 8, 20], help="declared GPUs in the cluster")
     p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--schedulers", nargs="+", choices=["none", "asha"], default=["none", "asha"])
+    p.add_argument("--schedulers", nargs="+", choices=["none", "asha", "frontier"], default=["none", "asha"],
+                   help="the grid search without or with ASHA, or the frontier search (search.mode: frontier)")
     p.add_argument("--epoch-s", type=float, default=WorkModel.epoch_s, help="modelled seconds per epoch")
     p.add_argument("--baseline-epochs", type=int, default=WorkModel.baseline_epochs)
     p.add_argument("--finetune-epochs", type=int, default=WorkModel.finetune_epochs)
