@@ -226,8 +226,8 @@ def _load_receipt(out: Path, plan: ShardPlan) -> dict[str, Any] | None:
         receipt = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    shard = out / plan.name
-    if receipt.get("plan") != plan.key or not shard.is_file() or shard.stat().st_size != receipt.get("bytes"):
+    shard = out / plan.name  # the plan's own name: no path is taken from the receipt
+    if receipt.get("plan") != plan.key or receipt.get("shard") != plan.name or not shard.is_file() or shard.stat().st_size != receipt.get("bytes"):
         return None
     with open(shard, "rb") as f:
         if sha256_file(f) != receipt.get("sha256"):
