@@ -15,12 +15,11 @@ import json
 import logging
 import math
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
+from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -28,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from detector.config import save_yaml, to_dict
-from detector.device import PRECISIONS, Precision, autocast, resolve_device, resolve_precision, seed_everything
+from detector.config import AtLeastOne, Match, NonNegative, OneOf, Range, Seed, check_fields, save_yaml, to_dict
+from detector.device import Precision, autocast, resolve_device, resolve_precision, seed_everything
 from detector.io import atomic_write_text
 from detector.model import ARCHITECTURES, build_model
 from detector.prune import PruningInfo
@@ -45,58 +44,48 @@ class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
 
 
+# What every epoch reports that a search may optimise (``search.metric``), and which way is better.
+OBJECTIVES: dict[str, Literal["max", "min"]] = {
+    "val_accuracy": "max", "val_loss": "min", "best_val_accuracy": "max",
+    "train_accuracy": "max", "train_loss": "min",
+}
+
+# The largest image size: the largest images of the paper's sources are SynthBuster's 1024 px; above that
+# a resize only upsamples, and one decoded image is already 3 MiB (what data.pixels stores per image).
+MAX_IMAGE_SIZE = 1024
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run. Defaults are the paper's baseline (§2.2, Table 2)."""
+    """Everything that decides a training run. Defaults are the paper's baseline (§2.2, Table 2).
 
-    arch: str = "resnet50"
-    image_size: int = 224
+    Each field's range is declared with it (``detector.config.Range``); a value outside fails at load.
+    """
+
+    arch: Annotated[str, OneOf(tuple(ARCHITECTURES))] = "resnet50"
+    # 16 px: the smallest input ResNet's five stride-2 stages still reduce to one pixel
+    image_size: Annotated[int, Range(16, MAX_IMAGE_SIZE, why="16 px: ResNet's strides; 1024 px: the "
+                                     "largest source images, 3 MiB per decoded image")] = 224
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-4
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    batch_size: int = 16
-    max_epochs: int = 100
+    lr: Annotated[float, Range(0, 1, low_open=True)] = 1e-4
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9  # SGD only
+    weight_decay: Annotated[float, Range(0, 1)] = 0.0
+    batch_size: AtLeastOne = 16
+    max_epochs: AtLeastOne = 100
     # epochs without a new best val_accuracy before stopping; null: never stop early (a search trial,
     # whose epochs are its budget)
-    patience: int | None = 3
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    patience: AtLeastOne | None = 3
+    seed: Seed = 0
+    num_workers: NonNegative = 2
+    device: Annotated[str, Match(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N")] = "auto"
     precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
     channels_last: bool = True
     compile: bool = False
-    max_train_batches: int | None = None  # cap an epoch (smoke runs)
-    max_val_batches: int | None = None
+    max_train_batches: AtLeastOne | None = None  # cap an epoch (smoke runs)
+    max_val_batches: AtLeastOne | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch: {self.arch!r} is not one of {', '.join(ARCHITECTURES)}")
-        if self.image_size < 16:
-            raise ValueError(f"image_size: {self.image_size} is too small (at least 16 px)")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer: {self.optimizer!r} is not adam or sgd")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr: {self.lr} must be a positive number")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum: {self.momentum} is not in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
-        for name in ("batch_size", "max_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience: {self.patience} must be >= 1, or null for no early stopping")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers: {self.num_workers} must be >= 0")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ValueError(f"device: {self.device!r} is not auto, cpu, mps, cuda or cuda:N")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("max_train_batches", "max_val_batches"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}: {value} must be >= 1 or null")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
