@@ -11,7 +11,7 @@ from detector.checkpoint import load_checkpoint, load_model
 from detector.config import ConfigError, from_dict
 from detector.model import build_model
 from detector.prune.unstructured import is_pruned, prune_global_l1, sparsity_report
-from detector.train import EarlyStopping, NonFiniteLossError, TrainConfig, evaluate, fit, collect_predictions
+from detector.train import OBJECTIVES, EarlyStopping, NonFiniteLossError, TrainConfig, evaluate, fit, collect_predictions
 
 SMALL = dict(arch="resnet18", image_size=16, batch_size=8, lr=1e-3, num_workers=0, channels_last=False, seed=0)
 
@@ -106,6 +106,7 @@ def test_a_tiny_run_learns(tmp_path):
     assert evaluate(model, val, device="cpu")["val_accuracy"] == result.best_val_accuracy
     assert set(first) >= {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                           "images_per_s", "data_wait_s", "best_val_accuracy"}
+    assert set(first) >= set(OBJECTIVES)  # every metric a search may be told to optimise is reported
     assert all(math.isfinite(v) for v in first.values())
     assert list(map(json.loads, (tmp_path / "history.jsonl").read_text().splitlines())) == result.history
     assert "optimizer: adam" in (tmp_path / "config.yaml").read_text()
