@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from detector.data.images import decode_image
 from detector.data.shards import COLUMNS, ShardLimits, ShardWriter, read_rows, sha256_file, shard_units
 from detector.paths import safe_join
-from detector.system import usable_cpus
+from detector.system import die_with_parent, usable_cpus
 
 if TYPE_CHECKING:  # torch is imported in the worker, not for `detector --help`
     from detector.data.transforms import ClassificationPresetEval
@@ -151,7 +151,7 @@ def derive_pixels(data: str, out: Path, *, size: int = 224, workers: int | None 
         else:
             # spawn, not fork: this process holds Arrow thread pools that a fork would copy mid-flight
             spawn = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=spawn) as pool:
+            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=spawn, initializer=die_with_parent) as pool:
                 futures = {pool.submit(convert_shard, data, s, manifest["format"], str(out), size): s for s in pending}
                 for future in futures:
                     receipt = future.result()

@@ -48,7 +48,7 @@ from detector.data.sources import (
     plan_sources,
 )
 from detector.data.demo import DemoConfig
-from detector.system import usable_cpus
+from detector.system import die_with_parent, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +270,10 @@ def _write_shards(out: Path, pending: Sequence[ShardPlan], options: ImportOption
     if workers > 1:
         import multiprocessing
 
-        # spawn, not fork: the main process holds Arrow thread pools that a fork would copy mid-flight
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        # spawn, not fork: the main process holds Arrow thread pools that a fork would copy mid-flight;
+        # workers end with this process, even when it is killed (they would hold memory and a core)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent)
     else:
         pool = _Inline()
     limits = ShardLimits(row_group_rows=options.row_group_rows)

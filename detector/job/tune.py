@@ -166,10 +166,13 @@ def _trial_workspace() -> Iterator[tuple[Path, float]]:
 
     The loop's ``checkpoint/`` folder goes to Tune through ``tune.report`` every epoch; the scratch copy is
     kept out of the trial's folder (which lives in the run's storage) so that it is not stored twice, and
-    is removed when the trial ends. A restarted trial starts from Tune's last checkpoint, copied in here,
+    is removed when the trial ends (or, when its worker was killed, at the next trial start on the node:
+    ``detector.job.scratch``). A restarted trial starts from Tune's last checkpoint, copied in here,
     and keeps its original start time, so that the report's timeline stays honest.
     """
-    out_dir = Path(tempfile.mkdtemp(prefix=f"detector-{tune.get_context().get_trial_id()}-"))
+    from detector.job.scratch import make_scratch
+
+    out_dir = make_scratch(tune.get_context().get_trial_id())
     try:
         ckpt_dir = out_dir / "checkpoint"
         ckpt = tune.get_checkpoint()
