@@ -7,7 +7,6 @@ the cluster; and its GCS and raylet listened on every interface of the machine.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import stat
@@ -16,56 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
-    """(address, port, pid) of every TCP socket in LISTEN state that one of ``pids`` holds (from /proc)."""
-    owner = {}
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    owner[int(target[8:-1])] = pid
-        except OSError:  # a process that ended meanwhile
-            continue
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], int(fields[9])
-            if state != "0A" or inode not in owner:  # 0A: LISTEN
-                continue
-            hex_ip, hex_port = local.split(":")
-            raw = bytes.fromhex(hex_ip)
-            # /proc prints each 32-bit word of the address in host (little-endian) order
-            ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
-            found.append((str(ip), int(hex_port, 16), owner[inode]))
-    return found
-
-
-def process_tree(root: int) -> set[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(raw[raw.rindex(")") + 2:].split()[1])
-    tree, grew = {root}, True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return tree
-
-
-def is_loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+from process_helpers import is_loopback
 
 
 # Runs in a process of its own with HOME set to a fresh folder: what `detector run` does to connect,
@@ -73,7 +23,7 @@ def is_loopback(address: str) -> bool:
 _PROBE = """
 import json, os, sys
 sys.path.insert(0, {tests!r})
-from test_embedded_ray import listening_sockets, process_tree
+from process_helpers import listening_sockets, process_tree
 from detector.job import tune
 from detector.job.experiment import ExperimentConfig, ResourcesSection
 info = tune.connect(None, ExperimentConfig(resources=ResourcesSection(gpus_per_trial=0, local_num_cpus=1)))

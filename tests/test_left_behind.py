@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from process_helpers import children
+
 from detector.job.scratch import OWNER_FILE, make_scratch
 from detector.system import process_start
 
@@ -42,20 +44,6 @@ def test_a_killed_trials_scratch_is_removed_at_the_next_start_and_a_live_trials_
     finally:
         live.kill()
         live.wait()
-
-
-def children(pid: int) -> dict[int, str]:
-    """pid -> start time of the live children of ``pid``."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(raw[raw.rindex(")") + 2:].split()[1]) == pid and (start := process_start(int(entry))):
-                found[int(entry)] = start
-    return found
 
 
 def test_killing_prepare_mid_import_leaves_no_worker_alive(tmp_path):
