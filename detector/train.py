@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -475,6 +477,26 @@ def _restore(resume: Mapping[str, Any], optimizer: torch.optim.Optimizer, scaler
     return _Progress(state["epoch"] + 1, stopper, state["stopped_early"], list(state["history"]))
 
 
+def _best_is_state(resume: Mapping[str, Any]) -> bool:
+    """Whether the saved state's own weights are the best epoch's (then no best.pt is kept beside it)."""
+    state = resume["train_state"]
+    return state["early_stopping"]["best_epoch"] == state["epoch"]
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` as the same file as ``source``: a hard link, so the bytes are on disk once (a copy on
+    file systems without links), replacing ``target`` atomically."""
+    if target.exists() and os.path.samefile(source, target):
+        return  # (rename() between two links of one file does nothing and would leave the temporary one)
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def _train_state(progress: _Progress, epoch: int, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
     return {
         "epoch": epoch,
@@ -505,21 +527,34 @@ def fit(
     """Train ``model`` with early stopping on ``val_accuracy``; resume from ``out_dir/checkpoint/``.
 
     Writes into ``out_dir``: ``config.yaml``, ``history.jsonl`` (one metrics row per epoch) and
-    ``checkpoint/`` with ``state.pt`` (whole state, rewritten every epoch) and ``best.pt`` (the best
-    epoch's weights, a checkpoint ``load_model`` reads). ``on_epoch(metrics, out_dir / "checkpoint")``
-    runs after both are on disk. ``metadata`` (e.g. ``data_manifest_sha256``, ``pruning``) goes into every
-    checkpoint. ``hparams`` (e.g. a trial's sparsity/optimizer/lr) go into the checkpoints' metadata and
+    ``checkpoint/`` with ``state.pt`` (the whole state, rewritten every epoch) and, at the end,
+    ``best.pt`` (the best epoch's weights, a checkpoint ``load_model`` reads).
+    ``on_epoch(metrics, out_dir / "checkpoint")`` runs when the folder holds what a resume needs, and no
+    more (it is what Ray Tune stores every epoch): ``state.pt``, and ``best.pt`` only while the best epoch
+    is an earlier one (otherwise the state's weights are the best's). ``metadata`` (e.g.
+    ``data_manifest_sha256``, ``pruning``) goes into every checkpoint. ``hparams`` (e.g. a trial's sparsity/optimizer/lr) go into the checkpoints' metadata and
     TensorBoard's HParams view. A model with pruning masks keeps them: pruned weights stay zero throughout.
     On return the model holds the best epoch's weights.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
     state_path, best_path = ckpt_dir / "state.pt", ckpt_dir / "best.pt"
+    # The best epoch's weights, kept beside the checkpoint folder while fitting: the folder links to them
+    # only while they differ from state.pt's, so that each trial's storage holds one copy of a model.
+    best_weights = out_dir / ".best.pt"
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     _check_arch(model, cfg.arch, PruningInfo.from_metadata(metadata or {}, where="fit metadata"))
 
     resume = _load_resume_state(model, cfg, state_path)
+    if resume is not None and _best_is_state(resume):
+        save_checkpoint(best_weights, model, metadata=resume["metadata"])
+        best_path.unlink(missing_ok=True)  # a best.pt left by a crash before the state was written
+    elif resume is not None:
+        if not best_path.is_file():
+            raise ValueError(f"{state_path}: its best epoch ({resume['train_state']['early_stopping']['best_epoch']}) "
+                             f"is not its own, and {best_path} is missing; the checkpoint folder is incomplete")
+        _link(best_path, best_weights)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -548,11 +583,18 @@ def fit(
             metrics.update(best_val_accuracy=progress.stopper.best, best_epoch=progress.stopper.best_epoch)
             progress.history.append(metrics)
             epoch_meta = {**base_meta, "metrics": metrics, "epoch": epoch}
-            # best.pt before state.pt: a crash in between leaves a state that still points at a valid best.
-            if progress.stopper.best_epoch == epoch:
-                save_checkpoint(best_path, model, metadata=epoch_meta)
+            # Ordered so that a crash between two writes leaves a folder that resumes: a state whose best
+            # is its own epoch ignores a best.pt beside it, and a best.pt is in place before a state that
+            # needs it.
+            new_best = progress.stopper.best_epoch == epoch
+            if new_best:
+                save_checkpoint(best_weights, model, metadata=epoch_meta)
+            elif not best_path.exists():
+                _link(best_weights, best_path)
             save_checkpoint(state_path, model, metadata=epoch_meta, optimizer=optimizer,
                             extra={"train_state": _train_state(progress, epoch, scaler)})
+            if new_best:
+                best_path.unlink(missing_ok=True)
             _write_history(out_dir / "history.jsonl", progress.history)
             tensorboard.epoch(metrics)
             if on_epoch is not None:
@@ -562,8 +604,10 @@ def fit(
                          epoch, progress.stopper.bad_epochs, progress.stopper.best, progress.stopper.best_epoch)
         tensorboard.hparams(hparams or {}, progress.stopper)
 
-    if not best_path.exists():
+    if not best_weights.exists():
         raise ValueError(f"{out_dir}: no epoch was trained (max_epochs={cfg.max_epochs}) and no best.pt exists")
+    _link(best_weights, best_path)  # after the last report: for the caller, not for the trial's storage
+    best_weights.unlink()
     load_state_into(model, load_checkpoint(best_path)["model"], source=best_path)
     return FitResult(
         best_epoch=progress.stopper.best_epoch,

@@ -163,3 +163,22 @@ def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
     assert not (run_dir / "tune").exists()
     trials = read_trials(run_dir)
     assert sorted(t["sparsity"] for t in trials) == [0.1, 0.2] and all(t["state"] == "TERMINATED" for t in trials)
+
+
+def test_a_complete_stage_needs_no_trial_weights(finished_run):
+    """What `stages.drop_checkpoints` removes once a stage's outputs exist is what nothing reads again:
+    status, the report and a re-run (reused, no Ray) work as before. Destructive: the last test of the run."""
+    from detector.config import from_dict, load_yaml
+    from detector.job.experiment import ExperimentConfig
+    from detector.job.runfolder import TUNE_STAGES, RunFolder
+    from detector.job.stages import drop_checkpoints
+    from detector.report import write_report
+
+    assert list((finished_run / "tune").rglob("state.pt"))
+    freed = sum(drop_checkpoints(RunFolder(finished_run).tune_experiment(stage, None)) for stage in TUNE_STAGES)
+    assert freed > 0 and not list((finished_run / "tune").rglob("*.pt"))
+    assert not list((finished_run / "tune").rglob("checkpoint_*"))
+    test_status_lists_every_trial(finished_run)
+    write_report(finished_run)
+    exp = from_dict(ExperimentConfig, load_yaml(finished_run / "experiment.yaml"))
+    assert not any(pending_work(exp, finished_run, ["baseline", "search", "finetune", "evaluate"]).values())

@@ -75,8 +75,11 @@ def test_fit_stops_after_patience_and_restores_the_best_epoch(tmp_path, monkeypa
     monkeypatch.setattr(train_mod, "evaluate", scripted_evaluate)
     weights_by_epoch = {}
 
+    stored = {}  # what Tune would store at each epoch
+
     def on_epoch(metrics, ckpt_dir):
-        assert (ckpt_dir / "state.pt").is_file() and ckpt_dir == tmp_path / "checkpoint"
+        assert ckpt_dir == tmp_path / "checkpoint"
+        stored[metrics["epoch"]] = sorted(p.name for p in ckpt_dir.iterdir())
         weights_by_epoch[metrics["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
 
     model = build_model("resnet18", seed=0)
@@ -91,6 +94,11 @@ def test_fit_stops_after_patience_and_restores_the_best_epoch(tmp_path, monkeypa
     assert not torch.equal(model.fc.weight, weights_by_epoch[5]["fc.weight"])
     best = load_checkpoint(result.best_checkpoint)
     assert best["metadata"]["epoch"] == 2 and best["metadata"]["metrics"]["val_accuracy"] == 0.70
+    # one copy of the model per stored checkpoint while each epoch is the best; the best's beside the state after
+    assert stored == {1: ["state.pt"], 2: ["state.pt"], 3: ["best.pt", "state.pt"], 4: ["best.pt", "state.pt"],
+                      5: ["best.pt", "state.pt"]}
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["best.pt", "state.pt"]
+    assert not (tmp_path / ".best.pt").exists()
 
 
 def test_a_tiny_run_learns(tmp_path):
