@@ -69,9 +69,9 @@ class TrainConfig:
     image_size: Annotated[int, Range(16, MAX_IMAGE_SIZE, why="16 px: ResNet's strides; 1024 px: the "
                                      "largest source images, 3 MiB per decoded image")] = 224
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: Annotated[float, Range(0, 1, low_open=True)] = 1e-4
+    lr: Annotated[float, Range(0, low_open=True)] = 1e-4
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9  # SGD only
-    weight_decay: Annotated[float, Range(0, 1)] = 0.0
+    weight_decay: Annotated[float, Range(0)] = 0.0
     batch_size: AtLeastOne = 16
     max_epochs: AtLeastOne = 100
     # epochs without a new best val_accuracy before stopping; null: never stop early (a search trial,

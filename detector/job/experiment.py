@@ -56,7 +56,7 @@ class DataSection:
 
 # A pruning budget: a fraction of the prunable weights, strictly between none and all.
 _Sparsity = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
-_LearningRate = Annotated[float, Range(0, 1, low_open=True)]
+_LearningRate = Annotated[float, Range(0, low_open=True)]
 
 
 @dataclass(frozen=True)
