@@ -14,10 +14,11 @@ USER 1000:100
 # jobs/configs/paper.yaml) resolve here.
 WORKDIR /home/ray/detector
 
-COPY --chown=1000:100 pyproject.toml README.md ./
+COPY --chown=1000:100 pyproject.toml README.md constraints.txt ./
 COPY --chown=1000:100 detector/ detector/
-# Ray is in the base image at the pinned version already: pip keeps it and adds the other pins (torch
-# with its CUDA libraries is most of the size).
-RUN pip install --no-cache-dir .
+# Every dependency at the version of constraints.txt (cluster/lock_constraints.py writes it): an image
+# rebuilt later installs the same packages, so a worker pulled from it runs the head's code. Ray is in
+# the base image at the pinned version already; torch with its CUDA libraries is most of the size.
+RUN pip install --no-cache-dir -c constraints.txt .
 COPY --chown=1000:100 jobs/ jobs/
 COPY --chown=1000:100 cluster/runtime_env.yaml cluster/runtime_env.yaml

@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov (tests/test_k8s.py runs it on the rendered manifests) in a venv of its own: its pins
+# (networkx<2.7, packaging<24, botocore 1.35) would downgrade the project's own environment.
+TOOLS := .venv-tools
+CHECKOV := checkov==3.3.30
 
 .PHONY: demo test test-fast bench clean
 
@@ -16,11 +20,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/detector demo --out runs/demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+$(TOOLS)/.installed: Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q '$(CHECKOV)'
+	touch $@
 
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+test: $(STAMP) $(TOOLS)/.installed
+	PATH=$(CURDIR)/$(TOOLS)/bin:$$PATH $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) $(TOOLS)/.installed
+	PATH=$(CURDIR)/$(TOOLS)/bin:$$PATH $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TOOLS) runs .pytest_cache

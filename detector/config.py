@@ -1,17 +1,23 @@
 """Configs are data: frozen dataclasses built from plain dicts (YAML), validated, and saved beside results.
 
 Unknown keys are an error that names the key and the keys that would be right; values are checked
-against the field's type, so a typo in a YAML file fails before any work starts.
+against the field's type and the constraints declared on it (``Annotated[int, Range(1)]``: the range of
+every field is stated once, beside the field), so a typo or an out-of-range value in a YAML file or a
+``--set`` fails before any work starts, naming the key and where the value came from.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
+import math
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -19,7 +25,57 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config value is missing, unknown or of the wrong type; the message names the key."""
+    """A config value is missing, unknown, of the wrong type or out of range; the message names the key."""
+
+
+# --- constraints declared on fields: `lr: Annotated[float, Range(0, 1, low_open=True)]` -----------------
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a number must lie in (``None``: unbounded on that side); ``why`` says where a bound
+    comes from when it is not obvious."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""
+
+    def reason(self, value: Any) -> str | None:
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if low_ok and high_ok:
+            return None
+        left = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        right = "inf)" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+        return f"{value!r} is not in {left}, {right}" + (f" ({self.why})" if self.why else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """One of a set of names known at run time (architectures, metrics): a Literal that is not spelled twice."""
+
+    choices: tuple[str, ...]
+
+    def reason(self, value: Any) -> str | None:
+        return None if value in self.choices else f"{value!r} is not one of {', '.join(self.choices)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """A string that matches ``pattern`` as a whole; ``what`` describes it for the error."""
+
+    pattern: str
+    what: str
+
+    def reason(self, value: Any) -> str | None:
+        return None if re.fullmatch(self.pattern, value) else f"{value!r} is not {self.what}"
+
+
+# Seeds: NumPy takes seeds below 2**32; searchers add small offsets (one per sparsity) to a seed.
+Seed = Annotated[int, Range(0, 2**31 - 1, why="NumPy seeds, with room for per-study offsets")]
+AtLeastOne = Annotated[int, Range(1)]
+NonNegative = Annotated[int, Range(0)]
+NonEmpty = Annotated[str, Match(r"\S.*", "a non-empty string")]
 
 
 def _check_value(where: str, value: Any, tp: Any) -> Any:
@@ -27,8 +83,20 @@ def _check_value(where: str, value: Any, tp: Any) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        value = _check_value(where, value, args[0])
+        for constraint in args[1:]:
+            reason = constraint.reason(value)
+            if reason is not None:
+                raise ConfigError(f"{where}: {reason}")
+        return value
     if origin in (typing.Union, types.UnionType):
-        for arg in args:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message says what is wrong
+            return _check_value(where, value, options[0])
+        for arg in options:
             try:
                 return _check_value(where, value, arg)
             except ConfigError:
@@ -61,14 +129,17 @@ def _check_value(where: str, value: Any, tp: Any) -> Any:
         return {str(k): _check_value(f"{where}.{k}", v, vt) for k, v in value.items()}
     if tp is float:
         # YAML reads 1e-4 as a string unless written 1.0e-4; accept both spellings.
+        number = value
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # .inf / .nan: no setting of this job means infinity
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(number)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -86,8 +157,23 @@ def _check_value(where: str, value: Any, tp: Any) -> Any:
     return value
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of the dataclass instance ``obj`` against its type and declared constraints
+    (call it from ``__post_init__``, so that a config built in code is held to the same rules as one
+    read from YAML). Raises ConfigError naming the field."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        _check_value(f.name, getattr(obj, f.name), hints[f.name])
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
-    """Build the dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+    """Build the dataclass ``cls`` from ``data``; unknown keys, wrong types and values out of their
+    declared range raise ConfigError naming the key.
 
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
@@ -98,13 +184,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; "
             f"{cls.__name__} accepts: {', '.join(sorted(fields))}"
         )
     kwargs = {}
@@ -121,8 +207,39 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
         raise ConfigError(f"missing key(s): {', '.join(prefix + m for m in missing)}")
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise  # a check in __post_init__: its message names its keys
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from e
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from e
+
+
+def from_dict_with_overrides(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str], *,
+                             source: str) -> T:
+    """``from_dict(cls, data)`` after the ``--set`` ``overrides``; an error says where the bad value came
+    from: ``source`` (the config file) or the ``--set KEY=VALUE`` that brought it in.
+
+    The culprit is found by building again from the file alone, then after each override in turn: the
+    first of those that fails with the same error is where it came from (so a check across fields, such
+    as lr_min < lr_max, blames the override that broke it, and an override may repair a file).
+    """
+    final = copy.deepcopy(dict(data))
+    for item in overrides:  # an ill-formed --set is its own error
+        apply_override(final, item)
+    try:
+        return from_dict(cls, final)
+    except ConfigError as e:
+        message = str(e)
+    partial = copy.deepcopy(dict(data))
+    for n in range(len(overrides) + 1):
+        if n:
+            apply_override(partial, overrides[n - 1])
+        try:
+            from_dict(cls, partial)
+        except ConfigError as e:
+            if str(e) == message:
+                origin = source if n == 0 else f"--set {overrides[n - 1]}"
+                raise ConfigError(f"{origin}: {message}") from None
+    raise ConfigError(f"{source} with --set {' '.join(overrides)}: {message}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -38,6 +38,30 @@ def atomic_open(path: str | Path, mode: str = "wb", *, private: bool = False) ->
         raise
 
 
+def create_text(path: str | Path, text: str, *, private: bool = False) -> bool:
+    """Write ``text`` to ``path`` only if nothing is there yet: complete or not at all, and never over a
+    file another process created meanwhile (two first runs must not end up with two tokens). Returns
+    False, writing nothing, when ``path`` exists."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            if not private:
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # unlike a rename, fails if the name exists
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, private: bool = False) -> None:
     with atomic_open(path, "wb", private=private) as f:
         f.write(data)

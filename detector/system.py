@@ -1,9 +1,15 @@
-"""What this process may use of the machine: in a container, the host's core count is not the answer."""
+"""What this process may use of the machine (in a container, the host's core count is not the answer),
+and how its helper processes are tied to it."""
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -39,3 +45,58 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+# --- processes -------------------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Make this process end when its parent does, even by SIGKILL (a process pool's initializer).
+
+    A pool worker otherwise outlives a ``kill -9`` of ``detector prepare``, re-parented to init, still
+    holding memory and a CPU. On Linux the kernel sends SIGKILL when the parent dies
+    (``PR_SET_PDEATHSIG``); elsewhere a thread polls the parent id. Pools must be started from the main
+    thread: the kernel's "parent" is the thread that forked, and Python's pools fork from the thread
+    that submits.
+    """
+    import multiprocessing
+
+    # the pid the parent had: if it died while this process was starting, getppid() is already init's
+    known = multiprocessing.parent_process()
+    parent = known.pid if known is not None and known.pid is not None else os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def process_start(pid: int) -> str | None:
+    """What tells the live process ``pid`` from a later one with the same id (its start time since boot,
+    on Linux; "" where that cannot be read), or None when no such process runs."""
+    if not Path("/proc/self/stat").exists():  # no /proc (macOS): only whether some process has that id
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # the name (field 2) may hold spaces and ')'
+    if fields[0] in ("Z", "X"):  # a zombie is a dead process
+        return None
+    return fields[19]  # field 22: start time in clock ticks after boot

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
-import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol
+from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from detector.config import save_yaml, to_dict
-from detector.device import PRECISIONS, Precision, autocast, resolve_device, resolve_precision, seed_everything
+from detector.config import AtLeastOne, Match, NonNegative, OneOf, Range, Seed, check_fields, save_yaml, to_dict
+from detector.device import Precision, autocast, resolve_device, resolve_precision, seed_everything
 from detector.io import atomic_write_text
 from detector.model import ARCHITECTURES, build_model
 from detector.prune import PruningInfo
@@ -49,58 +50,48 @@ class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
 
 
+# What every epoch reports that a search may optimise (``search.metric``), and which way is better.
+OBJECTIVES: dict[str, Literal["max", "min"]] = {
+    "val_accuracy": "max", "val_loss": "min", "best_val_accuracy": "max",
+    "train_accuracy": "max", "train_loss": "min",
+}
+
+# The largest image size: the largest images of the paper's sources are SynthBuster's 1024 px; above that
+# a resize only upsamples, and one decoded image is already 3 MiB (what data.pixels stores per image).
+MAX_IMAGE_SIZE = 1024
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run. Defaults are the paper's baseline (§2.2, Table 2)."""
+    """Everything that decides a training run. Defaults are the paper's baseline (§2.2, Table 2).
 
-    arch: str = "resnet50"
-    image_size: int = 224
+    Each field's range is declared with it (``detector.config.Range``); a value outside fails at load.
+    """
+
+    arch: Annotated[str, OneOf(tuple(ARCHITECTURES))] = "resnet50"
+    # 16 px: the smallest input ResNet's five stride-2 stages still reduce to one pixel
+    image_size: Annotated[int, Range(16, MAX_IMAGE_SIZE, why="16 px: ResNet's strides; 1024 px: the "
+                                     "largest source images, 3 MiB per decoded image")] = 224
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-4
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    batch_size: int = 16
-    max_epochs: int = 100
+    lr: Annotated[float, Range(0, low_open=True)] = 1e-4
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9  # SGD only
+    weight_decay: Annotated[float, Range(0)] = 0.0
+    batch_size: AtLeastOne = 16
+    max_epochs: AtLeastOne = 100
     # epochs without a new best val_accuracy before stopping; null: never stop early (a search trial,
     # whose epochs are its budget)
-    patience: int | None = 3
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    patience: AtLeastOne | None = 3
+    seed: Seed = 0
+    num_workers: NonNegative = 2
+    device: Annotated[str, Match(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N")] = "auto"
     precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
     channels_last: bool = True
     compile: bool = False
-    max_train_batches: int | None = None  # cap an epoch (smoke runs)
-    max_val_batches: int | None = None
+    max_train_batches: AtLeastOne | None = None  # cap an epoch (smoke runs)
+    max_val_batches: AtLeastOne | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch: {self.arch!r} is not one of {', '.join(ARCHITECTURES)}")
-        if self.image_size < 16:
-            raise ValueError(f"image_size: {self.image_size} is too small (at least 16 px)")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer: {self.optimizer!r} is not adam or sgd")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr: {self.lr} must be a positive number")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum: {self.momentum} is not in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
-        for name in ("batch_size", "max_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience: {self.patience} must be >= 1, or null for no early stopping")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers: {self.num_workers} must be >= 0")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ValueError(f"device: {self.device!r} is not auto, cpu, mps, cuda or cuda:N")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("max_train_batches", "max_val_batches"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}: {value} must be >= 1 or null")
+        check_fields(self)
 
 
 class PruningHook(Protocol):
@@ -539,6 +530,26 @@ def _restore(resume: Mapping[str, Any], optimizer: torch.optim.Optimizer, scaler
     return _Progress(state["epoch"] + 1, stopper, state["stopped_early"], list(state["history"]))
 
 
+def _best_is_state(resume: Mapping[str, Any]) -> bool:
+    """Whether the saved state's own weights are the best epoch's (then no best.pt is kept beside it)."""
+    state = resume["train_state"]
+    return state["early_stopping"]["best_epoch"] == state["epoch"]
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` as the same file as ``source``: a hard link, so the bytes are on disk once (a copy on
+    file systems without links), replacing ``target`` atomically."""
+    if target.exists() and os.path.samefile(source, target):
+        return  # (rename() between two links of one file does nothing and would leave the temporary one)
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def _train_state(progress: _Progress, epoch: int, scaler: torch.amp.GradScaler | None,
                  schedule: PruningHook | None) -> dict[str, Any]:
     return {
@@ -581,10 +592,12 @@ def fit(
     """Train ``model`` with early stopping on ``val_accuracy``; resume from ``out_dir/checkpoint/``.
 
     Writes into ``out_dir``: ``config.yaml``, ``history.jsonl`` (one metrics row per epoch) and
-    ``checkpoint/`` with ``state.pt`` (whole state, rewritten every epoch) and ``best.pt`` (the best
-    epoch's weights, a checkpoint ``load_model`` reads). ``on_epoch(metrics, out_dir / "checkpoint")``
-    runs after both are on disk. ``metadata`` (e.g. ``data_manifest_sha256``, ``pruning``) goes into every
-    checkpoint. ``hparams`` (e.g. a trial's sparsity/optimizer/lr) go into the checkpoints' metadata and
+    ``checkpoint/`` with ``state.pt`` (the whole state, rewritten every epoch) and, at the end,
+    ``best.pt`` (the best epoch's weights, a checkpoint ``load_model`` reads).
+    ``on_epoch(metrics, out_dir / "checkpoint")`` runs when the folder holds what a resume needs, and no
+    more (it is what Ray Tune stores every epoch): ``state.pt``, and ``best.pt`` only while the best epoch
+    is an earlier one (otherwise the state's weights are the best's). ``metadata`` (e.g.
+    ``data_manifest_sha256``, ``pruning``) goes into every checkpoint. ``hparams`` (e.g. a trial's sparsity/optimizer/lr) go into the checkpoints' metadata and
     TensorBoard's HParams view. A model with pruning masks keeps them: pruned weights stay zero throughout.
     ``schedule`` (a ``PruningHook``) prunes the model as it trains: only epochs at its target can be the
     best, every row gets ``current_sparsity``, every checkpoint the schedule's ``pruning``, and ``state.pt``
@@ -593,11 +606,22 @@ def fit(
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
     state_path, best_path = ckpt_dir / "state.pt", ckpt_dir / "best.pt"
+    # The best epoch's weights, kept beside the checkpoint folder while fitting: the folder links to them
+    # only while they differ from state.pt's, so that each trial's storage holds one copy of a model.
+    best_weights = out_dir / ".best.pt"
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     _check_arch(model, cfg.arch, PruningInfo.from_metadata(metadata or {}, where="fit metadata"))
 
     resume = _load_resume_state(model, cfg, state_path)
+    if resume is not None and _best_is_state(resume):
+        save_checkpoint(best_weights, model, metadata=resume["metadata"])
+        best_path.unlink(missing_ok=True)  # a best.pt left by a crash before the state was written
+    elif resume is not None and resume["train_state"]["early_stopping"]["best_epoch"]:
+        if not best_path.is_file():
+            raise ValueError(f"{state_path}: its best epoch ({resume['train_state']['early_stopping']['best_epoch']}) "
+                             f"is not its own, and {best_path} is missing; the checkpoint folder is incomplete")
+        _link(best_path, best_weights)
     model.to(device)
     if resume is not None:
         _restore_schedule(resume, schedule, state_path)
@@ -648,11 +672,18 @@ def fit(
                 metrics.update(best_val_accuracy=progress.stopper.best, best_epoch=progress.stopper.best_epoch)
             progress.history.append(metrics)
             epoch_meta["metrics"] = metrics
-            # best.pt before state.pt: a crash in between leaves a state that still points at a valid best.
-            if progress.stopper.best_epoch == epoch:
-                save_checkpoint(best_path, model, metadata=epoch_meta)
+            # Ordered so that a crash between two writes leaves a folder that resumes: a state whose best
+            # is its own epoch ignores a best.pt beside it, and a best.pt is in place before a state that
+            # needs it.
+            new_best = progress.stopper.best_epoch == epoch
+            if new_best:
+                save_checkpoint(best_weights, model, metadata=epoch_meta)
+            elif best_weights.exists() and not best_path.exists():
+                _link(best_weights, best_path)
             save_checkpoint(state_path, model, metadata=epoch_meta, optimizer=optimizer,
                             extra={"train_state": _train_state(progress, epoch, scaler, schedule)})
+            if new_best:
+                best_path.unlink(missing_ok=True)
             _write_history(out_dir / "history.jsonl", progress.history)
             tensorboard.epoch(metrics)
             if on_epoch is not None:
@@ -662,11 +693,13 @@ def fit(
                          epoch, progress.stopper.bad_epochs, progress.stopper.best, progress.stopper.best_epoch)
         tensorboard.hparams(hparams or {}, progress.history, progress.stopper)
 
-    if not best_path.exists():
+    if not best_weights.exists():
         if schedule is not None and not schedule.at_target:
             raise ValueError(f"{out_dir}: the pruning schedule did not reach its target sparsity in "
                              f"max_epochs={cfg.max_epochs} epochs, so no model was kept")
         raise ValueError(f"{out_dir}: no epoch was trained (max_epochs={cfg.max_epochs}) and no best.pt exists")
+    _link(best_weights, best_path)  # after the last report: for the caller, not for the trial's storage
+    best_weights.unlink()
     load_state_into(model, load_checkpoint(best_path)["model"], source=best_path)
     return FitResult(
         best_epoch=progress.stopper.best_epoch,

@@ -3,6 +3,7 @@ through pyarrow's own S3 client, against moto's S3 server (an S3 API emulator on
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pyarrow import fs as pafs
 
 from detector.data.loader import ShardChecksumError, ShardDataset, build_loader, read_manifest
 from detector.data.pixels import derive_pixels
+from detector.paths import UnsafePathError
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,18 @@ def test_a_damaged_object_fails_its_checksum(bucket, demo_shards):
     finally:
         with s3.open_output_stream(f"{prefix}/{shard}") as f:
             f.write(original)
+
+
+def test_a_manifest_in_a_bucket_cannot_point_at_another_prefix(bucket):
+    """A planted manifest under one prefix lists the real shard of another prefix (same sha256)."""
+    uri, s3, prefix = bucket
+    manifest = read_manifest(uri)
+    manifest["shards"][0]["path"] = f"../data/{manifest['shards'][0]['path']}"
+    with s3.open_output_stream("detector/planted/manifest.json") as f:
+        f.write(json.dumps(manifest).encode())
+    planted = uri.replace("detector/data?", "detector/planted?")
+    with pytest.raises(UnsafePathError, match=r"s3://detector/planted/manifest\.json\?\S+: shards\[0\]\.path '\.\./data/"):
+        ShardDataset(planted, manifest["shards"][0]["split"], image_size=16)
 
 
 def test_pixels_derive_from_a_bucket_byte_for_byte(bucket, demo_shards, tmp_path):

@@ -62,3 +62,14 @@ def test_pixels_decoded_once_have_one_size_for_every_stage():
     with pytest.raises(ConfigError, match=r"finetune\.image_size: 256 differs from train\.image_size \(224\)"):
         load_experiment(CONFIGS / "paper.yaml", ["data.pixels=true", "finetune.image_size=256"])
     load_experiment(CONFIGS / "paper.yaml", ["finetune.image_size=256"])  # without pixels, stages may differ
+
+
+def test_detector_train_blames_the_set_or_the_file_too(tmp_path):
+    from detector.commands.train import load_train_config
+
+    with pytest.raises(ConfigError, match=r"^--set lr=abc: lr: expected a number, got 'abc'$"):
+        load_train_config(None, ["lr=abc"])
+    config = tmp_path / "train.yaml"
+    config.write_text("batch_size: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: batch_size: 0 is not in \[1, inf\)$"):
+        load_train_config(config, ["lr=1.0e-3"])

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from detector.io import atomic_open, atomic_write_text
+from detector.io import atomic_open, atomic_write_text, create_text
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -37,3 +37,11 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
             raise RuntimeError("disk full")
     assert (tmp_path / "report.md").read_text() == "the previous report"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_create_text_never_replaces_a_file_another_process_made(tmp_path):
+    token = tmp_path / ".ray" / "auth_token"
+    assert create_text(token, "first", private=True)
+    assert not create_text(token, "second", private=True)  # a second first run keeps the first token
+    assert token.read_text() == "first" and stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert sorted(p.name for p in token.parent.iterdir()) == ["auth_token"]  # no temporary left

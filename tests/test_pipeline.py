@@ -12,6 +12,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from detector.job.pipeline import pending_work, run
+from detector.job.runfolder import RunFolder
+from detector.job.status import read_status
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -199,3 +201,18 @@ def test_every_search_trial_is_in_the_run_s_optuna_storage(finished_run):
         assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
         mine = sorted(t["objective"] for t in results["trials"] if t["sparsity"] == sparsity)
         assert sorted(t.value for t in study.trials) == pytest.approx(mine)
+
+
+def test_a_complete_stage_keeps_no_trial_weights(finished_run):
+    """Once a stage's outputs exist the pipeline drops its trials' checkpoints (`stages.drop_checkpoints`):
+    nothing reads them again. Status, the report and a re-run (reused, no Ray) work without them."""
+    from detector.config import from_dict, load_yaml
+    from detector.job.experiment import ExperimentConfig
+    from detector.report import write_report
+
+    assert list((finished_run / "tune" / "search").iterdir())  # the trials' results stay
+    assert not list((finished_run / "tune").rglob("*.pt")) and not list((finished_run / "tune").rglob("checkpoint_*"))
+    assert read_status(RunFolder(finished_run))["state"] == "finished"
+    write_report(finished_run)
+    exp = from_dict(ExperimentConfig, load_yaml(finished_run / "experiment.yaml"))
+    assert not any(pending_work(exp, finished_run, ["baseline", "search", "finetune", "evaluate"]).values())

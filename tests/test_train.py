@@ -11,7 +11,7 @@ from detector.checkpoint import load_checkpoint, load_model
 from detector.config import ConfigError, from_dict
 from detector.model import build_model
 from detector.prune.unstructured import is_pruned, prune_global_l1, sparsity_report
-from detector.train import EarlyStopping, NonFiniteLossError, TrainConfig, evaluate, fit, collect_predictions
+from detector.train import OBJECTIVES, EarlyStopping, NonFiniteLossError, TrainConfig, evaluate, fit, collect_predictions
 
 SMALL = dict(arch="resnet18", image_size=16, batch_size=8, lr=1e-3, num_workers=0, channels_last=False, seed=0)
 
@@ -75,8 +75,11 @@ def test_fit_stops_after_patience_and_restores_the_best_epoch(tmp_path, monkeypa
     monkeypatch.setattr(train_mod, "evaluate", scripted_evaluate)
     weights_by_epoch = {}
 
+    stored = {}  # what Tune would store at each epoch
+
     def on_epoch(metrics, ckpt_dir):
-        assert (ckpt_dir / "state.pt").is_file() and ckpt_dir == tmp_path / "checkpoint"
+        assert ckpt_dir == tmp_path / "checkpoint"
+        stored[metrics["epoch"]] = sorted(p.name for p in ckpt_dir.iterdir())
         weights_by_epoch[metrics["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
 
     model = build_model("resnet18", seed=0)
@@ -91,6 +94,11 @@ def test_fit_stops_after_patience_and_restores_the_best_epoch(tmp_path, monkeypa
     assert not torch.equal(model.fc.weight, weights_by_epoch[5]["fc.weight"])
     best = load_checkpoint(result.best_checkpoint)
     assert best["metadata"]["epoch"] == 2 and best["metadata"]["metrics"]["val_accuracy"] == 0.70
+    # one copy of the model per stored checkpoint while each epoch is the best; the best's beside the state after
+    assert stored == {1: ["state.pt"], 2: ["state.pt"], 3: ["best.pt", "state.pt"], 4: ["best.pt", "state.pt"],
+                      5: ["best.pt", "state.pt"]}
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["best.pt", "state.pt"]
+    assert not (tmp_path / ".best.pt").exists()
 
 
 def test_a_tiny_run_learns(tmp_path):
@@ -106,6 +114,7 @@ def test_a_tiny_run_learns(tmp_path):
     assert evaluate(model, val, device="cpu")["val_accuracy"] == result.best_val_accuracy
     assert set(first) >= {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                           "images_per_s", "data_wait_s", "best_val_accuracy"}
+    assert set(first) >= set(OBJECTIVES)  # every metric a search may be told to optimise is reported
     assert all(math.isfinite(v) for v in first.values())
     assert list(map(json.loads, (tmp_path / "history.jsonl").read_text().splitlines())) == result.history
     assert "optimizer: adam" in (tmp_path / "config.yaml").read_text()

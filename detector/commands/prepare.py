@@ -1,12 +1,13 @@
 """Import datasets into shards.
 
   detector prepare --out DATA [--faces140k DIR] [--celebdf DIR] [--synthbuster DIR] [--folder DIR] [--demo]
-                   [--workers N] [--seed S] [--strict]
+                   [--workers N] [--seed S] [--strict] [--follow-outside-links]
 
 Writes DATA/shards/<split>/<split>-NNNNN.parquet (or .tar with --format webdataset) and, last,
 DATA/manifest.json; a folder without manifest.json is an unfinished import, which the same command finishes.
 Labels: Real = 1, Fake = 0. Every file that cannot be used is listed in the manifest's `rejected` with its
-reason; --strict turns any rejection into a failure (exit 1, no manifest written).
+reason; --strict turns any rejection into a failure (exit 1, no manifest written). Symbolic links are
+followed only out of a source folder and only with --follow-outside-links (docs/data.md).
 """
 
 from __future__ import annotations
@@ -75,19 +76,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=(DEMO_COUNTS["train"], DEMO_COUNTS["val"], DEMO_COUNTS["test"]),
                         help="demo images per split (default %(default)s)")
     parser.add_argument("--no-resume", action="store_true", help="rewrite every shard even if a finished one matches")
+    parser.add_argument("--follow-outside-links", action="store_true",
+                        help="follow symbolic links that lead outside a source folder (default: such links are "
+                             "rejected and not read; links to elsewhere inside a source are always rejected, "
+                             "their targets are imported under their own paths)")
 
 
 def sources_from_args(args: argparse.Namespace) -> list[Source]:
     sources: list[Source] = []
+    links = args.follow_outside_links
     if args.faces140k is not None:
-        sources.append(Faces140kSource(args.faces140k))
+        sources.append(Faces140kSource(args.faces140k, follow_outside_links=links))
     if args.celebdf is not None:
         sources.append(CelebDFSource(args.celebdf, frames_per_video=args.frames_per_video,
-                                     split=args.celebdf_split, include_youtube=args.celebdf_youtube))
+                                     split=args.celebdf_split, include_youtube=args.celebdf_youtube,
+                                     follow_outside_links=links))
     if args.synthbuster is not None:
-        sources.append(SynthBusterSource(args.synthbuster, include_raise=args.synthbuster_raise))
+        sources.append(SynthBusterSource(args.synthbuster, include_raise=args.synthbuster_raise,
+                                         follow_outside_links=links))
     if args.folder is not None:
-        sources.append(FolderSource(args.folder))
+        sources.append(FolderSource(args.folder, follow_outside_links=links))
     if args.demo:
         train, val, test = args.demo_counts
         sources.append(DemoSource(DemoConfig(image_size=args.demo_size, train=train, val=val, test=test)))

@@ -60,22 +60,23 @@ def pruning_schedule(args: argparse.Namespace):
 
 
 def load_train_config(path: Path | None, overrides: list[str]):
-    """TrainConfig from a YAML file (plain or experiment) plus ``key=value`` overrides."""
-    from detector.config import apply_override, from_dict, load_yaml, to_dict
+    """TrainConfig from a YAML file (plain or experiment) plus ``key=value`` overrides; an error names the
+    key and where its value came from (the file, or the ``--set``)."""
+    from detector.config import from_dict_with_overrides, load_yaml, to_dict
     from detector.train import TrainConfig
 
     data: dict = {}
+    source = "the default TrainConfig"
     if path is not None:
         raw = load_yaml(path)
+        source = str(path)
         if "train" in raw:
             from detector.job.experiment import load_experiment
 
             data = to_dict(load_experiment(path).stage_train("baseline"))
         else:
             data = raw
-    for item in overrides:
-        apply_override(data, item)
-    return from_dict(TrainConfig, data, where=str(path) if path else "")
+    return from_dict_with_overrides(TrainConfig, data, overrides, source=source)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from detector.data.images import decode_image
 from detector.data.shards import Unit, read_meta, read_rows, sha256_file, shard_units
 from detector.data.transforms import ClassificationPresetEval, ClassificationPresetTrain
+from detector.paths import safe_join, uri_join
 
 MANIFEST = "manifest.json"
 META_KEYS = ("source", "generator", "sha256", "original_path", "split", "group", "frame")
@@ -62,13 +63,23 @@ def _resolve(data: str):
     return pafs.LocalFileSystem(), os.path.abspath(data)
 
 
-def _join(root: str, relative: str) -> str:
-    return f"{root}/{relative}" if root else relative
+def manifest_name(data: str) -> str:
+    """The manifest's location as errors show it (a URI's query stays at the end)."""
+    return uri_join(data, MANIFEST)
+
+
+def shard_file(data: str, root: str, shard: dict[str, Any], index: int | None = None) -> str:
+    """Where a manifest's shard lives under ``root`` (the dataset's root inside its file system); refuses
+    a shard path that is absolute or leads outside the dataset (a manifest is data someone else may
+    have written)."""
+    field = f"shards[{index}].path" if index is not None else "shard path"
+    return safe_join(root, shard.get("path") if isinstance(shard, dict) else None,
+                     where=f"{manifest_name(data)}: {field}")
 
 
 def _read_bytes(data: str, relative: str) -> bytes:
     filesystem, root = _resolve(data)
-    path = _join(root, relative)
+    path = safe_join(root, relative, where=f"{data}: file")
     try:
         with filesystem.open_input_stream(path) as f:
             return f.read()
@@ -82,10 +93,14 @@ def read_manifest(data: str) -> dict[str, Any]:
     try:
         manifest = json.loads(_read_bytes(data, MANIFEST))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{data}/{MANIFEST}: not valid JSON ({e})") from None
+        raise ValueError(f"{manifest_name(data)}: not valid JSON ({e})") from None
     for key in ("splits", "shards", "format"):
         if key not in manifest:
-            raise ValueError(f"{data}/{MANIFEST}: missing key {key!r}; not written by `detector prepare`?")
+            raise ValueError(f"{manifest_name(data)}: missing key {key!r}; not written by `detector prepare`?")
+    if not isinstance(manifest["shards"], list):
+        raise ValueError(f"{manifest_name(data)}: shards is not a list")
+    for i, shard in enumerate(manifest["shards"]):
+        shard_file(data, data, shard, i)  # every path checked before any is used
     return manifest
 
 
@@ -180,7 +195,7 @@ class ShardDataset(IterableDataset):
         # a dataset from `detector pixels`: rows are already decoded and resized
         self.pixels: int | None = manifest["pixels"]["size"] if "pixels" in manifest else None
         if self.pixels is not None and self.pixels != image_size:
-            raise ValueError(f"{self.data}/{MANIFEST}: holds images decoded at {self.pixels}x{self.pixels} "
+            raise ValueError(f"{manifest_name(self.data)}: holds images decoded at {self.pixels}x{self.pixels} "
                              f"(pixels.size), not the {image_size}x{image_size} asked for; derive one at that size "
                              f"with `detector pixels {manifest['pixels']['from']['data']} --size {image_size}`")
         if self.pixels is not None and jpeg_draft:
@@ -196,14 +211,16 @@ class ShardDataset(IterableDataset):
         self.sources = None if sources is None else tuple(sources)
         self.generators = None if generators is None else tuple(generators)
         filesystem, root = _resolve(self.data)
-        shards = [s for s in manifest["shards"] if s["split"] == split
+        shards = [(i, s) for i, s in enumerate(manifest["shards"]) if s["split"] == split
                   and (self.sources is None or any(s["sources"].get(src) for src in self.sources))]
+        # relative shard path -> its file, checked once: workers read only these
+        self._files = {s["path"]: shard_file(self.data, root, s, i) for i, s in shards}
         if verify:
-            for s in shards:
-                verify_shard(filesystem, _join(root, s["path"]), s["sha256"], name=f"{self.data}/{s['path']}")
+            for _, s in shards:
+                verify_shard(filesystem, self._files[s["path"]], s["sha256"], name=f"{self.data}/{s['path']}")
         self._pieces: list[_Piece] = []
-        for s in shards:
-            path = _join(root, s["path"])
+        for _, s in shards:
+            path = self._files[s["path"]]
             units = shard_units(filesystem, path, s["path"], self.format, s["rows"])
             keep = self._filter(filesystem, path) if (self.sources or self.generators) else None
             start = 0
@@ -272,7 +289,7 @@ class ShardDataset(IterableDataset):
 
     def iter_rows(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, Any]]:
         """Encoded rows (``image`` bytes plus metadata) of one worker's share of the epoch, in order."""
-        filesystem, root = _resolve(self.data)
+        filesystem, _ = _resolve(self.data)
         rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}:rows")
         columns = ["label", *META_KEYS] if self.with_meta else ["label"]
         cache: dict = {}
@@ -281,7 +298,7 @@ class ShardDataset(IterableDataset):
         try:
             for piece, lo, hi in self._spans(worker, num_workers):
                 idx = list(range(lo, hi)) if piece.rows is None else list(piece.rows[lo:hi])
-                rows = read_rows(filesystem, _join(root, piece.unit.shard), self.format, piece.unit, idx, columns,
+                rows = read_rows(filesystem, self._files[piece.unit.shard], self.format, piece.unit, idx, columns,
                                  cache)
                 if not self.shuffle:
                     yield from rows

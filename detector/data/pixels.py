@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from detector.data.images import decode_image
 from detector.data.shards import COLUMNS, ShardLimits, ShardWriter, read_rows, sha256_file, shard_units
-from detector.system import usable_cpus
+from detector.paths import safe_join
+from detector.system import die_with_parent, usable_cpus
 
 if TYPE_CHECKING:  # torch is imported in the worker, not for `detector --help`
     from detector.data.transforms import ClassificationPresetEval
@@ -56,10 +57,16 @@ def _receipt_path(out: Path, shard: str) -> Path:
     return out / RECEIPT_DIR / (shard.replace("/", "__") + ".json")
 
 
+def _target(out: Path, shard: dict[str, Any]) -> Path:
+    """Where the pixel version of a source shard goes: the same relative path under ``out``, never
+    outside it (the path comes from the source's manifest)."""
+    return Path(safe_join(str(out), shard["path"], where=f"the source's {MANIFEST}: shard path"))
+
+
 def _load_receipt(out: Path, shard: dict[str, Any], size: int) -> dict[str, Any] | None:
+    path = _target(out, shard)
     try:
         receipt = json.loads(_receipt_path(out, shard["path"]).read_text())
-        path = out / shard["path"]
         if (receipt["source_sha256"] != shard["sha256"] or receipt["size"] != size
                 or receipt["bytes"] != path.stat().st_size):
             return None
@@ -73,15 +80,15 @@ def convert_shard(data: str, shard: dict[str, Any], fmt: str, out: str, size: in
     """Write the pixel version of one source shard under ``out`` (same relative path); its receipt."""
     import torch
 
-    from detector.data.loader import _join, _resolve, verify_shard
+    from detector.data.loader import _resolve, shard_file, verify_shard
     from detector.data.transforms import ClassificationPresetEval
     from detector.io import atomic_write_json
 
     torch.set_num_threads(1)  # one shard per process; the pool supplies the parallelism
     filesystem, root = _resolve(data)
-    path = _join(root, shard["path"])
+    path = shard_file(data, root, shard)
+    target = _target(Path(out), shard)
     verify_shard(filesystem, path, shard["sha256"], name=f"{data}/{shard['path']}")
-    target = Path(out) / shard["path"]
     rows = 0
     preset = ClassificationPresetEval(image_size=size)
     # one row group per source row group: the same shuffle units, so the same epochs as the source
@@ -144,7 +151,7 @@ def derive_pixels(data: str, out: Path, *, size: int = 224, workers: int | None 
         else:
             # spawn, not fork: this process holds Arrow thread pools that a fork would copy mid-flight
             spawn = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=spawn) as pool:
+            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=spawn, initializer=die_with_parent) as pool:
                 futures = {pool.submit(convert_shard, data, s, manifest["format"], str(out), size): s for s in pending}
                 for future in futures:
                     receipt = future.result()

@@ -48,7 +48,7 @@ from detector.data.sources import (
     plan_sources,
 )
 from detector.data.demo import DemoConfig
-from detector.system import usable_cpus
+from detector.system import die_with_parent, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +226,8 @@ def _load_receipt(out: Path, plan: ShardPlan) -> dict[str, Any] | None:
         receipt = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    shard = out / plan.name
-    if receipt.get("plan") != plan.key or not shard.is_file() or shard.stat().st_size != receipt.get("bytes"):
+    shard = out / plan.name  # the plan's own name: no path is taken from the receipt
+    if receipt.get("plan") != plan.key or receipt.get("shard") != plan.name or not shard.is_file() or shard.stat().st_size != receipt.get("bytes"):
         return None
     with open(shard, "rb") as f:
         if sha256_file(f) != receipt.get("sha256"):
@@ -270,8 +270,10 @@ def _write_shards(out: Path, pending: Sequence[ShardPlan], options: ImportOption
     if workers > 1:
         import multiprocessing
 
-        # spawn, not fork: the main process holds Arrow thread pools that a fork would copy mid-flight
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        # spawn, not fork: the main process holds Arrow thread pools that a fork would copy mid-flight;
+        # workers end with this process, even when it is killed (they would hold memory and a core)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent)
     else:
         pool = _Inline()
     limits = ShardLimits(row_group_rows=options.row_group_rows)

@@ -123,40 +123,81 @@ def _require_dir(path: Path, what: str) -> None:
         raise SourceError(f"{path}: {what} not found" + (" (it is a file)" if path.exists() else ""))
 
 
-def list_files(folder: Path, root: Path, source: str, plan: SourcePlan) -> list[Path]:
-    """Every non-hidden file under ``folder`` (following links, each real folder once), sorted.
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
-    Dangling links become rejections, not silent gaps. Names starting with "." are skipped
-    (``.DS_Store``, editor swap files, our own temporary files).
+
+def _link_rejection(target: str, folder: str | None, root: str, follow_outside: bool) -> str | None:
+    """Why a symbolic link whose real target is ``target`` is not followed, or None to follow it.
+
+    ``folder``: the real folder being listed (None for the listed folder itself); ``root``: the source's
+    real root. The rule is in docs/data.md, "Symbolic links".
     """
-    found: list[Path] = []
+    if folder is not None and _within(target, folder):
+        # the target is listed under its own path: following the link would import the same bytes twice
+        return f"symbolic link to {_rel(Path(target), Path(root))} in the same folder, imported under its own path"
+    if _within(target, root):
+        return (f"symbolic link to {_rel(Path(target), Path(root))}, another folder of the source: a file is "
+                "imported once, with the label and split of the folder it is in")
+    if not follow_outside:
+        return (f"symbolic link to {target}, outside the source folder {root}: not read "
+                "(--follow-outside-links follows such links)")
+    return None
+
+
+def list_files(folder: Path, root: Path, source: str, plan: SourcePlan, *,
+               follow_outside_links: bool = False) -> list[Path]:
+    """Every non-hidden file under ``folder``, sorted; a rejection with its reason for each one that
+    cannot be used.
+
+    Symbolic links (to files or folders) are followed only when they lead outside the source ``root``
+    and ``follow_outside_links`` is set. A link to anything inside the root is rejected: its target is
+    imported under its own path, with the label and split of its own folder (so one file is never
+    imported twice, or under two labels). A link outside the root is rejected, and not read, by default
+    (a link to /etc must not import /etc). Dangling links become rejections, not silent gaps. Names
+    starting with "." are skipped (``.DS_Store``, editor swap files, our own temporary files).
+    """
+    real_root = os.path.realpath(root)
+    real_folder = os.path.realpath(folder)
+    if real_folder != os.path.normpath(os.path.join(real_root, os.path.relpath(folder, root))):
+        # the listed folder itself is reached through a link
+        reason = _link_rejection(real_folder, None, real_root, follow_outside_links)
+        if reason is not None:
+            plan.rejected.append(Rejection(source, _rel(folder, root), f"folder: {reason}"))
+            return []
+    found: dict[str, Path] = {}  # real path -> the path it is imported under
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:  # a link back up the tree would otherwise loop forever
+        if real in seen:  # followed outside links may lead back up their own tree: never loop
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
+        entries = [(name, True) for name in dirnames] + [(name, False) for name in filenames]
+        dirnames[:] = []
+        for name, is_dir in sorted(entries):
             if name.startswith("."):
                 continue
             p = Path(dirpath) / name
-            if p.is_symlink() and not p.exists():
-                plan.rejected.append(Rejection(source, _rel(p, root),
-                                               f"dangling symbolic link (target {os.readlink(p)} does not exist)"))
-                continue
-            if not p.is_file():
+            if p.is_symlink():
+                if not p.exists():
+                    plan.rejected.append(Rejection(source, _rel(p, root), f"dangling symbolic link (target "
+                                                   f"{os.readlink(p)} does not exist)"))
+                    continue
+                reason = _link_rejection(os.path.realpath(p), real_folder, real_root, follow_outside_links)
+                if reason is not None:
+                    plan.rejected.append(Rejection(source, _rel(p, root), reason))
+                    continue
+            if is_dir:
+                dirnames.append(name)
+            elif not p.is_file():
                 plan.rejected.append(Rejection(source, _rel(p, root), "not a regular file"))
-                continue
-            found.append(p)
-        # os.walk lists a dangling link to a folder as a folder name it then cannot enter
-        for d in list(dirnames):
-            dp = Path(dirpath) / d
-            if dp.is_symlink() and not dp.exists():
-                plan.rejected.append(Rejection(source, _rel(dp, root), "dangling symbolic link"))
-                dirnames.remove(d)
-    return sorted(found)
+            elif (real_file := os.path.realpath(p)) in found:  # two followed links to one outside file
+                plan.rejected.append(Rejection(source, _rel(p, root), f"the same file as "
+                                               f"{_rel(found[real_file], root)}, imported once"))
+            else:
+                found[real_file] = p
+    return sorted(found.values())
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -189,6 +230,8 @@ class Faces140kSource:
     """
 
     root: Path
+    # follow symbolic links that lead outside root (docs/data.md, "Symbolic links")
+    follow_outside_links: bool = False
     name: str = "faces140k"
 
     def check(self) -> None:
@@ -212,7 +255,8 @@ class Faces140kSource:
         have_csv = any(csv_present.values())
         for folder_split, our_split in FACES140K_SPLITS.items():
             for class_dir, label in CLASS_DIRS.items():
-                for p in list_files(images / folder_split / class_dir, self.root, self.name, plan):
+                for p in list_files(images / folder_split / class_dir, self.root, self.name, plan,
+                                    follow_outside_links=self.follow_outside_links):
                     rel = _rel(p, images)
                     if rel in conflicts:
                         continue
@@ -308,6 +352,8 @@ class CelebDFSource:
     frames_per_video: int = 1
     split: str = "paper"
     include_youtube: bool = False
+    # follow symbolic links that lead outside root (docs/data.md, "Symbolic links")
+    follow_outside_links: bool = False
     name: str = "celebdf"
 
     def check(self) -> None:
@@ -327,8 +373,9 @@ class CelebDFSource:
         self.check()
         plan = SourcePlan()
         folders = ["Celeb-real", "Celeb-synthesis"] + (["YouTube-real"] if self.include_youtube else [])
-        videos = {d: [_rel(p, self.root) for p in list_files(self.root / d, self.root, self.name, plan)]
-                  for d in folders}
+        videos = {d: [_rel(p, self.root) for p in list_files(
+            self.root / d, self.root, self.name, plan, follow_outside_links=self.follow_outside_links)]
+            for d in folders}
         if not self.include_youtube and (self.root / "YouTube-real").is_dir():
             plan.notes.append(Note(self.name, "YouTube-real", "not imported (the paper uses Celeb-real and "
                                    "Celeb-synthesis only); --celebdf-youtube adds it as real"))
@@ -403,6 +450,8 @@ class SynthBusterSource:
 
     root: Path
     include_raise: bool = False
+    # follow symbolic links that lead outside root (docs/data.md, "Symbolic links")
+    follow_outside_links: bool = False
     name: str = "synthbuster"
 
     def check(self) -> None:
@@ -423,7 +472,8 @@ class SynthBusterSource:
             if not (self.root / folder).is_dir():
                 plan.notes.append(Note(self.name, folder, "generator folder missing: nothing imported for it"))
                 continue
-            files = [_rel(p, self.root) for p in list_files(self.root / folder, self.root, self.name, plan)]
+            files = [_rel(p, self.root) for p in list_files(
+                self.root / folder, self.root, self.name, plan, follow_outside_links=self.follow_outside_links)]
             assigned = assign_splits(files, seed=seed, salt=f"synthbuster:{folder}")
             for rel in files:
                 plan.tasks.append(Task(self.name, assigned[rel], label, "file", str(self.root / rel), rel,
@@ -446,6 +496,8 @@ class FolderSource:
     ``{train,val,test}/{real,fake}/`` (``valid``/``validation`` accepted for val), any depth below."""
 
     root: Path
+    # follow symbolic links that lead outside root (docs/data.md, "Symbolic links")
+    follow_outside_links: bool = False
     name: str = "folder"
 
     def _layout(self) -> dict[str, str] | None:
@@ -483,7 +535,8 @@ class FolderSource:
             for class_dir, label in CLASS_DIRS.items():
                 if not (base / class_dir).is_dir():
                     continue
-                files = [_rel(p, self.root) for p in list_files(base / class_dir, self.root, self.name, plan)]
+                files = [_rel(p, self.root) for p in list_files(
+                    base / class_dir, self.root, self.name, plan, follow_outside_links=self.follow_outside_links)]
                 assigned = (assign_splits(files, seed=seed, salt=f"folder:{class_dir}") if not split
                             else dict.fromkeys(files, split))
                 for rel in files:

@@ -202,6 +202,7 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
             if todo.get("baseline"):
                 state.stage("baseline", "running")
                 dtune.run_baseline(ctx, stop)
+                _drop(folder, exp, "baseline")
                 state.stage("baseline", "done")
             if todo.get("search"):
                 _require(folder.model(0.0), "search", "baseline")
@@ -212,6 +213,7 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
                     atomic_write_json(folder.search_results, dtune.run_pareto(ctx, stop))
                 else:
                     atomic_write_json(folder.search_results, dtune.run_search(ctx, stop))
+                    _drop(folder, exp, "search")
                 state.stage("search", "done")
             if "finetune" in todo and exp.search.mode == "pareto":  # the front's picks are known only now
                 todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.model(s).exists()]
@@ -224,6 +226,7 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
                 state.stage("finetune", "running")
                 rows = dtune.run_finetune(dataclasses.replace(ctx, best_params=best), todo["finetune"], stop)
                 atomic_write_json(folder.finetune_results, {"trials": rows})
+                _drop(folder, exp, "finetune")
                 state.stage("finetune", "done")
             if "evaluate" in todo:  # a frontier's probes are known only now
                 todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)]
@@ -233,6 +236,7 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
                     _require(folder.model(s), "evaluate", "baseline" if s == 0 else "finetune")
                 state.stage("evaluate", "running")
                 dtune.run_evaluate(ctx, todo["evaluate"], stop)
+                _drop(folder, exp, "evaluate")
                 state.stage("evaluate", "done")
         finally:
             if info.embedded:
@@ -267,10 +271,12 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
                  rule.margin)
         if not folder.round_results(r).exists():
             atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, probes, name=f"search-r{r}"))
+            _drop(folder, exp, f"search-r{r}")
         best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.round_results(r))["best"].values()}
         missing = [p for p in probes if not folder.model(p).exists()]
         if missing:
             dtune.run_finetune(dataclasses.replace(ctx, best_params=best), missing, stop, name=f"finetune-r{r}")
+            _drop(folder, exp, f"finetune-r{r}")
         for p in probes:
             ok = record.decide(p, _read_json(folder.model_summary(p))["best_val_accuracy"])
             log.info("frontier: %g %s", p, "non-inferior" if ok else "inferior")
@@ -280,6 +286,14 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
               "epochs_run": sum(r["epochs_run"] for r in rounds), "epochs_budget": sum(r["epochs_budget"] for r in rounds),
               "frontier": record.to_dict()["answer"]}
     atomic_write_json(folder.search_results, merged)
+
+
+def _drop(folder: RunFolder, exp: ExperimentConfig, experiment: str) -> None:
+    """A Tune experiment whose outputs are written keeps no trial weights: nothing reads them again (a paper
+    run would otherwise keep ~12 GiB of them; docs/design.md)."""
+    from detector.job.stages import drop_checkpoints
+
+    drop_checkpoints(folder.tune_experiment(experiment, exp.storage))
 
 
 def _require(path: Path, stage: str, needs: str) -> None:

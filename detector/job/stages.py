@@ -189,3 +189,36 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return obj
+
+
+def drop_checkpoints(experiment: str) -> int:
+    """Remove the trials' checkpoints (``<trial>/checkpoint_*/``) of a Tune experiment folder whose stage
+    is complete; returns the bytes freed.
+
+    Once a stage's outputs are in the run folder (models/, search/results.json, eval/), nothing reads
+    its trials' weights again: a resumed run skips the stage, ``detector status`` and the report read the
+    trials' results (JSON, CSV), which stay. Call it only then; while a stage may still resume, its
+    unfinished trials need their last checkpoint. ``experiment`` is a local path or a pyarrow URI
+    (``RunFolder.tune_experiment``).
+    """
+    from pyarrow import fs as pafs
+
+    from detector.paths import is_uri
+
+    if is_uri(experiment):
+        filesystem, root = pafs.FileSystem.from_uri(experiment)
+    else:
+        filesystem, root = pafs.LocalFileSystem(), str(Path(experiment).resolve())
+    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
+        return 0
+    freed = 0
+    for trial in filesystem.get_file_info(pafs.FileSelector(root)):
+        if trial.type != pafs.FileType.Directory:
+            continue
+        for entry in filesystem.get_file_info(pafs.FileSelector(trial.path)):
+            if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                files = filesystem.get_file_info(pafs.FileSelector(entry.path, recursive=True))
+                freed += sum(f.size or 0 for f in files if f.type == pafs.FileType.File)
+                filesystem.delete_dir(entry.path)
+    log.info("%s: removed the finished trials' checkpoints (%.1f MB)", experiment, freed / 1e6)
+    return freed

@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,10 +335,13 @@ def _trial_workspace() -> Iterator[tuple[Path, float]]:
 
     The loop's ``checkpoint/`` folder goes to Tune through ``tune.report`` every epoch; the scratch copy is
     kept out of the trial's folder (which lives in the run's storage) so that it is not stored twice, and
-    is removed when the trial ends. A restarted trial starts from Tune's last checkpoint, copied in here,
+    is removed when the trial ends (or, when its worker was killed, at the next trial start on the node:
+    ``detector.job.scratch``). A restarted trial starts from Tune's last checkpoint, copied in here,
     and keeps its original start time, so that the report's timeline stays honest.
     """
-    out_dir = Path(tempfile.mkdtemp(prefix=f"detector-{tune.get_context().get_trial_id()}-"))
+    from detector.job.scratch import make_scratch
+
+    out_dir = make_scratch(tune.get_context().get_trial_id())
     try:
         ckpt_dir = out_dir / "checkpoint"
         ckpt = tune.get_checkpoint()
@@ -935,9 +937,62 @@ class ClusterInfo:
     embedded: bool
 
 
+def private_token() -> Path | None:
+    """Make the token an embedded Ray authenticates with readable by this user only; its path, or None
+    where token authentication is off or the token comes from the environment.
+
+    Ray 2.60, starting a local cluster without a token, writes ``~/.ray/auth_token`` with a plain
+    ``open()``: 0644 under the usual umask, so every user of a shared host could read it and run code on
+    the cluster. The token is written here first instead, 0600 from the start (Ray then finds and uses
+    it), and an existing one of ours is made 0600.
+    """
+    import secrets
+
+    from detector.io import create_text
+
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not create_text(path, secrets.token_hex(32), private=True):  # Ray's own format: 256 random bits
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            log.warning("%s was readable by others (mode %o); made it 0600", path, st.st_mode & 0o777)
+            os.chmod(path, 0o600)
+    return path
+
+
+@contextlib.contextmanager
+def _on_loopback() -> Iterator[None]:
+    """Start an embedded Ray whose servers (GCS, raylet, object manager, workers, agents) listen on
+    127.0.0.1 only.
+
+    Ray binds them to the node's address, and takes 127.0.0.1 for it only where multi-node clusters are
+    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, its default on macOS and Windows); on Linux it picks the
+    machine's network address, and the GCS and raylet then listen on every interface. The processes
+    ``ray.init`` starts read the variable at start (and the workers the raylet starts later inherit it);
+    this process imported Ray already, so its own copy of the flag is set too, for the start only.
+    tests/test_embedded_ray.py checks the listening addresses, so a Ray release that changes this shows.
+    """
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
+
+
 def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "detector") -> ClusterInfo:
     """Join a running cluster (``address``: "auto", "ray://HOST:10001", or RAY_ADDRESS set, as under
-    ``ray job submit``), or start an embedded local Ray sized by ``resources.local_num_cpus``."""
+    ``ray job submit``), or start an embedded local Ray sized by ``resources.local_num_cpus``, on the
+    loopback only and with a token only this user can read."""
     # `embedded`: this call starts Ray, so the pipeline shuts it down at the end (a Ray the caller started,
     # or a cluster, is left alone).
     embedded = address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
@@ -946,15 +1001,17 @@ def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "dete
     if ray.is_initialized():
         ctx = None
     elif embedded:
-        ctx = ray.init(
-            # "local": always a new in-process cluster, never one that `ray start` left on this machine
-            address="local",
-            num_cpus=exp.resources.local_num_cpus or None,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            log_to_driver=True,
-            job_config=job_config,
-        )
+        private_token()
+        with _on_loopback():
+            ctx = ray.init(
+                # "local": always a new in-process cluster, never one that `ray start` left on this machine
+                address="local",
+                num_cpus=exp.resources.local_num_cpus or None,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=True,
+                job_config=job_config,
+            )
     elif address and address.startswith("ray://"):
         # Through Ray Client the Tune driver runs on the cluster, not here: Tune's settings travel with it.
         env = {k: v for k, v in os.environ.items() if k.startswith("TUNE_")}
