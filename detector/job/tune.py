@@ -379,8 +379,10 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
     except NonFiniteLossError as e:
         log.error("trial %s: %s", tune.get_context().get_trial_name(), e)
         # Tune insists on the metric in every result; NaN marks it as no value (the searcher records a failure).
-        tune.report({**extra, "val_accuracy": float("nan"), "trial_failed": str(e), "trial_start": trial_start,
-                     "time_now": time.time()})
+        from detector.train import OBJECTIVES
+
+        tune.report({**extra, **{k: float("nan") for k in OBJECTIVES}, "trial_failed": str(e),
+                     "trial_start": trial_start, "time_now": time.time()})
 
 
 def _announce(stage: str, label: str, detail: dict[str, Any]) -> None:
