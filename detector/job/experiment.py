@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from detector.config import ConfigError, apply_override, from_dict, load_yaml, to_dict
+from detector.evaluate.metrics import CALIBRATIONS, PRIMARY_CHOICES
+from detector.evaluate.robustness import RobustnessSection
 from detector.train import TrainConfig
 
 STAGES = ("prepare", "baseline", "search", "finetune", "evaluate", "report")
@@ -49,6 +51,10 @@ class SearchSection:
     lr_max: float = 1e-4
     metric: str = "val_accuracy"
     mode: Literal["max", "min"] = "max"  # "min" for a loss, e.g. metric: val_loss
+    # Which epoch of a trial its objective is taken from: "last" (the paper's "maximize the validation
+    # accuracy" of the 10-epoch run as it ends) or "best" (its best epoch; only for metric val_accuracy,
+    # the one the training loop tracks per epoch). detector.job.selection.objective_key names the value.
+    objective: Literal["last", "best"] = "last"
     seed: int = 0
     # Optuna's TPE samples at random for its first n trials (Optuna's default is 10).
     tpe_startup_trials: int = 10
@@ -77,6 +83,9 @@ class SearchSection:
             raise ValueError(f"search.optimizers: {sorted(bad) or '[]'} not allowed; choose from adam, sgd")
         if not 0.0 < self.lr_min < self.lr_max:
             raise ValueError(f"search.lr_min/lr_max: need 0 < lr_min < lr_max, got {self.lr_min}, {self.lr_max}")
+        if self.objective == "best" and self.metric != "val_accuracy":
+            raise ValueError(f"search.objective: best is tracked for metric val_accuracy only, not {self.metric!r}; "
+                             "use objective: last")
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,26 @@ class EvaluateSection:
     latency_repeats: int = 50
     throughput_batch: int = 64
     bootstrap: int = 1000
+    # DataLoader workers that decode (and perturb) test images beside the model.
+    num_workers: int = 0
+    # The set of the paper's Fig 5, Table 5's first column and the headline conclusions: this source's test
+    # set when the test split has it beside others (the paper's balanced 140k test set), else the whole test
+    # split; "combined" always takes the whole test split.
+    primary_set: str = "faces140k"
+    # How the validation-calibrated threshold is chosen on combined_val (never on test): "eer" (fakes
+    # predicted real as often as reals predicted fake) or "accuracy" (the highest val accuracy).
+    threshold_calibration: Literal["eer", "accuracy"] = "eer"
+    # Every model also scored on perturbed test images (JPEG, blur, down-scaling, format equalisation).
+    robustness: RobustnessSection = field(default_factory=RobustnessSection)
+
+    def __post_init__(self) -> None:
+        if self.primary_set not in PRIMARY_CHOICES:
+            raise ValueError(f"evaluate.primary_set: {self.primary_set!r} is not one of {', '.join(PRIMARY_CHOICES)}")
+        if self.threshold_calibration not in CALIBRATIONS:
+            raise ValueError(f"evaluate.threshold_calibration: {self.threshold_calibration!r} is not one of "
+                             f"{', '.join(CALIBRATIONS)}")
+        if self.num_workers < 0:
+            raise ValueError(f"evaluate.num_workers: {self.num_workers} is negative")
 
 
 @dataclass(frozen=True)
