@@ -122,6 +122,12 @@ def _same_sets(evaluations: list[dict[str, Any]]) -> dict[str, str]:
     return {}
 
 
+def ordered_sets(names: list[str], primary: str) -> list[str]:
+    """Data set names with the primary set first, then the combined sets, then each source's."""
+    rest = [n for n in names if n != primary]
+    return [primary, *sorted(rest, key=lambda n: (not n.startswith("combined_"), n))] if primary in names else rest
+
+
 PRIMARY_DEFAULT = "faces140k"  # evaluate.primary_set's default, for runs without a config
 
 

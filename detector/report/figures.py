@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from detector.io import atomic_open
+from detector.report.collect import ordered_sets
 
 
 def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
@@ -45,7 +46,7 @@ def _confusion_figure(models: list[dict[str, Any]], primary: str, save: Callable
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(models), figsize=(2.9 * len(models), 3.4), squeeze=False, sharey=True,
+    fig, axes = plt.subplots(1, len(models), figsize=(2.9 * len(models), 3.9), squeeze=False, sharey=True,
                              layout="constrained")
     for k, (ax, m) in enumerate(zip(axes[0], models)):
         cm = np.asarray(m["metrics"][primary]["confusion_matrix"]["matrix"])
@@ -97,7 +98,7 @@ def _accuracy_figure(models: list[dict[str, Any]], stats: dict[str, Any], primar
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    names = [n for n in models[0]["metrics"] if "/" not in n and n != "combined_val"]
+    names = [n for n in ordered_sets(list(models[0]["metrics"]), primary) if "/" not in n and n != "combined_val"]
     xs = [100 * m["sparsity"] for m in models]
     step = 0.6  # side by side: one set's bars must not hide another's
     for k, n in enumerate(names):
@@ -110,7 +111,7 @@ def _accuracy_figure(models: list[dict[str, Any]], stats: dict[str, Any], primar
             highs.append(100 * (iv["high"] - acc) if iv.get("high") is not None else 0.0)
         offset = (k - (len(names) - 1) / 2) * step
         ax.errorbar([x + offset for x in xs], ys, yerr=[lows, highs], marker="o", capsize=3,
-                    label=f"{n}, after fine-tuning")
+                    label=f"{n}{' (primary)' if n == primary else ''}, after fine-tuning")
     before = [(100 * m["sparsity"], 100 * m["before_finetune"]["metrics"][primary]["accuracy"])
               for m in models if (m.get("before_finetune") or {}).get("status") == "measured"
               and primary in m["before_finetune"]["metrics"]]

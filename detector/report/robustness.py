@@ -68,11 +68,15 @@ def robustness_sentence(model: str, label: str, vs: dict[str, Any], *, alpha: fl
     """"prune-40 loses 6.10 pp [4.80, 7.40] against the baseline under JPEG q50 (McNemar p = 2e-05): significant"."""
     d, p = vs["accuracy_difference"], vs["mcnemar"]["p_value"]
     est, low, high = (100 * d[k] for k in ("estimate", "low", "high"))
-    verb, lo, hi = ("loses", -high, -low) if est < 0 else ("gains", low, high)
     p_text = f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
     verdict = "significant" if p < alpha else "not significant"
-    return (f"{model} {verb} {abs(est):.2f} pp [{lo:.2f}, {hi:.2f}] against the baseline under {label} "
-            f"(McNemar p = {p_text}): {verdict}")
+    if est < 0:  # the loss and its interval, as losses
+        change = f"loses {-est:.2f} pp [{-high:.2f}, {-low:.2f}]"
+    elif est > 0:
+        change = f"gains {est:.2f} pp [{low:.2f}, {high:.2f}]"
+    else:
+        change = f"is as accurate (difference 0.00 pp [{low:+.2f}, {high:+.2f}])"
+    return f"{model} {change} against the baseline under {label} (McNemar p = {p_text}): {verdict}"
 
 
 def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:

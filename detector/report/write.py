@@ -20,7 +20,7 @@ from typing import Any
 from detector.io import atomic_write_json, atomic_write_text
 from detector.job.runfolder import RunFolder
 from detector.job.selection import TIE_BREAK, select_best
-from detector.report.collect import METRIC_KEYS, RANKING_KEYS, collect
+from detector.report.collect import METRIC_KEYS, RANKING_KEYS, collect, ordered_sets
 from detector.report.figures import write_figures
 from detector.report.robustness import robustness_section
 from detector.report.sections import (audit_section, errors_section, generator_section, paper_section, primary_lines,
@@ -135,12 +135,6 @@ def _data_lines(run: dict[str, Any]) -> list[str]:
 
 
 # -- the paper's tables ----------------------------------------------------------------------------------
-
-def ordered_sets(names: list[str], primary: str) -> list[str]:
-    """Data set names with the primary set first, then the combined sets, then each source's."""
-    rest = [n for n in names if n != primary]
-    return [primary, *sorted(rest, key=lambda n: (not n.startswith("combined_"), n))] if primary in names else rest
-
 
 def table3(baseline: dict[str, Any] | None, primary: str = "combined_test") -> Table:
     """The baseline on every data set (not per generator), the primary set first."""
