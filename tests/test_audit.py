@@ -61,3 +61,13 @@ def test_mixed_formats_are_no_shortcut(tmp_path):
     assert "WARNING" not in format_audit(audit)
     groups = {(g["split"], g["class"]): g for g in audit["groups"]}
     assert groups[("train", "real")]["formats"] == {"JPEG": 10, "PNG": 10}
+
+
+def test_an_audit_measured_later_equals_the_one_prepare_stored(demo_shards):
+    import json
+
+    from detector.data.audit import audit_dataset
+
+    stored = json.loads((demo_shards / "manifest.json").read_text())["audit"]
+    assert audit_dataset(str(demo_shards)) == stored  # deterministic: what the evaluate stage measures for old data
+    assert {g["class"] for g in stored["groups"]} == {"real", "fake"} and stored["warning"] is None

@@ -118,15 +118,14 @@ def test_bad_robustness_settings_name_the_key(section, message):
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.0, 3.0])
-def test_the_blur_is_torchvisions_gaussian_blur_in_two_passes(sigma):
-    from torchvision.transforms.v2 import functional as F
-
-    from detector.data.transforms import pil_to_uint8
-
-    image = noise((48, 40))
-    k = 2 * int(np.ceil(3 * sigma)) + 1
-    reference = F.gaussian_blur(pil_to_uint8(image).contiguous(), kernel_size=[k, k], sigma=[sigma, sigma])
-    ours = gaussian_blur(image, sigma)
-    # the same filter; the summation order differs, so a value that lands on .5 may round the other way
-    assert (ours.int() - reference.int()).abs().max() <= 1
-    assert (ours != reference).float().mean() < 0.01
+def test_the_blur_is_a_normalised_gaussian_of_that_sigma(sigma):
+    # a white square on black: blurring keeps the total (a normalised kernel), and the profile across an edge
+    # is the Gaussian's integral: 50 % on the edge, ~84 % one sigma inside
+    a = np.zeros((64, 64, 3), np.uint8)
+    a[16:48, 16:48] = 200
+    out = as_array(gaussian_blur(Image.fromarray(a), sigma)).astype(float)
+    assert out.sum() == pytest.approx(a.sum(), rel=1e-3)
+    row = out[32, :, 1]
+    assert (row[15] + row[16]) / 2 == pytest.approx(100, abs=2)  # the edge lies between pixels 15 and 16
+    inside = 16 + round(sigma) - 0.5  # one sigma inside the edge, between two pixels
+    assert np.interp(inside, np.arange(64), row) == pytest.approx(200 * 0.8413, abs=6)

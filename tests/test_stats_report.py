@@ -281,3 +281,29 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
     import csv
 
     return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def test_errors_are_named_by_direction_and_both_classes_get_precision_and_recall(run):
+    import re
+
+    md = write_report(run).read_text()
+    # never a bare FP/FN: the paper's "false negative" is a fake predicted real, the opposite of real-positive
+    assert re.search(r"\bF[PN]\b|\bT[PN]\b", md) is None
+    assert "| Model    | Fake predicted real | Real predicted fake |" in md
+    assert "With real as the positive class (as precision and recall here), a fake predicted real is a false positive" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
+    for column in ("Precision (real)", "Recall (real)", "Precision (fake)", "Recall (fake)", "F1 (fake)", "Macro F1",
+                   "AP (real positive)", "EER"):
+        assert column in header
+    assert "## Table 4. Optimal hyper-parameters found by random sampling (TPE start-up), per sparsity" in md
+    csv = (run / "report" / "metrics.csv").read_text().splitlines()[0]
+    assert "fake_as_real" in csv and "real_as_fake" in csv
+
+
+def test_the_paper_is_compared_only_where_its_numbers_agree(run):
+    md = write_report(run).read_text()
+    rows = {r["model"]: r for r in csv_rows(run / "report" / "paper_comparison.csv")}
+    assert rows["baseline"]["paper"] == "" and rows["baseline"]["within"] == "not compared"
+    assert float(rows["prune-10"]["paper"]) == pytest.approx(0.9883) and rows["prune-10"]["within"] == "yes"
+    assert rows["prune-40"]["within"] == "no"  # 85.67 % here, 98.86 % in the paper
+    assert "98.79 % in Table 3 and 95.48 % in Table 5" in md
