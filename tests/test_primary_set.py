@@ -106,7 +106,9 @@ def test_robustness_section_and_figure(run):
     assert sets == {"jpeg-q50": "faces140k", "blur-s1": "faces140k", "downscale-x0.5": "faces140k",
                     "format-jpeg-q95": "combined_test"}
     assert set(pruned["robustness_vs_baseline"]) == set(sets)
-    assert "against the baseline under JPEG q50 (McNemar p = " in md
+    rows = [r for r in (run / "report" / "robustness.csv").read_text().splitlines() if ",prune-30," in r]
+    assert len(rows) == 4 and all("no significant difference detected" in r or "significantly" in r for r in rows)
+    assert "Per pruned model, over every perturbation:" in md and "- prune-30: " in md
     assert (run / "report" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -51,6 +51,7 @@ def robustness_table(models: list[dict[str, Any]]) -> Table:
                 "accuracy": r["metrics"]["accuracy"], "accuracy_ci": iv, "change_vs_clean": r["metrics"]["accuracy"] - clean,
                 "auc": r["metrics"].get("auc"),
                 "diff_vs_baseline": vs.get("accuracy_difference") if paired else None,
+                "auc_diff_vs_baseline": (vs.get("auc_difference") or {}).get("estimate") if paired else None,
                 "mcnemar_p": vs["mcnemar"]["p_value"] if paired else None,
                 "conclusion": (vs["sentence"].rsplit(": ", 1)[-1] if paired else vs.get("unpaired", "")),
             })
@@ -61,11 +62,16 @@ def robustness_table(models: list[dict[str, Any]]) -> Table:
         Column("diff_vs_baseline", "Difference vs baseline, same images (pp [95 % CI])", _ci_pp),
         Column("mcnemar_p", "McNemar p", lambda p: "-" if p is None else f"{p:.3g}"),
         Column("conclusion", "Conclusion", lambda x: x or "-")],
-        extra_csv=("perturbation", "family", "severity", "images", "accuracy"))
+        extra_csv=("perturbation", "family", "severity", "images", "accuracy", "auc_diff_vs_baseline"))
 
 
 def robustness_sentence(model: str, label: str, vs: dict[str, Any], *, alpha: float = 0.05) -> str:
-    """"prune-40 loses 6.10 pp [4.80, 7.40] against the baseline under JPEG q50 (McNemar p = 2e-05): significant"."""
+    """One pruned model against the baseline under one perturbation, as the numbers say it.
+
+    >>> robustness_sentence("prune-40", "JPEG q50", {"accuracy_difference": {"estimate": -0.061, "low": -0.074,
+    ...                     "high": -0.048}, "mcnemar": {"p_value": 2e-5}})
+    'prune-40 loses 6.10 pp [4.80, 7.40] against the baseline under JPEG q50 (McNemar p = 2.0e-05): significant'
+    """
     d, p = vs["accuracy_difference"], vs["mcnemar"]["p_value"]
     est, low, high = (100 * d[k] for k in ("estimate", "low", "high"))
     p_text = f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
@@ -102,8 +108,10 @@ def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:
             continue
         vs_all = m.get("robustness_vs_baseline") or {}
         paired = {name: vs for name, vs in vs_all.items() if "accuracy_difference" in vs}
+        # the table words every result; the list repeats the significant ones, the summary the rest
         for name, vs in paired.items():
-            sentences.append(f"- {robustness_sentence(m['name'], found[name]['label'], vs)}.")
+            if vs["significant"]:
+                sentences.append(f"- {robustness_sentence(m['name'], found[name]['label'], vs)}.")
         unpaired = sorted({vs["unpaired"] for vs in vs_all.values() if "unpaired" in vs})
         if unpaired:
             summary.append(f"{m['name']}: not compared with the baseline ({'; '.join(unpaired)}).")
@@ -126,8 +134,11 @@ def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:
             parts.append(f"no significant difference under {'the other ' if lower or higher else ''}{rest} "
                          f"perturbation{'s' if rest != 1 else ''}{allow}")
         summary.append(f"{m['name']}: {'; '.join(parts)}.")
-    md += sentences + [""] if sentences else []
-    md += [" ".join(summary), ""] if summary else []
+    if sentences:
+        md += ["Significant differences from the baseline on the same perturbed images:", "", *sentences, ""]
+    elif any(m.get("robustness_vs_baseline") for m in models):
+        md += ["No pruned model's accuracy differs significantly from the baseline's under any perturbation.", ""]
+    md += ["Per pruned model, over every perturbation:", "", *(f"- {line}" for line in summary), ""] if summary else []
     if primary not in sets:
         md += [f"(The primary set, {set_words(primary)}, is not among the perturbed sets.)", ""]
     return md, [table]
