@@ -112,7 +112,9 @@ def video_section(models: list[dict[str, Any]], data: dict[str, Any]) -> Section
                          "video_auc": v["metrics"].get("auc"), "video_accuracy": v["metrics"].get("accuracy"),
                          "video_accuracy_calibrated": (v["metrics"].get("at_calibrated") or {}).get("accuracy")})
     if not rows:
-        return [], []
+        return ["## Celeb-DF v2: frame level and video level", "",
+                "No test source is made of video frames, so there are no video-level scores: import Celeb-DF v2 "
+                "with `detector prepare --celebdf DIR --frames-per-video N` (docs/evaluation.md).", ""], []
     table = Table("videos.csv", rows, [
         Column("model", "Model"), Column("source", "Source"), Column("videos", "Videos", thousands),
         Column("frames_per_video", "Frames per video"), Column("frame_auc", "Frame AUC", fixed(4)),
