@@ -358,7 +358,7 @@ def primary_set(sources: Sequence[str], configured: str = "faces140k") -> str:
     return primary_source(sources, configured) or "combined_test"
 
 
-def _expected_counts(manifest: Mapping[str, Any], split: str) -> dict[str, int]:
+def expected_counts(manifest: Mapping[str, Any], split: str) -> dict[str, int]:
     """Samples per source that the manifest promises for ``split`` (``splits.<split>.<source>.{real,fake}``)."""
     by_source = manifest.get("splits", {}).get(split, {})
     counts = {}
@@ -424,7 +424,7 @@ def score_split(
 
     device = torch.device(device)
     manifest = read_manifest(data)
-    expected = _expected_counts(manifest, split)
+    expected = expected_counts(manifest, split)
     if not any(expected.values()):
         raise ValueError(f"{data}: the manifest lists no {split} samples")
     loader = build_loader(data, split, batch_size=batch_size, image_size=image_size, train=False,

@@ -234,10 +234,10 @@ def evaluate_robustness(model: Any, data: str, cfg: RobustnessSection, *, primar
     import time
 
     from detector.data.loader import read_manifest
-    from detector.evaluate.metrics import _expected_counts
+    from detector.evaluate.metrics import expected_counts
 
     origin = source_data(data)
-    expected = _expected_counts(read_manifest(origin), "test")
+    expected = expected_counts(read_manifest(origin), "test")
     results: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
     for p in cfg.perturbations():
