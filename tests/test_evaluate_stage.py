@@ -40,11 +40,13 @@ def test_a_pruned_model_is_also_scored_as_pruned_before_fine_tuning(models, demo
     model, _ = load_model(models["baseline"])
     prune(model, 0.3, method="unstructured", arch="resnet18")
     for split in ("val", "test"):
-        expected = evaluate_split(model, str(demo_shards), split, image_size=16)["metrics"]
+        expected = evaluate_split(model, str(demo_shards), split, image_size=16,
+                                  calibrated=before["threshold"]["value"])["metrics"]
         assert before["metrics"][split]["all"] == expected["all"]
     # the fine-tuned model's own numbers are those of the fine-tuned checkpoint
     tuned, _ = load_model(models["prune-30"])
-    assert result["metrics"]["test"]["all"] == evaluate_split(tuned, str(demo_shards), "test", image_size=16)["metrics"]["all"]
+    assert result["metrics"]["test"]["all"] == evaluate_split(tuned, str(demo_shards), "test", image_size=16,
+                                                              calibrated=result["threshold"]["value"])["metrics"]["all"]
     # the data the numbers are about, counted per split, source and class
     assert result["data"]["splits"]["test"] == {"demo": {"real": 5, "fake": 5}}
     assert result["data"]["manifest_sha256"] == manifest_sha256(str(demo_shards))
@@ -55,3 +57,23 @@ def test_a_missing_source_is_said_not_hidden(models, demo_shards, tmp_path):
                             predictions=tmp_path / "p.json", pruned_from=tmp_path / "gone.pt")
     assert result["before_finetune"] == {"status": f"not measured: {tmp_path / 'gone.pt'}, the model it was "
                                                    "pruned from, is missing"}
+
+
+def test_the_threshold_is_calibrated_on_validation_images_only(models, demo_shards, tmp_path):
+    import json
+
+    from detector.evaluate.metrics import calibrate_threshold
+
+    result = evaluate_stage(models["baseline"], data=str(demo_shards), cfg=EVALUATE, out=tmp_path / "e.json",
+                            predictions=tmp_path / "p.json")
+    pred = json.loads((tmp_path / "p.json").read_text())
+    threshold = result["threshold"]
+    assert (threshold["method"], threshold["chosen_on"]) == ("eer", "combined_val")
+    # the EER threshold of the validation predictions (stored rounded to 6 digits), applied to test
+    assert threshold["value"] == pytest.approx(calibrate_threshold(pred["val"]["labels"], pred["val"]["probs_real"]),
+                                               abs=1e-5)
+    assert result["metrics"]["test"]["all"]["at_calibrated"]["threshold"] == threshold["value"]
+    # demo data: no faces140k test set, so the whole test split is primary
+    assert result["primary"] == {"configured": "faces140k", "source": None}
+    # the data summary carries the shortcut audit (demo images: all PNG, one size: nothing to find)
+    assert result["data"]["audit"]["classifier"]["warn"] is False

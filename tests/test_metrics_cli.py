@@ -60,3 +60,21 @@ def test_evaluate_command_reports_a_bad_checkpoint(two_sources, tmp_path, capsys
     bad.write_bytes(b"not a checkpoint")
     assert cli_main(["evaluate", "--data", str(two_sources), "--checkpoint", str(bad), "--out", str(tmp_path)]) == 2
     assert "bad.pt: refused to load: not a weights-only checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_command_with_robustness_tests_each_model_against_the_first(two_sources, tmp_path, capsys):
+    ckpts = [save_checkpoint(tmp_path / f"{name}.pt", build_model("resnet18", seed=seed),
+                             metadata={"arch": "resnet18", "image_size": 16}) for name, seed in (("dense", 0), ("p40", 1))]
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--data", str(two_sources), "--checkpoint", *map(str, ckpts), "--out", str(out),
+                     "--num-workers", "0", "--device", "cpu", "--robustness"]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    perturbed = result["models"][1]["robustness"]["perturbations"]
+    assert list(perturbed) == ["jpeg-q95", "jpeg-q75", "jpeg-q50", "jpeg-q30", "blur-s1", "blur-s2", "blur-s3",
+                               "downscale-x0.5", "downscale-x0.25", "format-jpeg-q95"]
+    assert perturbed["jpeg-q50"]["set"] == "faces140k" and perturbed["jpeg-q50"]["images"] == 8
+    assert perturbed["format-jpeg-q95"]["set"] == "combined_test" and perturbed["format-jpeg-q95"]["images"] == 17
+    table = capsys.readouterr().out
+    assert "## Robustness" in table and "p40 under JPEG q30 vs dense under the same perturbation: accuracy difference" in table
+    assert result["models"][0]["calibrated_threshold"] is not None  # chosen on the val split
+    assert "fake predicted real" in table

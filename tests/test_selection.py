@@ -30,3 +30,16 @@ def test_min_mode_and_trials_without_an_objective():
         select_best([row("failed", 0.0, None)])
     with pytest.raises(ValueError, match="mode"):
         select_best([row("a", 1.0, 0.3)], mode="best")
+
+
+def test_search_objective_picks_the_last_or_the_best_epoch():
+    from detector.config import ConfigError, from_dict
+    from detector.job.experiment import ExperimentConfig
+    from detector.job.selection import objective_of
+
+    row = {"val_accuracy": 0.91, "best_val_accuracy": 0.95}
+    assert objective_of(row, "val_accuracy", "last") == 0.91
+    assert objective_of(row, "val_accuracy", "best") == 0.95
+    assert objective_of({"val_accuracy": None}, "val_accuracy", "last") is None
+    with pytest.raises(ConfigError, match="search.objective: best is tracked for metric val_accuracy only"):
+        from_dict(ExperimentConfig, {"search": {"metric": "val_loss", "direction": "min", "objective": "best"}})

@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from detector.commands._common import fail
+from detector.data.audit import format_audit
 from detector.data.demo import DEMO_COUNTS, DEMO_IMAGE_SIZE, DemoConfig
 from detector.data.images import MAX_PIXELS
 from detector.data.prepare import MANIFEST, StrictImportError, format_summary, prepare
@@ -112,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         print(format_summary(e.manifest))
         return fail("prepare", str(e), status=1)
     print(format_summary(manifest))
+    print("shortcut audit:\n" + format_audit(manifest["audit"]))
     print(f"wrote {args.out / MANIFEST}")
     return 0
 

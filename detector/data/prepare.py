@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from detector import FAKE, REAL
+from detector.data.audit import audit_dataset
 from detector.data.images import MAX_PIXELS, ImageDecodeError, open_image
 from detector.data.sources import (
     LABEL_NAMES,
@@ -461,6 +462,7 @@ def prepare(out: Path, *, sources: Sequence[Source] | Mapping[str, str | Path] =
         receipts[p.name] = receipt
     manifest = build_manifest(out, plans, receipts, rejected=planned.rejected, notes=planned.notes,
                               sources=sources, options=options, seed=seed)
+    manifest["audit"] = audit_dataset(str(out), manifest=manifest)  # can metadata alone tell the classes?
     if strict and manifest["rejected"]:
         atomic_write_json(out / REJECTED, manifest["rejected"])
         raise StrictImportError(manifest)

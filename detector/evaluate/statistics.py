@@ -298,6 +298,58 @@ def alignment(reference: Mapping[str, Sequence[Any]], other: Mapping[str, Sequen
     return order
 
 
+SPLITS = ("val", "test")
+
+
+def compare_on_images(labels: np.ndarray, probs: Mapping[str, np.ndarray], *, reference: str | None,
+                      name: Mapping[str, str] | None = None, alpha: float = 0.05, confidence: float = 0.95,
+                      threshold: float = 0.5, **bootstrap: Any) -> dict[str, dict[str, Any]]:
+    """Intervals for every model scored on the same images (``probs`` in ``labels``' order), and each
+    model's tests against ``reference``: model -> ``{"intervals": ..., "vs_reference": {...}}`` (no
+    ``vs_reference`` for the reference, or without one). ``name``: how a sentence names a model (default:
+    its key); ``bootstrap``: ``resamples`` and ``seed`` of ``bootstrap_metrics``."""
+    result = bootstrap_metrics(labels, probs, reference=reference, confidence=confidence, threshold=threshold,
+                               **bootstrap)
+    out: dict[str, dict[str, Any]] = {}
+    for n in probs:
+        out[n] = {"intervals": {k: result[n][k] for k in METRICS}}
+        if reference is None or n == reference:
+            continue
+        correct = {m: (probs[m] >= threshold) == (labels == REAL) for m in (reference, n)}
+        test = mcnemar(correct[reference], correct[n])
+        # accuracy: the interval that inverts the test; F1 and AUC: the paired bootstrap
+        diff = {**result[n]["difference"], "accuracy": paired_difference_interval(
+            test["b"], test["c"], len(labels), confidence=confidence)}
+        names = name or {}
+        out[n]["vs_reference"] = {
+            **{f"{k}_difference": diff[k] for k in METRICS},
+            "mcnemar": test,
+            "significant": test["p_value"] < alpha,
+            "sentence": comparison_sentence(names.get(n, n), names.get(reference, reference), diff["accuracy"],
+                                            test, confidence=confidence, alpha=alpha),
+        }
+    return out
+
+
+def _aligned(predictions: Mapping[str, Mapping[str, Any]], reference: str | None, splits: Sequence[str]
+             ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """Per model and split, the row order that matches the reference's images; and why a model is unpaired."""
+    ref_pred = predictions.get(reference) if reference is not None else None
+    aligned: dict[str, dict[str, np.ndarray]] = {}
+    unpaired: dict[str, str] = {}
+    if ref_pred is None:
+        return aligned, unpaired
+    for name, pred in predictions.items():
+        try:
+            missing = [s for s in splits if s in ref_pred and s not in pred]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} predictions")
+            aligned[name] = {split: alignment(ref_pred[split], pred[split]) for split in splits if split in ref_pred}
+        except ValueError as e:
+            unpaired[name] = str(e)
+    return aligned, unpaired
+
+
 def compare_models(
     predictions: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]],
     *,
@@ -310,24 +362,12 @@ def compare_models(
 ) -> dict[str, dict[str, Any]]:
     """Intervals for every model on every data set, and tests of each model against ``reference``.
 
-    ``predictions``: model name -> its predictions file (``{"val": {...}, "test": {...}}``). Returns
-    model -> ``{"intervals": {set: bootstrap intervals}, "vs_reference": {set: {"accuracy_difference",
-    "f1_difference", "auc_difference", "mcnemar", "significant", "sentence"}} | {"unpaired": reason}}``.
-    Pairs are formed by sha256, never by position alone.
+    ``predictions``: model name -> its predictions file (``{"val": {...}, "test": {...}}``; other keys, such
+    as ``robustness``, are left to ``compare_robustness``). Returns model -> ``{"intervals": {set: bootstrap
+    intervals}, "vs_reference": {set: {"accuracy_difference", "f1_difference", "auc_difference", "mcnemar",
+    "significant", "sentence"}} | {"unpaired": reason}}``. Pairs are formed by sha256, never by position alone.
     """
-    ref_pred = predictions.get(reference) if reference is not None else None
-    aligned: dict[str, dict[str, np.ndarray]] = {}  # model -> split -> row order matching the reference
-    unpaired: dict[str, str] = {}
-    for name, pred in predictions.items():
-        if ref_pred is None:
-            continue
-        try:
-            missing = set(ref_pred) - set(pred)
-            if missing:
-                raise ValueError(f"no {', '.join(sorted(missing))} predictions")
-            aligned[name] = {split: alignment(ref_pred[split], pred[split]) for split in ref_pred}
-        except ValueError as e:
-            unpaired[name] = str(e)
+    aligned, unpaired = _aligned(predictions, reference, SPLITS)
     out: dict[str, dict[str, Any]] = {name: {"intervals": {}} for name in predictions}
     # Paired models share the reference's image order, sets and draws; the others are bootstrapped alone.
     groups = [[n for n in predictions if n in aligned]] if aligned else []
@@ -341,26 +381,55 @@ def compare_models(
             for n in members:
                 p = np.asarray(predictions[n][split]["probs_real"], dtype=np.float64)
                 probs[n] = (p[aligned[n][split]] if paired else p)[idx]
-            ref = reference if paired else None
-            result = bootstrap_metrics(labels, probs, reference=ref, resamples=resamples, confidence=confidence,
-                                       seed=seed, threshold=threshold)
+            result = compare_on_images(labels, probs, reference=reference if paired else None, resamples=resamples,
+                                       confidence=confidence, seed=seed, alpha=alpha, threshold=threshold)
             for n in members:
-                out[n]["intervals"][set_name] = {k: result[n][k] for k in METRICS}
-                if ref is None or n == ref:
-                    continue
-                correct = {m: (probs[m] >= threshold) == (labels == REAL) for m in (ref, n)}
-                test = mcnemar(correct[ref], correct[n])
-                # accuracy: the interval that inverts the test; F1 and AUC: the paired bootstrap
-                diff = {**result[n]["difference"], "accuracy": paired_difference_interval(
-                    test["b"], test["c"], len(labels), confidence=confidence)}
-                out[n].setdefault("vs_reference", {})[set_name] = {
-                    **{f"{k}_difference": diff[k] for k in METRICS},
-                    "mcnemar": test,
-                    "significant": test["p_value"] < alpha,
-                    "sentence": comparison_sentence(n, ref, diff["accuracy"], test, confidence=confidence,
-                                                    alpha=alpha),
-                }
+                out[n]["intervals"][set_name] = result[n]["intervals"]
+                if "vs_reference" in result[n]:
+                    out[n].setdefault("vs_reference", {})[set_name] = result[n]["vs_reference"]
     for name, reason in unpaired.items():
         if name != reference:
             out[name]["vs_reference"] = {"unpaired": reason}
+    return out
+
+
+def compare_robustness(
+    predictions: Mapping[str, Mapping[str, Any]],
+    labels_of: Mapping[str, str],
+    *,
+    reference: str | None,
+    **settings: Any,
+) -> dict[str, dict[str, Any]]:
+    """Per perturbation (the keys of each predictions file's ``robustness``), intervals for every model and
+    each model's paired test against ``reference`` on the same perturbed images (matched by sha256).
+
+    ``labels_of``: perturbation -> how a sentence names it ("JPEG q50"); ``settings``: ``resamples``,
+    ``confidence``, ``seed``, ``alpha``, ``threshold`` as for ``compare_models``. Returns perturbation ->
+    model -> ``{"intervals", "vs_reference"}`` (``{"unpaired": reason}`` where the images differ from the
+    reference's).
+    """
+    perturbed = {n: p["robustness"] for n, p in predictions.items() if p.get("robustness")}
+    out: dict[str, dict[str, Any]] = {}
+    for pert in labels_of:
+        have = {n: r for n, r in perturbed.items() if pert in r}
+        if not have:
+            continue
+        ref = reference if reference in have else None
+        aligned, unpaired = _aligned(have, ref, (pert,))
+        members = [n for n in have if n in aligned] if ref else []
+        base = have[ref] if ref else None
+        out[pert] = {}
+        if base is not None:
+            labels = np.asarray(base[pert]["labels"])
+            probs = {n: np.asarray(have[n][pert]["probs_real"], dtype=np.float64)[aligned[n][pert]] for n in members}
+            names = {n: f"{n} under {labels_of[pert]}" for n in members}
+            names[ref] = f"{ref} under the same perturbation"
+            out[pert] = compare_on_images(labels, probs, reference=ref, name=names, **settings)
+        for n in have:
+            if n in out[pert]:
+                continue
+            alone = have[n][pert]
+            single = compare_on_images(np.asarray(alone["labels"]), {n: np.asarray(alone["probs_real"], float)},
+                                       reference=None, **settings)
+            out[pert][n] = {**single[n], **({"vs_reference": {"unpaired": unpaired[n]}} if n in unpaired else {})}
     return out

@@ -26,6 +26,8 @@ from detector.config import (
     load_yaml,
     to_dict,
 )
+from detector.evaluate.metrics import CALIBRATIONS, PRIMARY_CHOICES
+from detector.evaluate.robustness import RobustnessSection
 from detector.job.runfolder import model_name
 from detector.prune.channels import MAX_SPARSITY as MAX_CHANNEL_SPARSITY
 from detector.prune.schedule import PruningSchedule, ScheduleKeys
@@ -82,6 +84,10 @@ class SearchSection(ScheduleKeys):
     # What each trial is judged by: a metric every epoch of the training loop reports.
     metric: Annotated[str, OneOf(tuple(OBJECTIVES))] = "val_accuracy"
     direction: Literal["max", "min"] = "max"  # "min" for a loss, e.g. metric: val_loss
+    # Which epoch of a trial its objective is taken from: "last" (the paper's "maximize the validation
+    # accuracy" of the 10-epoch run as it ends) or "best" (its best epoch; only for metric val_accuracy,
+    # the one the training loop tracks per epoch). detector.job.selection.objective_key names the value.
+    objective: Literal["last", "best"] = "last"
     seed: Seed = 0
     # Optuna's TPE samples at random for its first n trials (Optuna's default is 10).
     tpe_startup_trials: NonNegative = 10
@@ -154,6 +160,9 @@ class SearchSection(ScheduleKeys):
         if not self.pareto_sparsity_min < self.pareto_sparsity_max:
             raise ConfigError(f"search.pareto_sparsity_min/max: need min < max, got {self.pareto_sparsity_min}, "
                               f"{self.pareto_sparsity_max}")
+        if self.objective == "best" and self.metric != "val_accuracy":
+            raise ConfigError(f"search.objective: best is tracked for metric val_accuracy only, not {self.metric!r}; "
+                              "use objective: last")
 
     def pruning_schedule(self) -> PruningSchedule:
         """The schedule every search trial and fine-tune follows (``stages.train_stage(schedule=...)``)."""
@@ -185,6 +194,17 @@ class EvaluateSection:
     latency_repeats: AtLeastOne = 50
     throughput_batch: AtLeastOne = 64
     bootstrap: AtLeastOne = 1000
+    # DataLoader workers that decode (and perturb) test images beside the model.
+    num_workers: NonNegative = 0
+    # The set of the paper's Fig 5, Table 5's first column and the headline conclusions: this source's test
+    # set when the test split has it beside others (the paper's balanced 140k test set), else the whole test
+    # split; "combined" always takes the whole test split.
+    primary_set: Annotated[str, OneOf(tuple(PRIMARY_CHOICES))] = "faces140k"
+    # How the validation-calibrated threshold is chosen on combined_val (never on test): "eer" (fakes
+    # predicted real as often as reals predicted fake) or "accuracy" (the highest val accuracy).
+    threshold_calibration: Annotated[str, OneOf(tuple(CALIBRATIONS))] = "eer"
+    # Every model also scored on perturbed test images (JPEG, blur, down-scaling, format equalisation).
+    robustness: RobustnessSection = field(default_factory=RobustnessSection)
 
     def __post_init__(self) -> None:
         check_fields(self)

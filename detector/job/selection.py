@@ -13,6 +13,31 @@ from typing import Any, Literal, Mapping, Sequence
 
 TIE_BREAK = "a tie on the objective goes to the trial launched first (as Optuna's study.best_trial)"
 
+# search.objective -> the trial row's key that holds it: the metric at the trial's last epoch, or the best
+# epoch's val accuracy (what early stopping keeps; the training loop reports it with every epoch).
+OBJECTIVE_EPOCH = {"last": "at the trial's last epoch", "best": "at the trial's best epoch"}
+
+
+def objective_key(metric: str, objective: str) -> str:
+    """The key of a trial's result (and row) that is its objective under ``search.objective``.
+
+    >>> objective_key("val_accuracy", "last"), objective_key("val_accuracy", "best")
+    ('val_accuracy', 'best_val_accuracy')
+    """
+    if objective not in OBJECTIVE_EPOCH:
+        raise ValueError(f"search.objective: {objective!r} is not one of {', '.join(OBJECTIVE_EPOCH)}")
+    if objective == "last":
+        return metric
+    if metric != "val_accuracy":
+        raise ValueError(f"search.objective: best is tracked for val_accuracy only, not {metric!r}")
+    return "best_val_accuracy"
+
+
+def objective_of(row: Mapping[str, Any], metric: str, objective: str) -> float | None:
+    """A finished trial's objective from its row (``val_accuracy``, ``best_val_accuracy``, ...), or None."""
+    value = row.get(objective_key(metric, objective))
+    return None if value is None else float(value)
+
 
 def launch_order(trial: Mapping[str, Any]) -> tuple[float, bool, float, str]:
     """The trial's number within its sparsity's search (the order its study proposed it: deterministic,

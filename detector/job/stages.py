@@ -111,29 +111,33 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
                    pruned_from: Path | None = None) -> dict[str, Any]:
     """Evaluate a model on the combined validation set and every test set, and measure its efficiency.
 
-    Writes ``out`` (metrics, efficiency, a summary of the data) and ``predictions`` (labels and
-    probabilities per test set, for ROC curves and paired tests between models). For a pruned model,
+    Writes ``out`` (metrics, efficiency, a summary of the data with its shortcut audit) and ``predictions``
+    (labels and probabilities per image, for ROC curves, paired tests and video-level scores). Metrics are
+    at 0.5 and at a threshold calibrated on the validation set (``cfg.threshold_calibration``; never on
+    test). With ``cfg.robustness.enabled`` the model is also scored under every perturbation
+    (``detector.evaluate.robustness``), on the primary test set (``cfg.primary_set``). For a pruned model,
     ``out`` also holds ``before_finetune``: the same sets scored by the unpruned model it was fine-tuned
     from (``pruned_from``; default: the checkpoint's recorded ``init``), pruned the same way to the same
     sparsity and not trained: what pruning alone costs, beside what fine-tuning recovers.
     """
     from detector.data.loader import read_manifest
     from detector.evaluate.efficiency import efficiency_row
-    from detector.evaluate.metrics import evaluate_split
+    from detector.evaluate.metrics import primary_source
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, meta = load_model(checkpoint, device=device)
     pruning = PruningInfo.from_metadata(meta, where=str(checkpoint))
     image_size = int(meta["image_size"])
+    manifest = read_manifest(data)
+    tested = [s for s, c in manifest["splits"].get("test", {}).items() if c.get("real", 0) + c.get("fake", 0)]
+    primary = primary_source(tested, cfg.primary_set)
 
-    def score(m: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-        return tuple(evaluate_split(m, data, split, image_size=image_size, batch_size=cfg.batch_size,
-                                    device=device) for split in ("val", "test"))  # type: ignore[return-value]
+    def score(m: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        return _score(m, data, cfg, image_size=image_size, device=device)
 
-    val, test = score(model)
+    metrics, preds, threshold = score(model)
     eff = efficiency_row(model, device=device, image_size=image_size, repeats=cfg.latency_repeats,
                          throughput_batch=cfg.throughput_batch)
-    manifest = read_manifest(data)
     result = {
         "name": model_name(pruning.sparsity),
         "checkpoint": str(checkpoint),
@@ -142,11 +146,18 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
         # the budget both methods are compared at: the architecture's prunable weights zeroed or removed
         "sparsity": measured_sparsity(model, meta["arch"]),
         "train_config": meta.get("config", {}),
-        "data": {"path": data, "manifest_sha256": val["data_manifest_sha256"],
-                 **{k: manifest.get(k) for k in ("format", "splits", "generators", "pixels")}},
-        "metrics": {"val": val["metrics"], "test": test["metrics"]},
+        "data": _data_summary(data, manifest),
+        "primary": {"configured": cfg.primary_set, "source": primary},
+        "threshold": threshold,
+        "metrics": metrics,
         "efficiency": eff,
     }
+    if cfg.robustness.enabled:
+        from detector.evaluate.robustness import evaluate_robustness
+
+        result["robustness"], preds["robustness"] = evaluate_robustness(
+            model, data, cfg.robustness, primary_source=primary, image_size=image_size,
+            batch_size=cfg.batch_size, calibrated=threshold["value"], device=device, num_workers=cfg.num_workers)
     if pruning.method == "none":
         from detector.prune.semistructured import semistructured_benchmark
 
@@ -157,9 +168,46 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
         result["before_finetune"] = _before_finetune(Path(source) if source else None, pruning, score,
                                                      device=device)
     # The predictions first: the evaluation file is what says the model is evaluated.
-    atomic_write_json(predictions, {"val": val["predictions"], "test": test["predictions"]})
+    atomic_write_json(predictions, preds)
     atomic_write_json(out, _finite(result))
     return result
+
+
+def _score(model: torch.nn.Module, data: str, cfg: EvaluateSection, *, image_size: int, device: str
+           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(metrics, predictions, threshold) of ``model`` on val and test: the threshold is calibrated on the
+    whole validation split, then applied to both."""
+    from detector.evaluate.metrics import calibrate_threshold, score_split
+
+    val, test = (score_split(model, data, split, image_size=image_size, batch_size=cfg.batch_size, device=device,
+                             num_workers=cfg.num_workers) for split in ("val", "test"))
+    threshold: dict[str, Any] = {"method": cfg.threshold_calibration, "chosen_on": "combined_val", "value": None}
+    if len(set(val.labels.tolist())) == 2:
+        threshold["value"] = calibrate_threshold(val.labels, val.probs_real, method=cfg.threshold_calibration)
+    else:
+        threshold["note"] = "not calibrated: the validation split holds one class only"
+    t = threshold["value"]
+    return ({"val": val.metrics(calibrated=t), "test": test.metrics(calibrated=t)},
+            {"val": val.predictions(), "test": test.predictions()}, threshold)
+
+
+def _data_summary(data: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the numbers are about: counts per split, source and class, how it was imported, and the
+    shortcut audit (from the manifest, or measured now for data imported before the audit existed)."""
+    from detector.data.audit import audit_dataset
+
+    audit = manifest.get("audit")
+    if audit is None:
+        from detector.evaluate.robustness import source_data
+
+        try:
+            audit = audit_dataset(source_data(data))
+        except (OSError, ValueError) as e:  # the original images are not readable from here
+            audit = {"status": f"not measured: {e}"}
+    return {"path": data, "manifest_sha256": manifest_sha256(data), "audit": audit,
+            **{k: manifest.get(k) for k in ("format", "splits", "generators", "pixels")},
+            # how each source was imported: Celeb-DF's split protocol and frames per video, SynthBuster's reals
+            "import_options": manifest.get("options")}
 
 
 def _before_finetune(source: Path | None, pruning: PruningInfo, score: Callable[[torch.nn.Module], Any], *,
@@ -173,11 +221,11 @@ def _before_finetune(source: Path | None, pruning: PruningInfo, score: Callable[
     if PruningInfo.from_metadata(meta, where=str(source)).method != "none":
         return {"status": f"not measured: {source} is itself pruned"}
     again = prune(model, pruning.sparsity, method=pruning.method, arch=meta["arch"])
-    val, test = score(model)
+    metrics, _, threshold = score(model)
     log.info("%s pruned to %g (%s), before fine-tuning: test accuracy %.4f", source, pruning.sparsity,
-             pruning.method, test["metrics"]["all"]["accuracy"])
-    return {"status": "measured", "pruned_from": str(source), "pruning": again.to_dict(),
-            "metrics": {"val": val["metrics"], "test": test["metrics"]}}
+             pruning.method, metrics["test"]["all"]["accuracy"])
+    return {"status": "measured", "pruned_from": str(source), "pruning": again.to_dict(), "threshold": threshold,
+            "metrics": metrics}
 
 
 def _finite(obj: Any) -> Any:

@@ -23,9 +23,10 @@ from detector.job.runfolder import RunFolder
 STAGE_STATES = ("pending", "running", "done", "reused", "stopped", "failed")
 TRIAL_STATES = ("pending", "running", "done", "failed", "error", "stopped")
 # A trial row in RUN/status/<stage>.json. `val_accuracy` is the last reported epoch's (what the search's
-# objective and the report use); `best_val_accuracy` the best epoch's so far (what early stopping keeps).
+# objective and the report use); `best_val_accuracy` the best epoch's so far (what early stopping keeps);
+# `objective` the value the search judges the trial by (search.metric at the epoch search.objective names).
 TRIAL_FIELDS = ("trial_id", "name", "trial", "sparsity", "params", "state", "epochs", "epochs_planned",
-                "val_accuracy", "best_val_accuracy", "restarts", "reason", "started", "updated",
+                "val_accuracy", "best_val_accuracy", "objective", "restarts", "reason", "started", "updated",
                 "objectives")  # objectives: a Pareto search's, per trial
 
 

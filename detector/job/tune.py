@@ -40,7 +40,7 @@ from ray.tune.search.optuna import OptunaSearch
 from detector.job.experiment import ExperimentConfig
 from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label, tune_stage
 from detector.job.stop import StageIncomplete, StopSignals
-from detector.job.selection import select_best
+from detector.job.selection import OBJECTIVE_EPOCH, objective_key, select_best
 from detector.job.search_space import Categorical, Domain, LogUniform, param_names, search_space
 
 log = logging.getLogger(__name__)
@@ -600,6 +600,7 @@ class _Sink:
     stop_asked: bool = False
     stop_sent: bool = False
     objectives: tuple[str, ...] = ()  # a Pareto search's objectives, recorded per trial
+    objective: str = "val_accuracy"  # the result key a search trial is judged by (selection.objective_key)
     finished: set[str] = dataclasses.field(default_factory=set)  # trials Tune ended inside its loop
 
     def ask_stop(self) -> None:
@@ -628,6 +629,7 @@ class _Sink:
                 "epochs_planned": self.epochs_planned,
                 "val_accuracy": _finite_or_none(last.get("val_accuracy")),
                 "best_val_accuracy": _finite_or_none(last.get("best_val_accuracy")),
+                "objective": _finite_or_none(last.get(self.objective)),
                 "restarts": int(trial.num_failures),
                 **({"objectives": {o: _finite_or_none(last.get(o)) for o in self.objectives}}
                    if self.objectives else {}),
@@ -701,6 +703,7 @@ def run_experiment(
     path = run.tune_experiment(name, exp.storage)
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
     sink = _Sink(run, name, exp.search.metric, _epochs_planned(exp, name),
+                 objective=objective_key(exp.search.metric, exp.search.objective),
                  objectives=tuple(exp.search.objectives) if exp.search.mode == "pareto" and
                  tune_stage(name) == "search" else ())
     _SINKS[name] = sink
@@ -780,15 +783,16 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     max_epochs = exp.stage_train("search_train").max_epochs
     space = {name: _tune_domain(domain) for name, domain in search_space(s).items()}
     sparsities = list(s.sparsities if sparsities is None else sparsities)
+    key = objective_key(s.metric, s.objective)  # what the searcher, ASHA and the pick judge a trial by
     searcher = SparsitySearcher(
-        sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=s.metric, mode=s.direction,
+        sparsities, trials_per_sparsity=s.trials_per_sparsity, space=space, metric=key, mode=s.direction,
         seed=s.seed, tpe_startup_trials=s.tpe_startup_trials, storage=s.storage or str(run.optuna_journal),
         study_prefix=f"{run.root.name}/" if s.storage else "",
     )
     scheduler = None
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
-            metric=s.metric, mode=s.direction, time_attr="training_iteration", max_t=max_epochs,
+            metric=key, mode=s.direction, time_attr="training_iteration", max_t=max_epochs,
             grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
         )
     budget = len(sparsities) * s.trials_per_sparsity
@@ -813,7 +817,8 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
                            "val_accuracy": top["val_accuracy"], "trial_id": top["trial_id"], "name": top["name"]}
     return {
         "metric": s.metric,
-        "objective": "the last epoch's value of the metric",
+        "objective": f"{s.metric} {OBJECTIVE_EPOCH[s.objective]}",
+        "objective_key": key,
         "direction": s.direction,
         "scheduler": s.scheduler,
         "epochs_run": sum(t["epochs"] for t in trials),
@@ -872,7 +877,8 @@ def trial_row(row: dict[str, Any]) -> dict[str, Any]:
         "trial": row["trial"],
         "sparsity": row["sparsity"],
         "params": row["params"],
-        "objective": row["val_accuracy"] if ok else None,
+        # a row written before search.objective existed holds the last epoch's val accuracy only
+        "objective": row.get("objective", row["val_accuracy"]) if ok else None,
         "val_accuracy": row["val_accuracy"] if ok else None,
         "best_val_accuracy": row["best_val_accuracy"] if ok else None,
         "epochs": row["epochs"],

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from detector.evaluate.metrics import sources_with_own_set
+from detector.evaluate.metrics import primary_source, sources_with_own_set
 from detector.job.runfolder import RunFolder
 from detector.report.frontier import frontier_data
 from detector.prune import PruningInfo
 
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "auc")
+# beside METRIC_KEYS (the paper's), the field's: average precision (each class positive) and the EER
+RANKING_KEYS = ("ap_real", "ap_fake", "eer")
 
 
 def read_json(path: Path) -> Any:
@@ -24,9 +26,12 @@ def read_json(path: Path) -> Any:
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    out = {k: m.get(k) for k in METRIC_KEYS}
+    out = {k: m.get(k) for k in (*METRIC_KEYS, *RANKING_KEYS)}
     out["samples"] = m.get("samples")
     out["confusion_matrix"] = m.get("confusion_matrix")
+    out["per_class"] = m.get("per_class")
+    out["macro"] = m.get("macro")
+    out["at_calibrated"] = m.get("at_calibrated")
     # why a metric above is undefined (None), e.g. precision of the real class on a fake-only set
     notes = dict(m.get("notes") or {})
     if m.get("auc_note"):
@@ -64,6 +69,13 @@ def _training(run: RunFolder, sparsity: float) -> dict[str, Any] | None:
             "batch_size": cfg.get("batch_size"), "optimizer": cfg.get("optimizer"), "lr": cfg.get("lr")}
 
 
+def _per_source(evaluation: dict[str, Any], key: str) -> dict[str, Any]:
+    """One block of every test source that has it: ``videos`` (frame -> video level), ``vs_reals`` (each
+    generator against the source's reals) or ``vs_reals_note`` (why there is no such comparison)."""
+    return {source: block[key] for source, block in sorted(evaluation["metrics"]["test"].get("sources", {}).items())
+            if block.get(key)}
+
+
 def _before_finetune(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     before = evaluation.get("before_finetune")
     if before is None:
@@ -89,6 +101,11 @@ def _model(run: RunFolder, evaluation: dict[str, Any], best: dict[str, Any], whe
         "pruning_method": pruning.method if s > 0 else None,
         "training": _training(run, s),
         "before_finetune": _before_finetune(evaluation) if s > 0 else None,
+        "threshold": evaluation.get("threshold"),
+        "videos": _per_source(evaluation, "videos"),
+        "vs_reals": _per_source(evaluation, "vs_reals"),
+        "vs_reals_notes": _per_source(evaluation, "vs_reals_note"),
+        "robustness": evaluation.get("robustness"),
         # bytes of models/<model>.pt on disk / 2^20 (an unstructured model's file keeps its masks)
         "model_file_mib": file.stat().st_size / 2**20 if file.is_file() else None,
     }
@@ -106,6 +123,29 @@ def _same_sets(evaluations: list[dict[str, Any]]) -> dict[str, str]:
     return {}
 
 
+def ordered_sets(names: list[str], primary: str) -> list[str]:
+    """Data set names with the primary set first, then the combined sets, then each source's."""
+    rest = [n for n in names if n != primary]
+    return [primary, *sorted(rest, key=lambda n: (not n.startswith("combined_"), n))] if primary in names else rest
+
+
+PRIMARY_DEFAULT = "faces140k"  # evaluate.primary_set's default, for runs without a config
+
+
+def primary(evaluations: list[dict[str, Any]], configured: str) -> dict[str, Any]:
+    """Which data set the headline numbers are on (``evaluate.primary_set``), and how to say it."""
+    sources = sorted({s for e in evaluations for s in e["metrics"]["test"].get("sources", {})})
+    source = primary_source(sources, configured)
+    if source is not None:
+        what = f"the {source} test set" + (", the paper's balanced 140k test set" if source == "faces140k" else "")
+    elif sources == [configured]:
+        what = f"the whole test split, which is the {configured} test set alone"
+    else:
+        what = (f"the whole test split ({', '.join(sources)}): it has no {configured} test set beside other "
+                "sources" if configured != "combined" else "the whole test split (evaluate.primary_set: combined)")
+    return {"set": source or "combined_test", "source": source, "configured": configured, "description": what}
+
+
 def collect(run_dir: Path) -> dict[str, Any]:
     """Everything the report shows, as ``report.json`` holds it."""
     from detector.report.run_summary import run_summary
@@ -119,7 +159,10 @@ def collect(run_dir: Path) -> dict[str, Any]:
     best = (search or {}).get("best", {})
     models = sorted((_model(run, e, best, p) for p, e in evaluations), key=lambda m: m["sparsity"])
     summary = run_summary(run, [e for _, e in evaluations])
-    statistics = add_statistics(models, resamples=summary["bootstrap_resamples"])
+    configured = summary.get("primary_set") or next(
+        (e["primary"]["configured"] for _, e in evaluations if e.get("primary")), PRIMARY_DEFAULT)
+    main = primary([e for _, e in evaluations], configured)
+    statistics = add_statistics(models, resamples=summary["bootstrap_resamples"], primary=main["set"])
     trials = [{"sparsity": t["sparsity"], "params": t["params"], "val_accuracy": t["val_accuracy"],
                "best_val_accuracy": t.get("best_val_accuracy"), "objective": t["objective"], "epochs": t["epochs"],
                "start": t["start"], "end": t["end"], "status": t["status"], "trial_id": t["trial_id"],
@@ -129,6 +172,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "run": summary,
         "same_sets": _same_sets([e for _, e in evaluations]),
+        "primary": main,
         "models": models,
         "trials": trials,
         "search": {k: v for k, v in (search or {}).items() if k != "trials"},

@@ -74,7 +74,7 @@ def _manifest_summary(path: str) -> dict[str, Any] | None:
     try:
         manifest = read_manifest(path)
         return {"path": path, "manifest_sha256": manifest_sha256(path),
-                **{k: manifest.get(k) for k in ("format", "splits", "generators", "pixels")}}
+                **{k: manifest.get(k) for k in ("format", "splits", "generators", "pixels", "audit", "options")}}
     except (OSError, ValueError) as e:
         log.info("data summary: %s not readable here: %s", path, e)
         return None
@@ -101,10 +101,14 @@ def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, 
                     "tpe_startup_trials": exp.search.tpe_startup_trials,
                     "sampler": (f"Optuna TPE after {exp.search.tpe_startup_trials} random start-up "
                                 f"trial{'s' if exp.search.tpe_startup_trials != 1 else ''}"),
-                    "scheduler": exp.search.scheduler, "metric": exp.search.metric, "direction": exp.search.direction},
+                    "scheduler": exp.search.scheduler, "metric": exp.search.metric, "direction": exp.search.direction,
+                    "objective": exp.search.objective},
             pruning={"method": exp.search.method, "sparsities": list(exp.search.sparsities)},
             evaluate={"batch_size": exp.evaluate.batch_size, "latency_repeats": exp.evaluate.latency_repeats,
-                      "throughput_batch": exp.evaluate.throughput_batch},
+                      "throughput_batch": exp.evaluate.throughput_batch,
+                      "threshold_calibration": exp.evaluate.threshold_calibration,
+                      "robustness": exp.evaluate.robustness.enabled},
+            primary_set=exp.evaluate.primary_set,
             data_config={"path": exp.data.path, "pixels": exp.data.pixels,
                          "sources": [k for k in ("faces140k", "celebdf", "synthbuster", "folder")
                                      if getattr(exp.data, k)] + (["demo (built in)"] if exp.data.demo else [])},
@@ -121,5 +125,6 @@ def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, 
         out["data"] = {"path": data.get("path"), "format": data.get("format"),
                        "manifest_sha256": data.get("manifest_sha256"),
                        "pixels_size": pixels.get("size"), "decoded_from": (pixels.get("from") or {}).get("data"),
-                       "counts": _data_counts(data.get("splits") or {})}
+                       "counts": _data_counts(data.get("splits") or {}), "audit": data.get("audit"),
+                       "import_options": data.get("import_options") or data.get("options")}
     return out

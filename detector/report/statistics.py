@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detector.evaluate.statistics import DIFFERENCE_METHOD, MCNEMAR_METHOD, compare_models
+from detector.evaluate.statistics import DIFFERENCE_METHOD, MCNEMAR_METHOD, compare_models, compare_robustness
 from detector.report.tables import Column, markdown
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,11 @@ ALPHA = 0.05
 SEED = 0
 
 
-def add_statistics(models: list[dict[str, Any]], *, resamples: int) -> dict[str, Any]:
-    """Add ``intervals`` (every model) and ``vs_baseline`` (pruned models) to each of ``models``; return the
-    run's ``statistics`` block (method, resamples, and why anything was left out). ``resamples``: the run's
-    ``evaluate.bootstrap``."""
+def add_statistics(models: list[dict[str, Any]], *, resamples: int, primary: str = "combined_test") -> dict[str, Any]:
+    """Add ``intervals`` (every model) and ``vs_baseline`` (pruned models) to each of ``models``, and per
+    perturbation ``robustness_intervals`` / ``robustness_vs_baseline`` (the same images, perturbed); return
+    the run's ``statistics`` block (method, resamples, the primary set its conclusions are on, and why
+    anything was left out). ``resamples``: the run's ``evaluate.bootstrap``."""
     predictions, missing = {}, []
     for m in models:
         path = Path(m["predictions"])
@@ -42,6 +43,14 @@ def add_statistics(models: list[dict[str, Any]], *, resamples: int) -> dict[str,
         r = results.get(m["name"], {})
         m["intervals"] = r.get("intervals")
         m["vs_baseline"] = r.get("vs_reference")
+    labels = {name: p["label"] for m in models for name, p in ((m.get("robustness") or {}).get("perturbations")
+                                                                or {}).items()}
+    perturbed = compare_robustness(predictions, labels, reference=reference, resamples=resamples,
+                                   confidence=CONFIDENCE, seed=SEED, alpha=ALPHA) if labels else {}
+    for m in models:
+        mine = {pert: r[m["name"]] for pert, r in perturbed.items() if m["name"] in r}
+        m["robustness_intervals"] = {pert: r["intervals"] for pert, r in mine.items()} or None
+        m["robustness_vs_baseline"] = {pert: r["vs_reference"] for pert, r in mine.items() if "vs_reference" in r} or None
     notes = [f"{name}: no predictions file, so no intervals or tests" for name in missing]
     notes += [f"{m['name']}: not compared with the baseline: {m['vs_baseline']['unpaired']}"
               for m in models if isinstance(m.get("vs_baseline"), dict) and "unpaired" in m["vs_baseline"]]
@@ -55,6 +64,7 @@ def add_statistics(models: list[dict[str, Any]], *, resamples: int) -> dict[str,
         "alpha": ALPHA,
         "pairing": "images matched by sha256",
         "reference": reference,
+        "primary_set": primary,
         "notes": notes,
     }
 
@@ -138,12 +148,22 @@ def _pp(x: float) -> str:
     return "less than 0.01 pp" if 0 < value < 0.005 else f"{value:.2f} pp"
 
 
+def set_words(name: str) -> str:
+    """How a sentence names a data set: "the combined test set", "the faces140k test set"."""
+    if name in ("combined_test", "combined_val"):
+        return f"the combined {'test' if name == 'combined_test' else 'validation'} set"
+    return f"the {name} test set"
+
+
 def _conclusions(models: list[dict[str, Any]], stats: dict[str, Any]) -> list[str]:
-    """The claims the numbers support on the combined test set, one sentence per pruned model, then a summary
-    that names every model once: significantly lower, significantly higher, or no difference detected."""
+    """The claims the numbers support on the primary set (``stats["primary_set"]``), one sentence per pruned
+    model, then a summary that names every model once: significantly lower, significantly higher, or no
+    difference detected."""
     lines = [f"- {note}" for note in stats.get("notes", [])]
-    compared = [(m["name"], m["vs_baseline"]["combined_test"]) for m in models
-                if isinstance(m.get("vs_baseline"), dict) and "combined_test" in m["vs_baseline"]]
+    primary = stats.get("primary_set", "combined_test")
+    where = f"On {set_words(primary)} (the primary set)"
+    compared = [(m["name"], m["vs_baseline"][primary]) for m in models
+                if isinstance(m.get("vs_baseline"), dict) and primary in m["vs_baseline"]]
     if not compared:
         return lines + ([""] if lines else [])
     lines += [f"- {vs['sentence']}." for _, vs in compared]
@@ -152,20 +172,19 @@ def _conclusions(models: list[dict[str, Any]], stats: dict[str, Any]) -> list[st
     same = [(n, vs) for n, vs in compared if not vs["significant"]]
     lines.append("")
     if lower:
-        lines += [f"On the combined test set pruning lowered accuracy significantly for "
+        lines += [f"{where} pruning lowered accuracy significantly for "
                   f"{', '.join(n for n, _ in lower)}: a claim of no loss in accuracy does not hold for these "
                   "models.", ""]
     if higher:
-        lines += [f"Significantly higher accuracy than the baseline: {', '.join(n for n, _ in higher)} (see "
-                  "\"Pruning alone, and after fine-tuning\" for how many more epochs of training they had).", ""]
+        lines += [f"{where}, significantly higher accuracy than the baseline: {', '.join(n for n, _ in higher)} "
+                  "(see \"Pruning alone, and after fine-tuning\" for how many more epochs of training they had).", ""]
     if same:
         names = ", ".join(n for n, _ in same)
         worst_name, worst = min(same, key=lambda x: x[1]["accuracy_difference"]["low"])
         low = worst["accuracy_difference"]["low"]
-        text = ("No pruned model's accuracy on the combined test set differs significantly from the baseline's. "
+        text = (f"{where} no pruned model's accuracy differs significantly from the baseline's. "
                 if len(same) == len(compared) else
-                f"The accuracy of {names} on the combined test set does not differ significantly from the "
-                "baseline's. ")
+                f"{where} the accuracy of {names} does not differ significantly from the baseline's. ")
         if low < 0:
             text += (f"That is not proof of equal accuracy: the intervals still allow a loss of up to "
                      f"{_pp(-low)} ({worst_name}).")

@@ -58,6 +58,20 @@ class Column:
         return self.title if self.title is not None else self.key
 
 
+@dataclass(frozen=True)
+class Table:
+    """One table of the report: its rows, its columns, and the CSV file it is written to."""
+
+    csv: str  # file name of its CSV in RUN/report/
+    rows: list[dict[str, Any]]
+    columns: list[Column]
+    extra_csv: tuple[str, ...] = ()  # keys the CSV keeps that the Markdown puts in a title or note
+
+    @property
+    def csv_columns(self) -> list[Column]:
+        return self.columns + [Column(k) for k in self.extra_csv if k not in {c.key for c in self.columns}]
+
+
 def _columns(columns: Sequence[Column | str]) -> list[Column]:
     return [c if isinstance(c, Column) else Column(c) for c in columns]
 

@@ -14,36 +14,26 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from detector.io import atomic_write_json, atomic_write_text
 from detector.job.runfolder import RunFolder
 from detector.job.selection import TIE_BREAK, select_best
-from detector.report.collect import METRIC_KEYS, collect
+from detector.report.collect import METRIC_KEYS, RANKING_KEYS, collect, ordered_sets
 from detector.report.figures import write_figures
 from detector.report.frontier import frontier_section
 from detector.report.pareto import pareto_section
+from detector.report.robustness import robustness_section
+from detector.report.sections import (audit_section, errors_section, generator_section, paper_section, primary_lines,
+                                      threshold_section, video_section)
 from detector.report.statistics import (STATISTICS_COLUMNS, efficiency_note, semistructured_section,
                                         statistics_rows, statistics_section, timing_flag)
-from detector.report.tables import Column, csv_text, fixed, markdown, pct, thousands
+from detector.report.tables import Column, Table, csv_text, fixed, markdown, pct, thousands
 
 log = logging.getLogger(__name__)
 
 PAPER_SETTING = ("resnet50", 224)  # the paper's architecture and input size
-
-
-@dataclass(frozen=True)
-class Table:
-    csv: str  # file name of its CSV in RUN/report/
-    rows: list[dict[str, Any]]
-    columns: list[Column]
-    extra_csv: tuple[str, ...] = ()  # keys the CSV keeps that the Markdown puts in a title or note
-
-    @property
-    def csv_columns(self) -> list[Column]:
-        return self.columns + [Column(k) for k in self.extra_csv if k not in {c.key for c in self.columns}]
 
 
 def _clock(t: float | None) -> str:
@@ -57,10 +47,30 @@ def _param(value: Any) -> str:
     return f"{value:.4e}" if isinstance(value, float) else str(value)
 
 
-def _metric_columns() -> list[Column]:
-    titles = {"accuracy": "Accuracy", "precision": "Precision (real)", "recall": "Recall (real)",
-              "f1": "F1 (real)", "auc": "AUC"}
-    return [Column(k, titles[k], fixed(4) if k == "auc" else pct) for k in METRIC_KEYS]
+# Every metric of a data set as one flat row: both classes' precision, recall and F1, their macro mean,
+# the ranking metrics, and the confusion cells named by direction.
+METRIC_TITLES = {"accuracy": "Accuracy", "precision": "Precision (real)", "recall": "Recall (real)",
+                 "f1": "F1 (real)", "precision_fake": "Precision (fake)", "recall_fake": "Recall (fake)",
+                 "f1_fake": "F1 (fake)", "macro_f1": "Macro F1", "auc": "AUC", "ap_real": "AP (real positive)",
+                 "ap_fake": "AP (fake positive)", "eer": "EER"}
+CELL_KEYS = {"fake predicted fake": "fake_as_fake", "fake predicted real": "fake_as_real",
+             "real predicted fake": "real_as_fake", "real predicted real": "real_as_real"}
+
+
+def metric_row(m: dict[str, Any]) -> dict[str, Any]:
+    """A data set's metrics (``collect.test_sets``' summary) as one flat row."""
+    fake = (m.get("per_class") or {}).get("fake") or {}
+    cal = m.get("at_calibrated") or {}
+    cells = (m.get("confusion_matrix") or {}).get("cells") or {}
+    return {**{k: m.get(k) for k in (*METRIC_KEYS, *RANKING_KEYS)},
+            "precision_fake": fake.get("precision"), "recall_fake": fake.get("recall"), "f1_fake": fake.get("f1"),
+            "macro_f1": (m.get("macro") or {}).get("f1"), "samples": m.get("samples"),
+            "accuracy_calibrated": cal.get("accuracy"), "threshold_calibrated": cal.get("threshold"),
+            **{CELL_KEYS[name]: n for name, n in cells.items()}}
+
+
+def _metric_columns(keys: tuple[str, ...] = tuple(METRIC_TITLES)) -> list[Column]:
+    return [Column(k, METRIC_TITLES[k], fixed(4) if k in ("auc", "ap_real", "ap_fake", "eer") else pct) for k in keys]
 
 
 def _epochs(training: dict[str, Any] | None) -> str:
@@ -101,10 +111,13 @@ def header_section(data: dict[str, Any]) -> list[str]:
                f"at {', '.join(f'{100 * x:g} %' for x in p['sparsities'])}; each pruned model starts from the "
                "baseline, is pruned, then fine-tuned.",
                f"- Search per sparsity: {s['trials_per_sparsity']} trials, {s['space']}; {s['sampler']}; "
-               f"scheduler {s['scheduler']}; objective: {s['metric']} at the trial's last epoch ({s['direction']}).",
+               f"scheduler {s['scheduler']}; objective: {s['metric']} at the trial's {s.get('objective', 'last')} "
+               f"epoch ({s['direction']}).",
                f"- Evaluation: batch {run['evaluate']['batch_size']}, latency over {run['evaluate']['latency_repeats']} "
                f"repeats at batch 1, throughput at batch {run['evaluate']['throughput_batch']}; "
-               f"{run['bootstrap_resamples']} bootstrap resamples.", ""]
+               f"{run['bootstrap_resamples']} bootstrap resamples; a decision threshold calibrated on the combined "
+               f"validation set ({run['evaluate'].get('threshold_calibration', 'eer')}) beside 0.5; robustness "
+               f"{'on' if run['evaluate'].get('robustness') else 'off'} (`evaluate.robustness`).", ""]
     md += _data_lines(run)
     return md
 
@@ -125,17 +138,28 @@ def _data_lines(run: dict[str, Any]) -> list[str]:
 
 # -- the paper's tables ----------------------------------------------------------------------------------
 
-def table3(baseline: dict[str, Any] | None) -> Table:
-    """The baseline on every data set (not per generator)."""
+def table3(baseline: dict[str, Any] | None, primary: str = "combined_test") -> Table:
+    """The baseline on every data set (not per generator), the primary set first."""
     rows = [] if baseline is None else [
-        {"dataset": name, **{k: m[k] for k in METRIC_KEYS}, "samples": m["samples"]}
-        for name, m in baseline["metrics"].items() if "/" not in name]
-    return Table("table3_baseline.csv", rows, [Column("dataset", "Dataset"), *_metric_columns(),
-                                               Column("samples", "Samples")])
+        {"dataset": name, "role": "primary" if name == primary else "", **metric_row(baseline["metrics"][name])}
+        for name in ordered_sets(list(baseline["metrics"]), primary) if "/" not in name]
+    return Table("table3_baseline.csv", rows, [Column("dataset", "Dataset"), Column("role", "Role"),
+                                               *_metric_columns(), Column("samples", "Samples")])
 
 
-def _objective_title(metric: str) -> str:
-    return f"{metric.replace('_', ' ').capitalize()}, last epoch (objective)"
+def _objective_title(metric: str, objective: str = "last") -> str:
+    return f"{metric.replace('_', ' ').capitalize()}, {objective} epoch (objective)"
+
+
+def _all_random(run: dict[str, Any]) -> bool:
+    """Whether every trial of the search was one of TPE's random start-up draws."""
+    search = run.get("search")
+    return bool(search) and search["trials_per_sparsity"] <= search["tpe_startup_trials"]
+
+
+def table4_title(run: dict[str, Any]) -> str:
+    how = "random sampling (TPE start-up)" if _all_random(run) else "Optuna (TPE)"
+    return f"Table 4. Optimal hyper-parameters found by {how}, per sparsity"
 
 
 def table4(data: dict[str, Any]) -> Table:
@@ -154,16 +178,20 @@ def table4(data: dict[str, Any]) -> Table:
     param_columns = [Column(k, f"Best {k}", _param) for k in params]
     return Table("table4_best_params.csv", rows, [
         Column("sparsity", "Sparsity", lambda s: f"{100 * s:.0f}%"), *param_columns,
-        Column("objective", _objective_title(metric), pct if "accuracy" in metric else fixed(4)),
+        Column("objective", _objective_title(metric, (data["run"].get("search") or {}).get("objective", "last")),
+               pct if "accuracy" in metric else fixed(4)),
         Column("trial_id", "Trial"), Column("tied_with", "Tied with (same objective)", lambda v: v or "none"),
         Column("trials", "Trials")])
 
 
 def _search_lines(data: dict[str, Any], t4: Table) -> list[str]:
     s, run = data["search"], data["run"]
+    objective = (run.get("search") or {}).get("objective", "last")
+    other = "best" if objective == "last" else "last"
     lines = [f"Search: scheduler `{s.get('scheduler')}`, {s.get('epochs_run')} trial-epochs run of a budget of "
              f"{s.get('epochs_budget')}. The objective is the trial's {s.get('metric', 'val_accuracy')} at its "
-             f"last epoch (not its best epoch; the trials table lists both). Best trial: {TIE_BREAK}."]
+             f"{objective} epoch (`search.objective: {objective}`; not its {other} epoch; the trials table lists "
+             f"both). Best trial: {TIE_BREAK}."]
     tied = [r for r in t4.rows if r["tied_with"]]
     if tied:
         lines.append("Ties: " + "; ".join(f"at {100 * r['sparsity']:.0f} % trial {r['trial_id']} tied with "
@@ -178,20 +206,21 @@ def _search_lines(data: dict[str, Any], t4: Table) -> list[str]:
         lines.append(f"At {', '.join(mismatch)} the search recorded another best trial than this rule picks "
                      "(an older selection): the table shows what the search used.")
     search = run.get("search")
-    if search and search["trials_per_sparsity"] <= search["tpe_startup_trials"]:
+    if _all_random(run):
         lines.append(f"With {search['trials_per_sparsity']} trials per sparsity and TPE's first "
-                     f"{search['tpe_startup_trials']} at random, every trial of this search was a random draw.")
+                     f"{search['tpe_startup_trials']} at random, every trial of this search was a random draw "
+                     "(TPE's model never proposed a trial): the table's title says random sampling.")
     return [" ".join(lines), ""]
 
 
-def table5(models: list[dict[str, Any]]) -> Table:
-    """Accuracy of every model on the combined test set and on each source's test set."""
+def table5(models: list[dict[str, Any]], primary: str = "combined_test") -> Table:
+    """Accuracy of every model on the primary set first (the paper's Table 5), then on the combined test set
+    and on each other source's test set."""
     names = list(models[0]["metrics"]) if models else []
-    sources = [n for n in names if n not in ("combined_val", "combined_test") and "/" not in n]
-    sets = ["combined_test", *sources]
+    sets = [n for n in ordered_sets(names, primary) if n != "combined_val" and "/" not in n]
     rows = [{"model": m["name"], **{n: m["metrics"][n]["accuracy"] for n in sets}} for m in models]
-    return Table("table5_accuracy.csv", rows, [Column("model", "Model"),
-                                               *(Column(n, f"Accuracy: {n}", pct) for n in sets)])
+    return Table("table5_accuracy.csv", rows, [Column("model", "Model"), *(
+        Column(n, f"Accuracy: {n}" + (" (primary)" if n == primary else ""), pct) for n in sets)])
 
 
 def _same_set_lines(data: dict[str, Any]) -> list[str]:
@@ -199,8 +228,9 @@ def _same_set_lines(data: dict[str, Any]) -> list[str]:
             f"`{same}` (its generators keep their own rows)." for src, same in data["same_sets"].items()]
 
 
-def pruning_table(models: list[dict[str, Any]]) -> Table:
-    """Each pruned model right after pruning (no training) beside after fine-tuning, with its epochs."""
+def pruning_table(models: list[dict[str, Any]], primary: str = "combined_test") -> Table:
+    """Each pruned model right after pruning (no training) beside after fine-tuning, with its epochs: test
+    accuracy on the primary set, validation accuracy on the combined validation set."""
     base = next((m for m in models if m["sparsity"] == 0), None)
     base_epochs = (base or {}).get("training") or {}
     rows = []
@@ -211,8 +241,8 @@ def pruning_table(models: list[dict[str, Any]]) -> Table:
         measured = before.get("status") == "measured"
         b = before.get("metrics", {}) if measured else {}
         ft = m.get("training") or {}
-        after = m["metrics"]["combined_test"]["accuracy"]
-        pruned = b["combined_test"]["accuracy"] if measured else None
+        after = m["metrics"][primary]["accuracy"]
+        pruned = b[primary]["accuracy"] if measured and primary in b else None
         total = (base_epochs.get("best_epoch") + ft["best_epoch"]
                  if base_epochs.get("best_epoch") is not None and ft.get("best_epoch") is not None else None)
         rows.append({"model": m["name"], "method": m["pruning_method"],
@@ -232,7 +262,7 @@ def pruning_table(models: list[dict[str, Any]]) -> Table:
         Column("note", "Note", lambda x: x or "")])
 
 
-def _pruning_lines(models: list[dict[str, Any]], table: Table) -> list[str]:
+def _pruning_lines(models: list[dict[str, Any]], table: Table, primary: str = "combined_test") -> list[str]:
     base = next((m for m in models if m["sparsity"] == 0), None)
     be = (base or {}).get("training") or {}
     if not be.get("best_epoch"):
@@ -243,7 +273,7 @@ def _pruning_lines(models: list[dict[str, Any]], table: Table) -> list[str]:
             "training than the baseline. Where a pruned model beats the baseline, the extra epochs are a "
             "likelier cause than pruning; \"right after pruning\" is the cost of pruning alone (same images, "
             "same preprocessing, no training).")
-    base_test = base["metrics"]["combined_test"]["accuracy"]
+    base_test = base["metrics"][primary]["accuracy"]
     better = [r["model"] for r in table.rows if r["test_finetuned"] > base_test]
     if better:
         text += (f" Here {', '.join(better)} scored above the baseline's {100 * base_test:.2f} % after "
@@ -281,18 +311,14 @@ def table6(models: list[dict[str, Any]]) -> Table:
 
 
 def metrics_table(models: list[dict[str, Any]]) -> Table:
-    """Every metric of every model on every data set, per-generator rows included."""
-    rows = []
-    for m in models:
-        for name, v in m["metrics"].items():
-            cm = v["confusion_matrix"]["matrix"] if v.get("confusion_matrix") else [[None, None], [None, None]]
-            rows.append({"model": m["name"], "data_set": name, **{k: v[k] for k in METRIC_KEYS},
-                         "samples": v["samples"], "tn": cm[0][0], "fp": cm[0][1], "fn": cm[1][0], "tp": cm[1][1]})
+    """Every metric of every model on every data set, per-generator rows included; confusion cells by
+    direction, at 0.5, and accuracy at the validation-calibrated threshold."""
+    rows = [{"model": m["name"], "data_set": name, **metric_row(v)} for m in models for name, v in m["metrics"].items()]
     return Table("metrics.csv", rows, [
-        Column("model", "Model"), Column("data_set", "Data set"),
-        *(Column(k, k, fixed(4) if k == "auc" else pct) for k in METRIC_KEYS), Column("samples"),
-        Column("tn", "TN (fake->fake)"), Column("fp", "FP (fake->real)"), Column("fn", "FN (real->fake)"),
-        Column("tp", "TP (real->real)")])
+        Column("model", "Model"), Column("data_set", "Data set"), *_metric_columns(), Column("samples", "Samples"),
+        *(Column(key, name) for name, key in CELL_KEYS.items()),
+        Column("accuracy_calibrated", "Accuracy at calibrated threshold", pct),
+        Column("threshold_calibrated", "Calibrated threshold", fixed(4))])
 
 
 def undefined_lines(models: list[dict[str, Any]], sets: set[str] | None = None) -> list[str]:
@@ -307,7 +333,9 @@ def undefined_lines(models: list[dict[str, Any]], sets: set[str] | None = None) 
     for name, notes in by_set.items():
         groups.setdefault(tuple(sorted(notes.items())), []).append(name)
     lines = []
-    titles = {"precision": "precision (real)", "recall": "recall (real)", "f1": "F1 (real)", "auc": "AUC"}
+    titles = {"precision": "precision (real)", "recall": "recall (real)", "f1": "F1 (real)", "auc": "AUC",
+              "precision_fake": "precision (fake)", "recall_fake": "recall (fake)", "f1_fake": "F1 (fake)",
+              "ap_real": "AP (real positive)", "ap_fake": "AP (fake positive)", "eer": "EER"}
     for notes, names in groups.items():
         reasons: dict[str, list[str]] = {}
         for metric, reason in notes:
@@ -352,22 +380,38 @@ def write_report(run_dir: str | Path) -> Path:
     md += header_section(data)
     md += frontier_section(data)
     md += pareto_section(data)
-    t3 = table3(baseline)
+    primary = data["primary"]["set"]
+    if models:
+        md += primary_lines(data)
+    t3 = table3(baseline, primary)
     if baseline:
-        md += ["## Table 3. Baseline performance on all data sets", "", show(t3)]
+        md += ["## Table 3. Baseline performance on all data sets", "",
+               "Precision, recall and F1 for each class and their macro mean; AUC, average precision and EER rank "
+               "the probability of real (positive class: real, except where a column says otherwise).", "", show(t3)]
         md += undefined_lines([baseline], {r["dataset"] for r in t3.rows})
     t4 = table4(data)
     if t4.rows:
-        md += ["## Table 4. Optimal hyper-parameters found by Optuna (TPE), per sparsity", "", show(t4)]
+        md += [f"## {table4_title(data['run'])}", "", show(t4)]
         md += _search_lines(data, t4)
-    pruning = pruning_table(models)
+    pruning = pruning_table(models, primary)
     if models:
-        md += ["## Table 5. Accuracy comparison on the test sets", "", show(table5(models))]
+        md += [f"## Table 5. Accuracy comparison on the test sets (first column: {primary}, the primary set)", "",
+               show(table5(models, primary))]
         md += _same_set_lines(data) + [""]
+        for section in (errors_section(models, primary), threshold_section(models, primary)):
+            md += section[0]
+            tables.extend(section[1])
         if pruning.rows:
-            md += ["## Pruning alone, and after fine-tuning (combined sets)", "", show(pruning)]
-            md += _pruning_lines(models, pruning)
+            md += [f"## Pruning alone, and after fine-tuning (test: {primary}; val: combined_val)", "", show(pruning)]
+            md += _pruning_lines(models, pruning, primary)
         md += statistics_section(data)
+        for section in (robustness_section(data), video_section(models, data), generator_section(models)):
+            md += section[0]
+            tables.extend(section[1])
+    for section in (audit_section(data), paper_section(data) if models else ([], [])):
+        md += section[0]
+        tables.extend(section[1])
+    if models:
         md += ["## Table 6. Model efficiency", "", show(table6(models))]
         md += [efficiency_note(models), ""]
     else:
@@ -375,8 +419,9 @@ def write_report(run_dir: str | Path) -> Path:
                "once it has run.", ""]
     md += semistructured_section(models)
     if models:
-        md += ["## All metrics", "", "Positive class: real (label 1). Confusion-matrix rows are true classes, "
-               "columns predicted ones.", "", show(metrics_table(models))]
+        md += ["## All metrics", "", "Positive class: real (label 1); every confusion cell is named by its direction "
+               "(true class, then predicted class), at 0.5, and accuracy is also given at the validation-calibrated "
+               "threshold.", "", show(metrics_table(models))]
         md += undefined_lines(models)
     if data["trials"]:
         md += ["## Search trials", "", show(trials_table(data["trials"]))]
