@@ -70,3 +70,21 @@ def test_a_record_resumes_the_round_under_way(tmp_path):
     assert again.open_round() == [0.7]
     with pytest.raises(ValueError, match="another rule"):
         FrontierRecord.open(tmp_path / "frontier.json", FrontierRule(grid=(0.5,), margin=0.01, resolution=0.1), 0.98)
+
+
+def test_the_test_claim_is_on_the_primary_set_and_names_robustness():
+    from detector.report.frontier import test_claim
+
+    diff = {"faces140k": {"accuracy_difference": {"estimate": -0.002, "low": -0.004, "high": 0.0}},
+            "combined_test": {"accuracy_difference": {"estimate": -0.02, "low": -0.03, "high": -0.01}}}
+    model = {"name": "prune-30", "sparsity": 0.3, "vs_baseline": diff,
+             "robustness": {"perturbations": {"jpeg-q50": {"family": "jpeg", "severity": 50, "label": "JPEG q50",
+                                                           "set": "faces140k", "images": 20}}},
+             "robustness_vs_baseline": {"jpeg-q50": {"accuracy_difference": {"estimate": -0.061, "low": -0.074,
+                                                                             "high": -0.048},
+                                                     "mcnemar": {"p_value": 2e-5}, "significant": True}}}
+    data = {"primary": {"set": "faces140k"}, "models": [model]}
+    claim = test_claim(data, {"answer": {"sparsity": 0.3, "first_inferior": 0.4}, "rule": {"margin": 0.005}})
+    assert "on the faces140k test set the accuracy difference from the baseline is -0.20 pp" in claim
+    assert "within the 0.5 pp margin: non-inferior on the test set" in claim
+    assert "Under perturbation, prune-30 is significantly less accurate than the baseline under JPEG q50." in claim

@@ -102,4 +102,4 @@ def test_a_frontier_search_decides_on_validation_resumes_and_reports(tmp_path):
     assert len(run.evaluation_files()) == 1 + len(probes)
     md = (run.report / "report.md").read_text()
     assert "The sparsity frontier" in md and (run.report / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    assert ("Up to" in md and "on combined_test the accuracy difference" in md) or "found no sparsity" in md
+    assert ("Up to" in md and "on the combined test set the accuracy difference" in md) or "found no sparsity" in md

@@ -12,9 +12,15 @@ import json
 from typing import Any, Callable
 
 from detector.job.runfolder import RunFolder, model_name
+from detector.report.robustness import model_summary
+from detector.report.statistics import set_words
 from detector.report.tables import Column, markdown, pct
 
-TEST_SET = "combined_test"
+
+
+def _test_set(data: dict[str, Any]) -> str:
+    """The set the claim is checked on: the report's primary set (``evaluate.primary_set``), as for Table 5."""
+    return (data.get("primary") or {}).get("set", "combined_test")
 
 
 def frontier_data(run: RunFolder) -> dict[str, Any] | None:
@@ -40,7 +46,8 @@ def test_claim(data: dict[str, Any], frontier: dict[str, Any]) -> str:
         return ("No probed sparsity was non-inferior to the baseline on validation data: the search found no "
                 "sparsity that can be pruned within the margin.")
     model = next((m for m in data["models"] if abs(m["sparsity"] - s) < 1e-9), None)
-    vs = ((model or {}).get("vs_baseline") or {}).get(TEST_SET)
+    test_set = _test_set(data)
+    vs = ((model or {}).get("vs_baseline") or {}).get(test_set)
     if not vs:
         return (f"On validation data up to {100 * s:g} % of the weights can be removed within the margin; "
                 f"the test-set comparison is not available yet (evaluate {model_name(s)}).")
@@ -48,10 +55,12 @@ def test_claim(data: dict[str, Any], frontier: dict[str, Any]) -> str:
     within = d["low"] is not None and d["low"] > -margin
     verdict = (f"within the {100 * margin:g} pp margin: non-inferior on the test set" if within else
                f"the interval reaches below -{100 * margin:g} pp: non-inferiority is not shown on the test set")
-    return (f"Up to {100 * s:g} % of the weights can be removed: on {TEST_SET} the accuracy difference from the "
-            f"baseline is {_pp(d['estimate'])} pp, 95 % CI [{_pp(d['low'])}, {_pp(d['high'])}] pp, {verdict}"
+    robust = model_summary(model)
+    return (f"Up to {100 * s:g} % of the weights can be removed: on {set_words(test_set)} the accuracy difference "
+            f"from the baseline is {_pp(d['estimate'])} pp, 95 % CI [{_pp(d['low'])}, {_pp(d['high'])}] pp, {verdict}"
             + (f" (the first inferior probe, on validation, was {100 * ans['first_inferior']:g} %)."
-               if ans.get("first_inferior") is not None else "."))
+               if ans.get("first_inferior") is not None else ".")
+            + (f" Under perturbation, {model_name(s)} is {robust}." if robust else ""))
 
 
 def frontier_section(data: dict[str, Any]) -> list[str]:
@@ -101,12 +110,13 @@ def frontier_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> N
         if pts:
             ax.scatter([100 * p["sparsity"] for p in pts], [100 * p["val_accuracy"] for p in pts], c=colour,
                        label=label, zorder=3)
-    tested = [m for m in data["models"] if m["sparsity"] > 0 and (m.get("intervals") or {}).get(TEST_SET)]
+    test_set = _test_set(data)
+    tested = [m for m in data["models"] if m["sparsity"] > 0 and (m.get("intervals") or {}).get(test_set)]
     if tested:
-        iv = [m["intervals"][TEST_SET]["accuracy"] for m in tested]
+        iv = [m["intervals"][test_set]["accuracy"] for m in tested]
         ax.errorbar([100 * m["sparsity"] for m in tested], [100 * i["estimate"] for i in iv],
                     yerr=[[100 * (i["estimate"] - i["low"]) for i in iv], [100 * (i["high"] - i["estimate"]) for i in iv]],
-                    fmt="s", ms=4, color="tab:blue", alpha=0.7, capsize=3, label=f"test accuracy, 95 % CI ({TEST_SET})")
+                    fmt="s", ms=4, color="tab:blue", alpha=0.7, capsize=3, label=f"test accuracy, 95 % CI ({test_set})")
     ans = frontier.get("answer") or {}
     if ans.get("sparsity") is not None:
         ax.axvline(100 * ans["sparsity"], color="tab:green", ls="--", lw=1,

@@ -85,6 +85,36 @@ def robustness_sentence(model: str, label: str, vs: dict[str, Any], *, alpha: fl
     return f"{model} {change} against the baseline under {label} (McNemar p = {p_text}): {verdict}"
 
 
+def model_summary(model: dict[str, Any], found: dict[str, dict[str, Any]] | None = None) -> str | None:
+    """One pruned model against the baseline over every perturbation, in words (None: never perturbed);
+    ``found``: ``perturbations(models)``, for the labels."""
+    found = found if found is not None else perturbations([model])
+    vs_all = model.get("robustness_vs_baseline") or {}
+    paired = {name: vs for name, vs in vs_all.items() if "accuracy_difference" in vs}
+    unpaired = sorted({vs["unpaired"] for vs in vs_all.values() if "unpaired" in vs})
+    if unpaired:
+        return f"not compared with the baseline ({'; '.join(unpaired)})"
+    if not paired:
+        return None
+    lower = [found[n]["label"] for n, vs in paired.items() if vs["significant"] and vs["accuracy_difference"]["estimate"] < 0]
+    higher = [found[n]["label"] for n, vs in paired.items() if vs["significant"] and vs["accuracy_difference"]["estimate"] > 0]
+    rest = len(paired) - len(lower) - len(higher)
+    parts = []
+    if lower:
+        parts.append(f"significantly less accurate than the baseline under {', '.join(lower)}")
+    if higher:
+        parts.append(f"significantly more accurate under {', '.join(higher)}")
+    if rest:
+        worst_name, worst = min(((n, vs) for n, vs in paired.items() if not vs["significant"]),
+                                key=lambda x: x[1]["accuracy_difference"]["low"])
+        low = worst["accuracy_difference"]["low"]
+        allow = (f"; there the intervals still allow a loss of up to {-100 * low:.2f} pp "
+                 f"({found[worst_name]['label']})" if low < 0 else "")
+        parts.append(f"no significant difference under {'the other ' if lower or higher else ''}{rest} "
+                     f"perturbation{'s' if rest != 1 else ''}{allow}")
+    return "; ".join(parts)
+
+
 def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:
     models = data["models"]
     found = perturbations(models)
@@ -106,34 +136,15 @@ def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:
     for m in models:
         if m["sparsity"] == 0:
             continue
-        vs_all = m.get("robustness_vs_baseline") or {}
-        paired = {name: vs for name, vs in vs_all.items() if "accuracy_difference" in vs}
+        paired = {name: vs for name, vs in (m.get("robustness_vs_baseline") or {}).items()
+                  if "accuracy_difference" in vs}
         # the table words every result; the list repeats the significant ones, the summary the rest
         for name, vs in paired.items():
             if vs["significant"]:
                 sentences.append(f"- {robustness_sentence(m['name'], found[name]['label'], vs)}.")
-        unpaired = sorted({vs["unpaired"] for vs in vs_all.values() if "unpaired" in vs})
-        if unpaired:
-            summary.append(f"{m['name']}: not compared with the baseline ({'; '.join(unpaired)}).")
-        if not paired:
-            continue
-        lower = [found[n]["label"] for n, vs in paired.items() if vs["significant"] and vs["accuracy_difference"]["estimate"] < 0]
-        higher = [found[n]["label"] for n, vs in paired.items() if vs["significant"] and vs["accuracy_difference"]["estimate"] > 0]
-        rest = len(paired) - len(lower) - len(higher)
-        parts = []
-        if lower:
-            parts.append(f"significantly less accurate than the baseline under {', '.join(lower)}")
-        if higher:
-            parts.append(f"significantly more accurate under {', '.join(higher)}")
-        if rest:
-            worst_name, worst = min(((n, vs) for n, vs in paired.items() if not vs["significant"]),
-                                    key=lambda x: x[1]["accuracy_difference"]["low"])
-            low = worst["accuracy_difference"]["low"]
-            allow = (f"; there the intervals still allow a loss of up to {-100 * low:.2f} pp "
-                     f"({found[worst_name]['label']})" if low < 0 else "")
-            parts.append(f"no significant difference under {'the other ' if lower or higher else ''}{rest} "
-                         f"perturbation{'s' if rest != 1 else ''}{allow}")
-        summary.append(f"{m['name']}: {'; '.join(parts)}.")
+        line = model_summary(m, found)
+        if line:
+            summary.append(f"{m['name']}: {line}.")
     if sentences:
         md += ["Significant differences from the baseline on the same perturbed images:", "", *sentences, ""]
     elif any(m.get("robustness_vs_baseline") for m in models):
