@@ -3,7 +3,6 @@ a trial whose loss diverges; and it runs when submitted as a Ray job to a runnin
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -205,57 +204,64 @@ def _local_cluster_module():
     return module
 
 
-@contextlib.contextmanager
-def _search_job_on_a_running_head(data: Path, tmp_path: Path):
-    """(cluster, config file, run folder): a search-only job of 2 sparsities, and a running head with 2
-    workers that is torn down afterwards."""
+@pytest.fixture(scope="module")
+def running_head():
+    """A running head with 2 workers (cluster/local_cluster.py), as a team's cluster is: the jobs of the tests
+    below come and go on it; it is torn down after them."""
     local_cluster = _local_cluster_module()
+    temp = Path(tempfile.mkdtemp(prefix="job-", dir="/tmp"))
+    cluster = local_cluster.up(workers=2, cpus_per_worker=1, object_store_mb=80, temp_dir=temp,
+                               state_path=temp / "cluster.json")
+    try:
+        yield cluster
+    finally:
+        local_cluster.down(temp / "cluster.json", remove_temp_dir=True)
+
+
+def _search_job(data: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(config file, run folder): a search-only job of 2 sparsities, one trial each."""
     run_dir = tmp_path / "run"
     exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
                           resources={"cpus_per_trial": 1})
     config = tmp_path / "tiny.yaml"
     save_yaml(exp, config)
     write_untrained_baseline(run_dir, exp)
-    temp = Path(tempfile.mkdtemp(prefix="job-", dir="/tmp"))
-    cluster = local_cluster.up(workers=2, cpus_per_worker=1, object_store_mb=80, temp_dir=temp,
-                               state_path=temp / "cluster.json")
-    try:
-        yield cluster, config, run_dir
-    finally:
-        local_cluster.down(temp / "cluster.json", remove_temp_dir=True)
+    return config, run_dir
 
 
 @pytest.mark.timeout(400)
-def test_the_job_submitted_to_a_running_head_runs_to_the_end(data, tmp_path):
+def test_the_job_submitted_to_a_running_head_runs_to_the_end(data, running_head, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    with _search_job_on_a_running_head(data, tmp_path) as (cluster, config, run_dir):
-        client = JobSubmissionClient(cluster.dashboard_url,
-                                     headers={"Authorization": f"Bearer {cluster.token()}"})
-        job_id = client.submit_job(
-            entrypoint=f"{sys.executable} jobs/run.py --config {config} --out {run_dir} --stages search,report",
-            runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "runs", "data"]},
-        )
-        deadline = time.monotonic() + 300
-        while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                                JobStatus.STOPPED}:
-            assert time.monotonic() < deadline, f"job still {status} after 300 s"
-            time.sleep(2)
-        logs = client.get_job_logs(job_id)
-        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    cluster = running_head
+    config, run_dir = _search_job(data, tmp_path)
+    client = JobSubmissionClient(cluster.dashboard_url,
+                                 headers={"Authorization": f"Bearer {cluster.token()}"})
+    job_id = client.submit_job(
+        entrypoint=f"{sys.executable} jobs/run.py --config {config} --out {run_dir} --stages search,report",
+        runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "runs", "data"]},
+    )
+    deadline = time.monotonic() + 300
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                            JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, f"job still {status} after 300 s"
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
     results = json.loads((run_dir / "search" / "results.json").read_text())
     assert sorted(results["best"]) == ["0.1", "0.2"]
     assert "Table 4." in (run_dir / "report" / "report.md").read_text()  # a search-only report
 
 
 @pytest.mark.timeout(300)
-def test_the_job_runs_through_ray_client_against_a_running_head(data, tmp_path):
-    with _search_job_on_a_running_head(data, tmp_path) as (cluster, config, run_dir):
-        env = {**os.environ, **cluster.env()}
-        env.pop("RAY_ADDRESS", None)
-        result = subprocess.run([sys.executable, "-m", "detector.cli", "run", "--config", str(config), "--out",
-                                 str(run_dir), "--stages", "search,report", "--address", cluster.client_address],
-                                env=env, capture_output=True, text=True, timeout=240)
+def test_the_job_runs_through_ray_client_against_a_running_head(data, running_head, tmp_path):
+    cluster = running_head
+    config, run_dir = _search_job(data, tmp_path)
+    env = {**os.environ, **cluster.env()}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-m", "detector.cli", "run", "--config", str(config), "--out",
+                             str(run_dir), "--stages", "search,report", "--address", cluster.client_address],
+                            env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((run_dir / "search" / "results.json").read_text())
     assert sorted(results["best"]) == ["0.1", "0.2"]

@@ -181,7 +181,7 @@ def test_one_driver_per_run_folder_and_a_dead_ones_lease_is_taken_over(config, t
     run_dir = tmp_path / "run"
     # a baseline long enough to still be training when the second driver comes
     args = ["--config", str(config), "--out", str(run_dir), "--stages", "prepare,baseline",
-            "--set", "train.max_epochs=25", "--set", "train.patience=25"]
+            "--set", "train.max_epochs=12", "--set", "train.patience=12"]
     first = Driver(args, tmp_path / "1.log")
     wait_for(run_dir, first, "baseline")
 
