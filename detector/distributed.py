@@ -127,7 +127,7 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
 
 def fingerprints(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """sha256 of each tensor's bytes: two ranks hold the same tensors when these are equal."""
-    return {name: hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    return {name: hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
             for name, t in tensors.items()}
 
 
@@ -149,7 +149,8 @@ def check_same_on_every_rank(values: Mapping[str, Any], what: str) -> None:
 # A process group without Ray: for bench/gpu_check.py and the tests.
 
 
-def spawn(fn: Callable[..., Any], world_size: int, *args: Any, device: str = "cpu", timeout_s: float = 600) -> list[Any]:
+def spawn(fn: Callable[..., Any], world_size: int, *args: Any, device: str = "cpu",
+          timeout_s: float = 600) -> list[Any]:
     """Run ``fn(*args)`` on ``world_size`` new processes that form one process group (NCCL on ``cuda``, one GPU
     per rank; gloo on ``cpu``); returns each rank's result, by rank.
 

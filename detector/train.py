@@ -251,7 +251,8 @@ def _check_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> No
             raise NonFiniteLossError(f"training loss became non-finite on another rank at epoch {epoch}, steps "
                                      f"{first_step}-{first_step + len(losses) - 1} {hint}")
         i = int(bad[0])
-        raise NonFiniteLossError(f"training loss became {values[i].item()} at epoch {epoch}, step {first_step + i} {hint}")
+        raise NonFiniteLossError(f"training loss became {values[i].item()} at epoch {epoch}, step {first_step + i} "
+                                 f"{hint}")
 
 
 def train_one_epoch(
@@ -305,9 +306,8 @@ def train_one_epoch(
             pending.clear()
     if pending:
         _check_finite(pending, step - len(pending) + 1, epoch)
-    # .cpu() synchronises, so the timing below covers all queued GPU work; then the sums over the ranks
-    totals = torch.stack([loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(float(samples), dtype=torch.float64),
-                          torch.tensor(data_wait, dtype=torch.float64)])
+    # .item() synchronises, so the timing below covers all queued GPU work; then the sums over the ranks
+    totals = torch.tensor([loss_sum.item(), correct.item(), samples, data_wait], dtype=torch.float64)
     elapsed = time.perf_counter() - start
     loss_total, correct_total, samples_total, wait_total = distributed.all_reduce_sum(totals).tolist()
     if samples_total == 0:
@@ -778,8 +778,8 @@ def _nets(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[nn.
 
 
 def _epoch(net: nn.Module, eval_net: nn.Module, train_loader: Iterable, val_loader: Iterable,
-           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, cfg: TrainConfig, device: torch.device,
-           precision: str, epoch: int, on_step: Callable[[], None] | None) -> dict[str, float]:
+           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, cfg: TrainConfig,
+           device: torch.device, precision: str, epoch: int, on_step: Callable[[], None] | None) -> dict[str, float]:
     """One epoch of training, then validation: the epoch's metrics row (the running best is added by fit)."""
     train = train_one_epoch(net, train_loader, optimizer, device=device, precision=precision, scaler=scaler,
                             channels_last=cfg.channels_last, max_batches=cfg.max_train_batches, epoch=epoch,

@@ -72,7 +72,8 @@ def train_stage(
     # oneshot prunes here; a schedule's hook prunes inside the loop, starting from the unpruned model
     pruning = prune(model, sparsity, method=method, arch=cfg.arch) if hook is None else PruningInfo()
     pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
-    batch = distributed.per_rank_batch(cfg.batch_size, distributed.rank_and_world()[1])
+    world_size = distributed.rank_and_world()[1]
+    batch = distributed.per_rank_batch(cfg.batch_size, world_size)
     train_loader = build_loader(data, "train", batch_size=batch, image_size=cfg.image_size, train=True,
                                 num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin, drop_last=True,
                                 normalize=False)
@@ -86,8 +87,9 @@ def train_stage(
     hparams = {"sparsity": sparsity, **{name: getattr(cfg, name) for name in param_names()},
                "method": method_name if not hook else f"{method_name}/{schedule.schedule}",
                "batch_size": cfg.batch_size}
+    # world_size: how many data-parallel ranks trained it (1: one process)
     metadata = {"data_manifest_sha256": manifest_sha256(data), "init": str(init) if init else None,
-                "pruning": pruning.to_dict()}
+                "pruning": pruning.to_dict(), "world_size": world_size}
     result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,
                  hparams=hparams, metadata=metadata, schedule=hook)
     if hook is not None:
