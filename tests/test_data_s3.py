@@ -102,7 +102,8 @@ def test_a_training_stage_reads_its_data_from_the_bucket(bucket, tmp_path):
 @pytest.mark.slow
 def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
     """`storage: s3://...` in the experiment config: Tune's experiment state and trial checkpoints go to the
-    bucket, the run folder keeps none of it, and `detector status` reads the trials back from there."""
+    bucket, the run folder keeps none of it, and `detector status` reads the trials back from there. Once the
+    stage is complete its trials' weights are dropped from the bucket too (`stages.drop_checkpoints`)."""
     from pipeline_helpers import tiny_experiment, write_untrained_baseline
 
     from detector.job.pipeline import run
@@ -117,7 +118,11 @@ def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
     write_untrained_baseline(run_dir, exp)
     run(exp, run_dir, stages=["search"])
     stored = [f.path for f in s3.get_file_info(pafs.FileSelector("detector/runs/run/search", recursive=True))]
-    assert any("experiment_state-" in p for p in stored) and any("/checkpoint_" in p for p in stored)
+    assert any("experiment_state-" in p for p in stored)
+    (result,) = [p for p in stored if p.endswith("/result.json")]
+    with s3.open_input_stream(result) as f:  # the trial checkpointed its epoch into the bucket ...
+        assert json.loads(f.read().decode().splitlines()[-1])["checkpoint_dir_name"] == "checkpoint_000000"
+    assert not any("/checkpoint_" in p for p in stored)  # ... and the complete stage dropped it there
     assert not (run_dir / "tune").exists()
     trials = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
     assert [(t["sparsity"], t["state"]) for t in trials] == [(0.2, "done")]

@@ -171,7 +171,8 @@ def test_asha_stops_weak_trials_and_saves_trial_epochs(data, tmp_path):
 
 
 def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
-    """As with storage: s3://bucket/runs on a cluster; here a file:// URI stands in for the bucket."""
+    """As with storage: s3://bucket/runs on a cluster; here a file:// URI stands in for the bucket. The trials
+    checkpointed there, and the complete stage dropped those weights there too."""
     from pipeline_helpers import write_untrained_baseline
 
     from detector.job.runfolder import RunFolder
@@ -183,7 +184,11 @@ def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
     write_untrained_baseline(run_dir, exp)
     run(exp, run_dir, stages=["search"])
     assert list((remote / "run" / "search").glob("experiment_state-*.json"))
-    assert list((remote / "run" / "search").glob("*/checkpoint_*"))
+    results = list((remote / "run" / "search").glob("*/result.json"))
+    assert len(results) == 2
+    assert all(json.loads(r.read_text().splitlines()[-1])["checkpoint_dir_name"] == "checkpoint_000000"
+               for r in results)
+    assert not list((remote / "run" / "search").glob("*/checkpoint_*"))
     assert not (run_dir / "tune").exists()
     trials = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
     assert sorted(t["sparsity"] for t in trials) == [0.1, 0.2] and all(t["state"] == "done" for t in trials)

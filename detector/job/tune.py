@@ -1102,6 +1102,21 @@ def _on_loopback() -> Iterator[None]:
             os.environ[name] = saved_env
 
 
+def _client_init(address: str, env: dict[str, str], attempts: int = 3) -> Any:
+    """``ray.init`` through Ray Client, tried again when the head's proxy could not start this client's
+    server: Ray's proxier reports ``Initialization failure from server`` when that process exits while it
+    starts (seen on a loaded 2-core machine: psutil's ZombieProcess), and a new connection gets a new one.
+    A failed attempt has already disconnected (``ray.util.client``), so the next one starts clean."""
+    for attempt in range(1, attempts):
+        try:
+            return ray.init(address=address, runtime_env={"env_vars": env})
+        except ConnectionAbortedError as e:
+            log.warning("Ray Client: the head could not start a server for this driver (attempt %d of %d): "
+                        "%s; trying again", attempt, attempts, str(e).splitlines()[0])
+            time.sleep(2.0 * attempt)
+    return ray.init(address=address, runtime_env={"env_vars": env})
+
+
 def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "detector") -> ClusterInfo:
     """Join a running cluster (``address``: "auto", "ray://HOST:10001", or RAY_ADDRESS set, as under
     ``ray job submit``), or start an embedded local Ray sized by ``resources.local_num_cpus``, on the
@@ -1130,7 +1145,7 @@ def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "dete
         env = {k: v for k, v in os.environ.items() if k.startswith("TUNE_")}
         env.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(len(exp.search.sparsities)))
         # (Ray Client cannot carry a JobConfig: the job keeps the client's default name)
-        ctx = ray.init(address=address, runtime_env={"env_vars": env})
+        ctx = _client_init(address, env)
     else:
         ctx = ray.init(address=address, job_config=job_config)
     resources = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
