@@ -707,10 +707,12 @@ def fit(
                          epoch, progress.stopper.bad_epochs, progress.stopper.best, progress.stopper.best_epoch)
         tensorboard.hparams(hparams or {}, progress.history, progress.stopper)
 
-    # Every rank trained the same model: a rank that differs now (masks, weights, where it stopped) is a bug.
-    distributed.check_same_on_every_rank(
-        {"epochs": len(progress.history), "stopped_early": progress.stopped, "best_epoch": progress.stopper.best_epoch,
-         **distributed.fingerprints(model.state_dict())}, "the ranks' models after training")
+    if distributed.in_group():
+        # Every rank trained the same model: a rank that differs now (masks, weights, where it stopped) is a bug.
+        distributed.check_same_on_every_rank(
+            {"epochs": len(progress.history), "stopped_early": progress.stopped,
+             "best_epoch": progress.stopper.best_epoch, **distributed.fingerprints(model.state_dict())},
+            "the ranks' models after training")
     if not progress.stopper.best_epoch:
         if schedule is not None and not schedule.at_target:
             raise ValueError(f"{out_dir}: the pruning schedule did not reach its target sparsity in "

@@ -79,7 +79,6 @@ def test_every_rank_stops_at_the_same_epoch_and_only_rank_0_writes(trained):
     two, tmp = trained["two"], trained["tmp"]
     assert {**two[0]["oneshot"], "history": [unclocked(r) for r in two[0]["oneshot"]["history"]]} == \
         {**two[1]["oneshot"], "history": [unclocked(r) for r in two[1]["oneshot"]["history"]]}
-    assert two[0]["oneshot"]["stopped_early"] or two[0]["oneshot"]["epochs_run"] == 2
     assert sorted(p.name for p in (tmp / "two" / "rank0").iterdir()) == [
         "baseline", "baseline-tb", "gradual", "iterative", "oneshot", "oneshot-tb", "oneshot.json", "oneshot.pt"]
     assert list((tmp / "two" / "rank1").rglob("*")) == []
