@@ -8,8 +8,10 @@ own process under its own time limit: ``bench/train_step.py`` (synthetic tensors
 decode-once pixels; bf16 autocast and channels_last, then with ``torch.compile``), a 1-epoch baseline and a
 2-epoch fine-tune pruned to 40 % (``detector train --init ... --sparsity 0.4``), ``detector evaluate``,
 ``detector efficiency`` (batch-1 latency with CUDA synchronisation: the goal is <= 3 ms for ResNet-50 on an
-H100, against the paper's 29.94 ms), the 2:4 sparse kernels, ``detector predict``, and a torch.distributed
-all-reduce (NCCL on a GPU, gloo on the CPU). Everything lands in DIR/gpu_check.json and DIR/gpu_check.md
+H100, against the paper's 29.94 ms), the 2:4 sparse kernels, ``detector predict``, a torch.distributed
+all-reduce (NCCL on a GPU, gloo on the CPU), and the data-parallel fine-tune (``train_stage`` under DDP on a
+process group that ``detector.distributed.spawn`` starts: the job's ``resources.workers_per_trial`` without
+Ray). Everything lands in DIR/gpu_check.json and DIR/gpu_check.md
 (rewritten after every step, ``"complete": false`` until the last), with each step's output in
 DIR/gpu_check.log.
 
@@ -364,8 +366,50 @@ def step_allreduce(ctx: Context) -> dict[str, Any]:
 
 
 def step_ddp_fit(ctx: Context) -> dict[str, Any]:
-    raise NotRun("data-parallel trainer not built yet: issue 15 §1 adds resources.workers_per_trial; this step "
-                 "will then run `fit` under DDP on 1 GPU with NCCL")
+    """The job's data-parallel path without Ray: ``train_stage`` (so ``fit`` under DDP) on every rank of a
+    torch.distributed group that ``detector.distributed.spawn`` starts: NCCL with one rank per GPU (up to 2),
+    gloo with 2 ranks on the CPU. One epoch of the 40 % fine-tune from the baseline, global batch as above."""
+    import functools
+
+    import torch
+    import torch.distributed as dist
+
+    from detector import distributed
+    from detector.checkpoint import load_model
+    from detector.job.stages import train_stage
+    from detector.prune.unstructured import sparsity_report
+    from detector.train import TrainConfig
+
+    if not dist.is_available():
+        raise NotRun("this torch build has no torch.distributed")
+    if ctx.device == "cuda" and not dist.is_nccl_available():
+        raise NotRun("this torch build has no NCCL backend")
+    world = min(2, torch.cuda.device_count()) if ctx.device == "cuda" else 2
+    s = ctx.sizes
+    cfg = TrainConfig(arch=s.arch, image_size=s.image_size, batch_size=s.batch_size, num_workers=s.num_workers,
+                      device=ctx.device, precision=ctx.precision, max_epochs=1, patience=None)
+    out = ctx.path("ddp")
+    train = functools.partial(train_stage, cfg, data=str(ctx.data), out_dir=out / "run", tb_dir=None,
+                              init=ctx.path("baseline", "checkpoint", "best.pt"), sparsity=0.4,
+                              model_path=out / "model.pt")
+    t0 = time.perf_counter()
+    summaries = distributed.spawn(train, world, device=ctx.device)
+    seconds = time.perf_counter() - t0
+    ranks = [(x["epochs_run"], x["best_val_accuracy"]) for x in summaries]
+    if len(set(ranks)) != 1:
+        raise RuntimeError(f"the ranks disagree on the run (epochs, best val accuracy): {ranks}")
+    model, meta = load_model(out / "model.pt")
+    sparsity = sparsity_report(model)["sparsity"]
+    if abs(sparsity - 0.4) > 0.01 or meta["world_size"] != world:
+        raise RuntimeError(f"the data-parallel fine-tune saved a model of sparsity {sparsity:.4f} trained by "
+                           f"{meta['world_size']} ranks, not 0.4 by {world}")
+    row = summaries[0]["history"][0]
+    backend = distributed.backend_for(ctx.device)
+    return {"backend": backend, "world_size": world, "seconds": seconds, "sparsity": sparsity,
+            "history": [{k: r[k] for k in ("epoch", "train_loss", "val_accuracy", "images_per_s") if k in r}
+                        for r in summaries[0]["history"]],
+            "summary": f"{backend}, {world} rank(s): 1 epoch at sparsity {sparsity:.3f} (masks held), "
+                       f"{row['images_per_s']:,.0f} img/s over all ranks, train loss {row['train_loss']:.3f}"}
 
 
 def step_tune_job(ctx: Context) -> dict[str, Any]:
@@ -395,7 +439,8 @@ STEPS = (
     Step("semistructured", "2:4 sparse kernels against dense", step_semistructured, 120, ("environment",)),
     Step("predict", "`detector predict` on image files", step_predict, 60, ("train_pruned",)),
     Step("allreduce", "torch.distributed all-reduce, world size 1", step_allreduce, 60, ("environment",)),
-    Step("ddp_fit", "the data-parallel training loop on 1 GPU", step_ddp_fit, 10, ("allreduce",)),
+    Step("ddp_fit", "the data-parallel training loop (DDP: NCCL on up to 2 GPUs, gloo on the CPU)", step_ddp_fit, 180,
+         ("allreduce", "train_baseline")),
     Step("train_step", "bench/train_step.py: synthetic and the shard loader", step_train_step, 120, ("prepare",)),
     Step("pixels", "`detector pixels` (decode once)", step_pixels, 90, ("prepare",)),
     Step("train_step_pixels", "bench/train_step.py: synthetic and the pixels loader", step_train_step_pixels, 120,

@@ -85,3 +85,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def limit_gpu_memory(share: float) -> bool:
+    """Cap this process's CUDA memory at ``share`` of its GPU when it holds a share of one (Ray's fractional
+    GPUs: ``resources.gpus_per_trial: 0.25`` puts four trials on one GPU); True when a cap was set.
+
+    Ray divides a GPU's *count* between trials, not its memory: without a cap, one trial whose batches
+    outgrow its share takes memory the others were counting on, and a trial that did nothing wrong fails
+    with an out-of-memory error. With it, the trial that asks for more than its share is the one that
+    fails. The cap covers what torch's caching allocator holds; each process's CUDA context (a few hundred
+    MB) comes on top of it.
+    """
+    if not 0 < share < 1 or not torch.cuda.is_available():
+        return False
+    torch.cuda.set_per_process_memory_fraction(share)
+    return True

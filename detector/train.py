@@ -10,6 +10,11 @@ to TensorBoard, to ``on_epoch`` (e.g. ``tune.report``) and to ``history.jsonl``.
 
 A pruning schedule (``detector.prune.schedule``) runs inside this loop as a ``PruningHook``: fit calls it
 before every epoch and after every optimisation step, and it may re-prune the model there.
+
+Data-parallel: inside a torch.distributed process group (``detector.distributed``: Ray Train's workers, or
+``spawn``) the same ``fit`` runs on every rank. The loaders read each rank's share, DDP averages the
+gradients, the epoch's metrics are summed over the ranks (so every rank sees the same numbers and takes the
+same early-stopping decision), and only rank 0 writes: checkpoints, ``history.jsonl``, TensorBoard.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from detector import distributed
 from detector.config import AtLeastOne, Match, NonNegative, OneOf, Range, Seed, check_fields, save_yaml, to_dict
 from detector.device import Precision, autocast, resolve_device, resolve_precision, seed_everything
 from detector.io import atomic_write_text
@@ -235,14 +241,18 @@ def _batches(loader: Iterable, max_batches: int | None) -> tuple[Iterator, int |
 
 
 def _check_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
+    """Raise NonFiniteLossError when a loss of these steps is NaN or infinite, on this rank or any other
+    (every rank raises together, so that none waits for the others in the next step)."""
     values = torch.stack(losses).float().cpu()
     bad = (~torch.isfinite(values)).nonzero()
-    if len(bad):
+    if distributed.any_rank(len(bad) > 0):
+        hint = "(try a lower lr, or precision bf16/fp32 instead of fp16)"
+        if not len(bad):
+            raise NonFiniteLossError(f"training loss became non-finite on another rank at epoch {epoch}, steps "
+                                     f"{first_step}-{first_step + len(losses) - 1} {hint}")
         i = int(bad[0])
-        raise NonFiniteLossError(
-            f"training loss became {values[i].item()} at epoch {epoch}, step {first_step + i} "
-            "(try a lower lr, or precision bf16/fp32 instead of fp16)"
-        )
+        raise NonFiniteLossError(f"training loss became {values[i].item()} at epoch {epoch}, step {first_step + i} "
+                                 f"{hint}")
 
 
 def train_one_epoch(
@@ -263,6 +273,7 @@ def train_one_epoch(
 
     Returns ``train_loss`` (mean per sample), ``train_accuracy``, ``train_samples``, ``images_per_s``
     and ``data_wait_s`` (time spent waiting for the loader; high means the input pipeline is the limit).
+    Under a process group these are over every rank's samples (``data_wait_s``: the ranks' mean).
     """
     model.train()
     it, total = _batches(loader, max_batches)
@@ -295,16 +306,18 @@ def train_one_epoch(
             pending.clear()
     if pending:
         _check_finite(pending, step - len(pending) + 1, epoch)
-    if samples == 0:
-        raise ValueError("train loader yielded no batches")
-    loss_value = loss_sum.item()  # synchronises, so the timing below covers all queued GPU work
+    # .item() synchronises, so the timing below covers all queued GPU work; then the sums over the ranks
+    totals = torch.tensor([loss_sum.item(), correct.item(), samples, data_wait], dtype=torch.float64)
     elapsed = time.perf_counter() - start
+    loss_total, correct_total, samples_total, wait_total = distributed.all_reduce_sum(totals).tolist()
+    if samples_total == 0:
+        raise ValueError("train loader yielded no batches")
     return {
-        "train_loss": loss_value / samples,
-        "train_accuracy": correct.item() / samples,
-        "train_samples": samples,
-        "images_per_s": samples / elapsed,
-        "data_wait_s": data_wait,
+        "train_loss": loss_total / samples_total,
+        "train_accuracy": correct_total / samples_total,
+        "train_samples": int(samples_total),
+        "images_per_s": samples_total / elapsed,
+        "data_wait_s": wait_total / distributed.rank_and_world()[1],
     }
 
 
@@ -349,7 +362,9 @@ def evaluate(
     prefix: str = "val",
     max_batches: int | None = None,
 ) -> dict[str, float]:
-    """``{prefix}_loss`` (mean BCE), ``{prefix}_accuracy`` and ``{prefix}_samples`` over ``loader``."""
+    """``{prefix}_loss`` (mean BCE), ``{prefix}_accuracy`` and ``{prefix}_samples`` over ``loader``; under a
+    process group over every rank's share (each rank's loader reads its own: ``pad=False`` counts each
+    sample once)."""
     device = torch.device(device)
     labels, logits, _ = _forward_all(
         model, loader, device=device, precision=precision, channels_last=channels_last,
@@ -359,10 +374,13 @@ def evaluate(
     dataset = getattr(loader, "dataset", None)
     if max_batches is None and dataset is not None and hasattr(dataset, "__len__") and len(dataset) != n:
         log.warning("%s: evaluated %d samples but the dataset has %d (drop_last?)", prefix, n, len(dataset))
+    sums = torch.stack([F.binary_cross_entropy_with_logits(logits, labels, reduction="sum").double(),
+                        ((logits >= 0) == (labels >= 0.5)).sum().double(), torch.tensor(float(n), dtype=torch.float64)])
+    loss_sum, correct, total = distributed.all_reduce_sum(sums).tolist()
     return {
-        f"{prefix}_loss": F.binary_cross_entropy_with_logits(logits, labels).item(),
-        f"{prefix}_accuracy": ((logits >= 0) == (labels >= 0.5)).float().mean().item(),
-        f"{prefix}_samples": n,
+        f"{prefix}_loss": loss_sum / total,
+        f"{prefix}_accuracy": correct / total,
+        f"{prefix}_samples": int(total),
     }
 
 
@@ -584,7 +602,7 @@ def fit(
     *,
     out_dir: str | Path,
     tb_dir: str | Path | None = None,
-    on_epoch: Callable[[dict[str, float], Path], None] | None = None,
+    on_epoch: Callable[[dict[str, float], Path | None], None] | None = None,
     metadata: Mapping[str, Any] | None = None,
     hparams: Mapping[str, Any] | None = None,
     schedule: PruningHook | None = None,
@@ -602,6 +620,12 @@ def fit(
     ``schedule`` (a ``PruningHook``) prunes the model as it trains: only epochs at its target can be the
     best, every row gets ``current_sparsity``, every checkpoint the schedule's ``pruning``, and ``state.pt``
     its state. On return the model holds the best epoch's weights.
+
+    Under a torch.distributed process group (``detector.distributed``) every rank calls ``fit`` with the same
+    model, config and ``out_dir`` contents (a rank other than 0 reads ``out_dir/checkpoint/`` to resume and
+    writes nothing); ``on_epoch`` runs on every rank, with the checkpoint folder on rank 0 and ``None`` on
+    the others. At the end fit checks that every rank holds the same model (weights, pruning masks) and
+    stopped at the same epoch, and raises if not.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
@@ -609,19 +633,16 @@ def fit(
     # The best epoch's weights, kept beside the checkpoint folder while fitting: the folder links to them
     # only while they differ from state.pt's, so that each trial's storage holds one copy of a model.
     best_weights = out_dir / ".best.pt"
+    primary = distributed.is_primary()  # the one rank that writes
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # a rank's own GPU (DDP wants the index)
     precision = resolve_precision(cfg.precision, device)
     _check_arch(model, cfg.arch, PruningInfo.from_metadata(metadata or {}, where="fit metadata"))
 
     resume = _load_resume_state(model, cfg, state_path)
-    if resume is not None and _best_is_state(resume):
-        save_checkpoint(best_weights, model, metadata=resume["metadata"])
-        best_path.unlink(missing_ok=True)  # a best.pt left by a crash before the state was written
-    elif resume is not None and resume["train_state"]["early_stopping"]["best_epoch"]:
-        if not best_path.is_file():
-            raise ValueError(f"{state_path}: its best epoch ({resume['train_state']['early_stopping']['best_epoch']}) "
-                             f"is not its own, and {best_path} is missing; the checkpoint folder is incomplete")
-        _link(best_path, best_weights)
+    if resume is not None and primary:
+        _keep_resumed_best(model, resume, state_path, best_path, best_weights)
     model.to(device)
     if resume is not None:
         _restore_schedule(resume, schedule, state_path)
@@ -639,13 +660,14 @@ def fit(
     else:
         seed_everything(cfg.seed)
         progress = _Progress(1, EarlyStopping(cfg.patience), False, [])
-    save_yaml(cfg, out_dir / "config.yaml")
+    if primary:
+        save_yaml(cfg, out_dir / "config.yaml")
 
-    net = torch.compile(model) if cfg.compile else model
+    net, eval_net = _nets(model, cfg, device)
     base_meta = {**(metadata or {}), "hparams": dict(hparams or {}), "arch": cfg.arch,
                  "image_size": cfg.image_size, "config": to_dict(cfg)}
     set_epoch = getattr(getattr(train_loader, "dataset", None), "set_epoch", None)
-    with _TensorBoard(tb_dir) as tensorboard:
+    with _TensorBoard(tb_dir if primary else None) as tensorboard:
         for epoch in range(progress.next_epoch, cfg.max_epochs + 1):
             if progress.stopped:
                 break
@@ -656,9 +678,12 @@ def fit(
                 if cfg.channels_last:
                     model.to(memory_format=torch.channels_last)
                 optimizer = build_optimizer(model, cfg)
-                net = torch.compile(model) if cfg.compile else model
+                # and a fresh DDP: its buckets were made for the parameters as they were (channel pruning
+                # changes their shapes in place)
+                net, eval_net = _nets(model, cfg, device)
             on_step = (lambda: schedule.after_step(model)) if schedule is not None else None
-            metrics = _epoch(net, train_loader, val_loader, optimizer, scaler, cfg, device, precision, epoch, on_step)
+            metrics = _epoch(net, eval_net, train_loader, val_loader, optimizer, scaler, cfg, device, precision, epoch,
+                             on_step)
             epoch_meta = {**base_meta, "epoch": epoch}
             if schedule is not None:
                 pruning = schedule.pruning(model)
@@ -672,35 +697,32 @@ def fit(
                 metrics.update(best_val_accuracy=progress.stopper.best, best_epoch=progress.stopper.best_epoch)
             progress.history.append(metrics)
             epoch_meta["metrics"] = metrics
-            # Ordered so that a crash between two writes leaves a folder that resumes: a state whose best
-            # is its own epoch ignores a best.pt beside it, and a best.pt is in place before a state that
-            # needs it.
-            new_best = progress.stopper.best_epoch == epoch
-            if new_best:
-                save_checkpoint(best_weights, model, metadata=epoch_meta)
-            elif best_weights.exists() and not best_path.exists():
-                _link(best_weights, best_path)
-            save_checkpoint(state_path, model, metadata=epoch_meta, optimizer=optimizer,
-                            extra={"train_state": _train_state(progress, epoch, scaler, schedule)})
-            if new_best:
-                best_path.unlink(missing_ok=True)
-            _write_history(out_dir / "history.jsonl", progress.history)
-            tensorboard.epoch(metrics)
+            if primary:
+                _save_epoch(model, optimizer, progress, epoch, scaler, schedule, epoch_meta, out_dir)
+                tensorboard.epoch(metrics)
             if on_epoch is not None:
-                on_epoch(metrics, ckpt_dir)
+                on_epoch(metrics, ckpt_dir if primary else None)
             if progress.stopped:
                 log.info("early stop after epoch %d: no better val_accuracy for %d epochs (best %.4f at epoch %d)",
                          epoch, progress.stopper.bad_epochs, progress.stopper.best, progress.stopper.best_epoch)
         tensorboard.hparams(hparams or {}, progress.history, progress.stopper)
 
-    if not best_weights.exists():
+    if distributed.in_group():
+        # Every rank trained the same model: a rank that differs now (masks, weights, where it stopped) is a bug.
+        distributed.check_same_on_every_rank(
+            {"epochs": len(progress.history), "stopped_early": progress.stopped,
+             "best_epoch": progress.stopper.best_epoch, **distributed.fingerprints(model.state_dict())},
+            "the ranks' models after training")
+    if not progress.stopper.best_epoch:
         if schedule is not None and not schedule.at_target:
             raise ValueError(f"{out_dir}: the pruning schedule did not reach its target sparsity in "
                              f"max_epochs={cfg.max_epochs} epochs, so no model was kept")
         raise ValueError(f"{out_dir}: no epoch was trained (max_epochs={cfg.max_epochs}) and no best.pt exists")
-    _link(best_weights, best_path)  # after the last report: for the caller, not for the trial's storage
-    best_weights.unlink()
-    load_state_into(model, load_checkpoint(best_path)["model"], source=best_path)
+    if primary:
+        _link(best_weights, best_path)  # after the last report: for the caller, not for the trial's storage
+        best_weights.unlink()
+        load_state_into(model, load_checkpoint(best_path)["model"], source=best_path)
+    distributed.broadcast_module(model)  # rank 0 read the best epoch's weights: every rank returns them
     return FitResult(
         best_epoch=progress.stopper.best_epoch,
         best_val_accuracy=progress.stopper.best,
@@ -711,14 +733,62 @@ def fit(
     )
 
 
-def _epoch(net: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
-           scaler: torch.amp.GradScaler | None, cfg: TrainConfig, device: torch.device, precision: str,
-           epoch: int, on_step: Callable[[], None] | None) -> dict[str, float]:
+def _keep_resumed_best(model: nn.Module, resume: Mapping[str, Any], state_path: Path, best_path: Path,
+                       best_weights: Path) -> None:
+    """Put a resumed run's best weights where the loop keeps them while fitting (``best_weights``)."""
+    best_epoch = resume["train_state"]["early_stopping"]["best_epoch"]
+    if _best_is_state(resume):
+        save_checkpoint(best_weights, model, metadata=resume["metadata"])
+        best_path.unlink(missing_ok=True)  # a best.pt left by a crash before the state was written
+    elif best_epoch:
+        if not best_path.is_file():
+            raise ValueError(f"{state_path}: its best epoch ({best_epoch}) is not its own, and {best_path} is "
+                             "missing; the checkpoint folder is incomplete")
+        _link(best_path, best_weights)
+
+
+def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress, epoch: int,
+                scaler: torch.amp.GradScaler | None, schedule: PruningHook | None, epoch_meta: dict[str, Any],
+                out_dir: Path) -> None:
+    """An epoch's files: the best weights when this epoch is the best, ``state.pt``, ``history.jsonl``.
+
+    Ordered so that a crash between two writes leaves a folder that resumes: a state whose best is its own
+    epoch ignores a best.pt beside it, and a best.pt is in place before a state that needs it."""
+    ckpt_dir = out_dir / "checkpoint"
+    state_path, best_path, best_weights = ckpt_dir / "state.pt", ckpt_dir / "best.pt", out_dir / ".best.pt"
+    new_best = progress.stopper.best_epoch == epoch
+    if new_best:
+        save_checkpoint(best_weights, model, metadata=epoch_meta)
+    elif best_weights.exists() and not best_path.exists():
+        _link(best_weights, best_path)
+    save_checkpoint(state_path, model, metadata=epoch_meta, optimizer=optimizer,
+                    extra={"train_state": _train_state(progress, epoch, scaler, schedule)})
+    if new_best:
+        best_path.unlink(missing_ok=True)
+    _write_history(out_dir / "history.jsonl", progress.history)
+
+
+def _nets(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(what trains, what validates): ``model`` compiled when ``cfg.compile``; under a process group the
+    training one in DDP too. Validation runs without DDP, whose forward may start a collective, on each
+    rank's share of the data."""
+    compiled = torch.compile(model) if cfg.compile else model
+    if not distributed.in_group():
+        return compiled, compiled
+    ddp = distributed.data_parallel(model, device)
+    return (torch.compile(ddp) if cfg.compile else ddp), compiled
+
+
+def _epoch(net: nn.Module, eval_net: nn.Module, train_loader: Iterable, val_loader: Iterable,
+           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, cfg: TrainConfig,
+           device: torch.device, precision: str, epoch: int, on_step: Callable[[], None] | None) -> dict[str, float]:
     """One epoch of training, then validation: the epoch's metrics row (the running best is added by fit)."""
     train = train_one_epoch(net, train_loader, optimizer, device=device, precision=precision, scaler=scaler,
                             channels_last=cfg.channels_last, max_batches=cfg.max_train_batches, epoch=epoch,
                             on_step=on_step)
-    val = evaluate(net, val_loader, device=device, precision=precision, channels_last=cfg.channels_last,
+    # The last step's BatchNorm statistics are each rank's own: validate (and save) rank 0's model everywhere.
+    distributed.broadcast_buffers(getattr(eval_net, "_orig_mod", eval_net))
+    val = evaluate(eval_net, val_loader, device=device, precision=precision, channels_last=cfg.channels_last,
                    prefix="val", max_batches=cfg.max_val_batches)
     metrics: dict[str, float] = {
         "epoch": epoch,

@@ -72,6 +72,17 @@ def test_ranks_get_equal_shares_that_cover_every_row(demo_shards, world_size):
     assert len(everything) - len(set(everything)) == world_size * -(-53 // world_size) - 53  # padding only
 
 
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_unpadded_ranks_read_every_row_exactly_once(demo_shards, world_size):
+    """Evaluation's split (pad=False): the ranks' sums are the whole split's, each row counted once."""
+    shares = [[r["original_path"] for w in range(2) for r in ds.iter_rows(w, 2)]
+              for ds in (ShardDataset(str(demo_shards), "train", image_size=16, with_meta=True, rank=rank,
+                                      world_size=world_size, pad=False) for rank in range(world_size))]
+    everything = [p for s in shares for p in s]
+    assert sorted(everything) == sorted(paths(ShardDataset(str(demo_shards), "train", image_size=16, with_meta=True)))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
 def test_order_changes_every_epoch_and_repeats_for_a_seed(demo_shards):
     def order(epoch, seed=0):
         ds = ShardDataset(str(demo_shards), "train", image_size=16, train=True, seed=seed, with_meta=True)

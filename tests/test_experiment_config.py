@@ -73,3 +73,43 @@ def test_detector_train_blames_the_set_or_the_file_too(tmp_path):
     config.write_text("batch_size: 0\n")
     with pytest.raises(ConfigError, match=rf"^{config}: batch_size: 0 is not in \[1, inf\)$"):
         load_train_config(config, ["lr=1.0e-3"])
+
+
+def test_stages_take_their_own_resources_where_they_set_them():
+    exp = load_experiment(CONFIGS / "paper.yaml", ["resources.baseline.workers_per_trial=4",
+                                                  "resources.finetune.workers_per_trial=2",
+                                                  "resources.search.gpus_per_trial=0.25",
+                                                  "resources.search.cpus_per_trial=2"])
+    r = exp.resources
+    assert [(r.stage(s).workers_per_trial, r.stage(s).gpus_per_trial, r.stage(s).cpus_per_trial)
+            for s in ("baseline", "search", "finetune", "evaluate")] == [(4, 1, 8), (1, 0.25, 2), (2, 1, 8), (1, 1, 8)]
+    assert r.stage("baseline").data_parallel and not r.stage("search").data_parallel
+    assert (r.key("search", "gpus_per_trial"), r.key("baseline", "gpus_per_trial")) == (
+        "resources.search.gpus_per_trial", "resources.gpus_per_trial")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # batch_size is the global batch: it must split evenly over a trial's workers
+        (["resources.workers_per_trial=3"],
+         r"baseline\.batch_size: batch_size 16 is not divisible by the 3 ranks .* use 15 or 18 "
+         r"\(resources\.workers_per_trial: 3\)"),
+        (["resources.finetune.workers_per_trial=3", "finetune.batch_size=64"],
+         r"finetune\.batch_size: batch_size 64 .* \(resources\.finetune\.workers_per_trial: 3\)"),
+        # a data-parallel worker has a GPU of its own or none
+        (["resources.search.workers_per_trial=2", "resources.search.gpus_per_trial=0.5"],
+         r"resources\.search\.gpus_per_trial: 0\.5 with 2 workers per trial .* set it to 1 or 0"),
+        (["resources.gpus_per_trial=1.5"], r"resources\.gpus_per_trial: 1\.5 is neither a share of one GPU"),
+        (["resources.baseline.workers_per_trial=0"], r"resources\.baseline\.workers_per_trial: 0 is not in \[1, inf\)"),
+        (["resources.evaluate.workers_per_trial=2"], r"unknown key\(s\) resources\.evaluate"),
+    ],
+)
+def test_bad_resources_fail_at_load_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(CONFIGS / "paper.yaml", overrides)
+
+
+def test_a_quarter_gpu_per_search_trial_is_valid_with_whole_gpus_elsewhere():
+    exp = load_experiment(CONFIGS / "paper.yaml", ["resources.search.gpus_per_trial=0.25"])
+    assert exp.resources.stage("search").gpus_per_trial == 0.25 and exp.resources.stage("finetune").gpus_per_trial == 1

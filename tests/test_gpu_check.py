@@ -63,18 +63,20 @@ def test_the_cpu_dry_run_runs_every_step_without_ray_or_optuna(no_ray_env, tmp_p
     for s in steps.values():
         assert s["status"] == "ok" or (s["status"] == "not run" and s["reason"]), s
     must_run = ["environment", "prepare", "train_baseline", "train_pruned", "evaluate", "efficiency", "predict",
-                "allreduce", "train_step", "pixels", "train_step_pixels"]
+                "allreduce", "ddp_fit", "train_step", "pixels", "train_step_pixels"]
     assert [n for n in must_run if steps[n]["status"] != "ok"] == []
-    # what a CPU cannot run, or what needs Ray, Optuna or code not built yet, says so
+    # what a CPU cannot run, or what needs Ray or Optuna, says so
     assert "CUDA is not available" in steps["semistructured"]["reason"]
     assert "Ray and Optuna" in steps["tune_job"]["reason"]
-    assert "not built yet" in steps["ddp_fit"]["reason"]
     assert steps["environment"]["results"]["installed_but_not_used"] == []  # the blocker hid them
     # the figures are the library's own: a pruned model that kept its masks, scored images, a timed step
     assert steps["train_pruned"]["results"]["sparsity"] == pytest.approx(0.4, abs=0.01)
     assert len(steps["train_pruned"]["results"]["history"]) == 2
     assert steps["predict"]["results"]["scored"] == 4
     assert steps["allreduce"]["results"]["backend"] == "gloo"
+    # the data-parallel fine-tune on two gloo ranks, without Ray: its masks held
+    ddp = steps["ddp_fit"]["results"]
+    assert (ddp["backend"], ddp["world_size"]) == ("gloo", 2) and ddp["sparsity"] == pytest.approx(0.4, abs=0.01)
     assert {r["input"] for r in steps["train_step"]["results"]["rows"]} == {"synthetic", "loader (0 workers)"}
     assert all(r["latency_ms"] > 0 for r in steps["efficiency"]["results"]["rows"])
     md = (out / "gpu_check.md").read_text()

@@ -264,8 +264,29 @@ def test_workers_fit_a_trial_of_their_environments_config(overlay):
     for where, spec in cluster_specs(docs):
         for group in spec["workerGroupSpecs"]:
             limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-            assert quantity(limits["cpu"]) >= exp.resources.cpus_per_trial, where
-            assert int(limits["nvidia.com/gpu"]) >= exp.resources.gpus_per_trial, where
+            for stage in ("baseline", "search", "finetune", "evaluate"):  # one process of a trial: one pod
+                res = exp.resources.stage(stage)
+                assert quantity(limits["cpu"]) >= res.cpus_per_trial, f"{where}: {stage}"
+                assert int(limits["nvidia.com/gpu"]) >= res.gpus_per_trial, f"{where}: {stage}"
+
+
+def test_the_one_gpu_dev_cluster_runs_the_four_searches_at_once():
+    """dev's RayJob gives each search trial a quarter of the GPU and a quarter of the worker's CPUs."""
+    from detector.job.experiment import load_experiment
+
+    for overlay in ("dev", "dev-rayjob"):
+        job = only(render("dev-rayjob"), "RayJob", "detector-paper")
+        exp = load_experiment(*entrypoint_config(job["spec"]["entrypoint"]))
+        search = exp.resources.stage("search")
+        for where, spec in cluster_specs(render(overlay)):
+            (group,) = spec["workerGroupSpecs"]
+            limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+            gpus, cpus = group["maxReplicas"] * int(limits["nvidia.com/gpu"]), quantity(limits["cpu"])
+            assert gpus == 1, where
+            sparsities = len(exp.search.sparsities)
+            assert sparsities == 4 and sparsities * search.gpus_per_trial <= 1, where
+            assert sparsities * search.cpus_per_trial <= cpus, where
+            assert not search.data_parallel and exp.resources.stage("baseline").gpus_per_trial == 1, where
 
 
 @pytest.mark.parametrize("overlay", [o for o in OVERLAYS if not o.endswith("-submit")])

@@ -8,9 +8,11 @@ How an epoch is cut (the same on every rank, so no two ranks read the same row):
 1. The split's units (Parquet row groups; whole tar files) are listed from the manifest and the files'
    footers; ``sources`` / ``generators`` filters keep the matching rows of each unit.
 2. With ``shuffle`` (default: on for ``train=True``), the unit order is permuted by ``(seed, epoch)``.
-3. The resulting row sequence is cut into ``world_size`` equal contiguous ranges, one per rank; when the
-   rows do not divide evenly the sequence wraps around, so every rank yields ``ceil(N / world_size)`` rows
-   and a distributed step never waits on a rank that ran out (like ``DistributedSampler``).
+3. The resulting row sequence is cut into ``world_size`` contiguous ranges, one per rank. With ``pad``
+   (default) the ranges are equal: when the rows do not divide evenly the sequence wraps around, so every
+   rank yields ``ceil(N / world_size)`` rows and a distributed step never waits on a rank that ran out
+   (like ``DistributedSampler``; training). Without, each row is in exactly one range, whose sizes differ
+   by at most one (evaluation, whose sums are added up over the ranks).
 4. A rank's range is cut again into one contiguous range per DataLoader worker (sizes differ by at most 1).
 5. Each worker reads its rows unit by unit and, when shuffling, mixes them in a shuffle buffer (up to
    ``shuffle_buffer`` rows and 256 MB of encoded images) seeded by ``(seed, epoch, rank, worker)``.
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from detector.data.images import decode_image
 from detector.data.shards import Unit, read_meta, read_rows, sha256_file, shard_units
 from detector.data.transforms import ClassificationPresetEval, ClassificationPresetTrain
+from detector.distributed import rank_and_world
 from detector.paths import safe_join, uri_join
 
 MANIFEST = "manifest.json"
@@ -134,12 +137,6 @@ def _planar(data: bytes, size: int, *, name: str) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()).view(3, size, size)
 
 
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 @dataclass(frozen=True)
 class _Piece:
     unit: Unit
@@ -161,7 +158,7 @@ class ShardDataset(IterableDataset):
     ``(image, label, meta)`` where ``meta`` maps :data:`META_KEYS` to strings.
 
     ``len(ds)`` is the number of rows this rank yields per epoch, over all its DataLoader workers:
-    ``ceil(N / world_size)`` (``N`` with one rank).
+    ``ceil(N / world_size)`` with ``pad`` (``N`` with one rank), its own share of the ``N`` without.
 
     >>> ds = ShardDataset("data/demo", "train", image_size=64, train=True)  # doctest: +SKIP
     >>> ds.set_epoch(1); image, label = next(iter(ds))  # doctest: +SKIP
@@ -171,8 +168,9 @@ class ShardDataset(IterableDataset):
                  sources: Sequence[str] | None = None, generators: Sequence[str] | None = None, seed: int = 0,
                  with_meta: bool = False, verify: bool = True, shuffle: bool | None = None,
                  hflip_prob: float = 0.5, shuffle_buffer: int = 1024, rank: int | None = None,
-                 world_size: int | None = None, jpeg_draft: bool = False) -> None:
+                 world_size: int | None = None, jpeg_draft: bool = False, pad: bool = True) -> None:
         super().__init__()
+        self.pad = pad
         self.data = str(data)
         self.jpeg_draft = jpeg_draft
         self.split = split
@@ -183,7 +181,7 @@ class ShardDataset(IterableDataset):
         self.shuffle = train if shuffle is None else shuffle
         self.shuffle_buffer = max(1, shuffle_buffer)
         self.epoch = 0
-        env_rank, env_world = _distributed()
+        env_rank, env_world = rank_and_world()
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
@@ -252,7 +250,16 @@ class ShardDataset(IterableDataset):
 
     @property
     def rows_per_rank(self) -> int:
-        return math.ceil(self.total / self.world_size)
+        return self._rank_range()[1]
+
+    def _rank_range(self) -> tuple[int, int]:
+        """(first position, rows) of this rank's range in the epoch's row sequence (positions past the end
+        wrap around to the start: only with ``pad``)."""
+        if self.pad:
+            per_rank = math.ceil(self.total / self.world_size)
+            return self.rank * per_rank, per_rank
+        lo, hi = split_range(self.total, self.world_size, self.rank)
+        return lo, hi - lo
 
     def worker_rows(self, worker: int, num_workers: int) -> int:
         """How many rows DataLoader worker ``worker`` of ``num_workers`` yields per epoch on this rank."""
@@ -271,9 +278,9 @@ class ShardDataset(IterableDataset):
         starts = [0]
         for p in order:
             starts.append(starts[-1] + p.n)
-        per_rank = self.rows_per_rank
-        w_lo, w_hi = split_range(per_rank, num_workers, worker)
-        lo, hi = self.rank * per_rank + w_lo, self.rank * per_rank + w_hi
+        first, rows = self._rank_range()
+        w_lo, w_hi = split_range(rows, num_workers, worker)
+        lo, hi = first + w_lo, first + w_hi
         # positions past the end wrap to the start (only when ranks do not divide the rows evenly)
         ranges = [(lo, min(hi, self.total))] if lo < self.total else []
         if hi > self.total:
@@ -466,7 +473,8 @@ def build_loader(data: str, split: str, *, batch_size: int, image_size: int = 22
                  num_workers: int = 2, seed: int = 0, sources: Sequence[str] | None = None,
                  generators: Sequence[str] | None = None, with_meta: bool = False, pin_memory: bool = False,
                  drop_last: bool = False, verify: bool = True, shuffle: bool | None = None,
-                 prefetch_factor: int | None = None, normalize: bool = True, jpeg_draft: bool = False) -> ShardLoader:
+                 prefetch_factor: int | None = None, normalize: bool = True, jpeg_draft: bool = False,
+                 pad: bool = True) -> ShardLoader:
     """A DataLoader of ``(images [B, 3, S, S] float32, labels [B] int64)`` batches (plus a ``meta`` dict of
     lists with ``with_meta``) over one split. ``train=True`` flips at random and reshuffles every epoch.
 
@@ -476,12 +484,14 @@ def build_loader(data: str, split: str, *, batch_size: int, image_size: int = 22
     ``normalize=False`` yields uint8 images (4x fewer bytes to move); normalise them on the device with
     ``loader.shard_dataset.transform.normalize(images.to(device))``. ``jpeg_draft=True`` decodes large JPEGs
     at a reduced scale (see :func:`~detector.data.images.decode_image`); predict must then do the same.
+    Under a process group each rank reads its share (module docstring); ``pad=False`` for evaluation.
 
     >>> loader = build_loader("data/demo", "train", batch_size=32, image_size=64, train=True)  # doctest: +SKIP
     >>> for images, labels in loader: ...  # doctest: +SKIP
     """
     dataset = ShardDataset(data, split, image_size=image_size, train=train, sources=sources, generators=generators,
-                           seed=seed, with_meta=with_meta, verify=verify, shuffle=shuffle, jpeg_draft=jpeg_draft)
+                           seed=seed, with_meta=with_meta, verify=verify, shuffle=shuffle, jpeg_draft=jpeg_draft,
+                           pad=pad)
     kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers > 0:
         # workers run decoding only; one torch thread each avoids oversubscribing the cores

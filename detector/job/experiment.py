@@ -26,6 +26,7 @@ from detector.config import (
     load_yaml,
     to_dict,
 )
+from detector.distributed import per_rank_batch
 from detector.evaluate.metrics import CALIBRATIONS, PRIMARY_CHOICES
 from detector.evaluate.robustness import RobustnessSection
 from detector.job.runfolder import model_name
@@ -170,11 +171,67 @@ class SearchSection(ScheduleKeys):
 
 
 @dataclass(frozen=True)
+class _GpuShare:
+    """Ray schedules a share of one GPU (several trials on it) or whole GPUs, no fraction above one."""
+
+    def reason(self, value: float) -> str | None:
+        if value <= 1 or value == int(value):
+            return None
+        return (f"{value!r} is neither a share of one GPU (at most 1, e.g. 0.25) nor a whole number of GPUs "
+                "(Ray schedules no fraction above 1)")
+
+
+# CPUs a trial's process holds: a fraction lets several share one core.
+_Cpus = Annotated[float, Range(0, low_open=True)]
+# GPUs a trial's process holds: 0.25 lets four trials share one GPU (and its memory: docs/cluster.md).
+_Gpus = Annotated[float, Range(0), _GpuShare()]
+TRAINING_STAGES = ("baseline", "search", "finetune")
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """A training stage's resources where they differ from the resources section's (null: the section's)."""
+
+    cpus_per_trial: _Cpus | None = None
+    gpus_per_trial: _Gpus | None = None
+    workers_per_trial: AtLeastOne | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What each trial of a stage holds: ``workers_per_trial`` processes (1: the trial's own; more: a Ray
+    Train run of that many data-parallel workers), each with ``cpus_per_trial`` CPUs and ``gpus_per_trial``
+    GPUs."""
+
+    cpus_per_trial: float
+    gpus_per_trial: float
+    workers_per_trial: int = 1
+
+    @property
+    def data_parallel(self) -> bool:
+        return self.workers_per_trial > 1
+
+
+@dataclass(frozen=True)
 class ResourcesSection:
-    # Ray resources held by each trial (search trials, the baseline, fine-tunes and evaluations); a
-    # trial always runs on a CPU, so it holds some (a fraction lets several share one core).
-    cpus_per_trial: Annotated[float, Range(0, low_open=True)] = 8.0
-    gpus_per_trial: Annotated[float, Range(0)] = 1.0
+    # Ray resources held by each process of a trial (search trials, the baseline, fine-tunes, evaluations):
+    # one process per trial unless workers_per_trial says more, then each worker holds these. A process
+    # always runs on CPUs, so it holds some (a fraction lets several share one core); a GPU share below 1
+    # lets several trials share one GPU (its memory too: docs/cluster.md).
+    cpus_per_trial: _Cpus = 8.0
+    gpus_per_trial: _Gpus = 1.0
+    # Data-parallel workers per training trial (baseline, search, fine-tune): 1 = the trial trains in its own
+    # process; N > 1 = a Ray Train run of N workers (DDP: NCCL on GPUs, one GPU each; gloo on CPUs), the
+    # stage's batch_size split evenly between them (batch_size stays the global batch). Evaluations: 1.
+    workers_per_trial: AtLeastOne = 1
+    # Per-stage overrides of the three keys above, e.g. `baseline: {workers_per_trial: 4}` for a baseline on
+    # four GPUs, `search: {gpus_per_trial: 0.25}` for four search trials per GPU.
+    baseline: StageResources = field(default_factory=StageResources)
+    search: StageResources = field(default_factory=StageResources)
+    finetune: StageResources = field(default_factory=StageResources)
     max_concurrent_trials: NonNegative = 0  # 0 = as many as the cluster fits
     # restarts of a trial whose worker died, from its last checkpoint; -1 = no limit (as in Ray)
     max_failures: Annotated[int, Range(-1)] = 3
@@ -183,6 +240,32 @@ class ResourcesSection:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for stage in TRAINING_STAGES:
+            r = self.stage(stage)
+            if r.data_parallel and r.gpus_per_trial not in (0, 1):
+                raise ConfigError(
+                    f"{self.key(stage, 'gpus_per_trial')}: {r.gpus_per_trial:g} with {r.workers_per_trial} workers per "
+                    f"trial ({self.key(stage, 'workers_per_trial')}); each data-parallel worker holds a GPU of its "
+                    "own (NCCL runs one rank per GPU) or none (gloo on CPUs): set it to 1 or 0")
+
+    def stage(self, stage: str) -> TrialResources:
+        """What each trial of ``stage`` holds: a training stage's own values where it sets them, else the
+        section's; ``evaluate`` runs in one process with the section's CPUs and GPUs."""
+        if stage == "evaluate":
+            return TrialResources(self.cpus_per_trial, self.gpus_per_trial, 1)
+        if stage not in TRAINING_STAGES:
+            raise ValueError(f"no stage {stage!r} holds resources: {', '.join(TRAINING_STAGES)} or evaluate")
+        own: StageResources = getattr(self, stage)
+        return TrialResources(
+            cpus_per_trial=self.cpus_per_trial if own.cpus_per_trial is None else own.cpus_per_trial,
+            gpus_per_trial=self.gpus_per_trial if own.gpus_per_trial is None else own.gpus_per_trial,
+            workers_per_trial=self.workers_per_trial if own.workers_per_trial is None else own.workers_per_trial,
+        )
+
+    def key(self, stage: str, name: str) -> str:
+        """The config key that sets ``name`` for ``stage``: the stage's override, or the section's own."""
+        overridden = stage in TRAINING_STAGES and getattr(getattr(self, stage), name) is not None
+        return f"resources.{stage}.{name}" if overridden else f"resources.{name}"
 
 
 @dataclass(frozen=True)
@@ -233,11 +316,17 @@ class ExperimentConfig:
         if self.storage is not None and "://" not in self.storage and not Path(self.storage).is_absolute():
             raise ConfigError(f"storage: {self.storage!r} must be an absolute path or a URI such as s3://bucket/runs")
         # Build each stage's TrainConfig now, so a bad override fails before any trial starts.
-        for section in ("baseline", "search_train", "finetune"):
-            size = self.stage_train(section).image_size  # type: ignore[arg-type]
-            if self.data.pixels and size != self.train.image_size:
-                raise ConfigError(f"{section}.image_size: {size} differs from train.image_size "
+        for section, stage in zip(("baseline", "search_train", "finetune"), TRAINING_STAGES):
+            cfg = self.stage_train(section)  # type: ignore[arg-type]
+            if self.data.pixels and cfg.image_size != self.train.image_size:
+                raise ConfigError(f"{section}.image_size: {cfg.image_size} differs from train.image_size "
                                   f"({self.train.image_size}); data.pixels stores one size")
+            workers = self.resources.stage(stage).workers_per_trial
+            try:
+                per_rank_batch(cfg.batch_size, workers)
+            except ValueError as e:
+                raise ConfigError(f"{section}.batch_size: {e} ({self.resources.key(stage, 'workers_per_trial')}: "
+                                  f"{workers})") from None
         for section in ("search_train", "finetune"):  # the stages that prune
             self.search.pruning_schedule().check_epochs(self.stage_train(section).max_epochs,  # type: ignore[arg-type]
                                                         where=f"{section}.max_epochs")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from detector import distributed
 from detector.checkpoint import load_model, save_checkpoint
 from detector.config import to_dict
 from detector.data.loader import build_loader, manifest_sha256
@@ -40,7 +41,7 @@ def train_stage(
     sparsity: float = 0.0,
     method: str = "unstructured",
     model_path: Path | None = None,
-    on_epoch: Callable[[dict[str, float], Path], None] | None = None,
+    on_epoch: Callable[[dict[str, float], Path | None], None] | None = None,
     schedule: PruningSchedule | None = None,
 ) -> dict[str, Any]:
     """Train one model for a stage and return its fit summary.
@@ -52,6 +53,11 @@ def train_stage(
     ``out_dir`` holds the loop's state (``checkpoint/state.pt``, ``checkpoint/best.pt``, ``history.jsonl``),
     so the same call resumes. ``model_path``: where to save the final (best-epoch) model, with a ``.json``
     summary beside it. Whether the run may stop early is the config's ``patience``.
+
+    Data-parallel: every rank of a process group makes this same call (``detector.distributed``); each
+    loader reads the rank's share, in batches of ``cfg.batch_size / world size`` (``batch_size`` is the
+    global batch), and only rank 0 writes (``fit``'s files, ``model_path``). Each rank prunes the same
+    loaded weights the same way, and DDP starts every rank from rank 0's copy, masks included.
     """
     if init is not None:
         model, init_meta = load_model(init)
@@ -66,11 +72,14 @@ def train_stage(
     # oneshot prunes here; a schedule's hook prunes inside the loop, starting from the unpruned model
     pruning = prune(model, sparsity, method=method, arch=cfg.arch) if hook is None else PruningInfo()
     pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
-    train_loader = build_loader(data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size, train=True,
+    world_size = distributed.rank_and_world()[1]
+    batch = distributed.per_rank_batch(cfg.batch_size, world_size)
+    train_loader = build_loader(data, "train", batch_size=batch, image_size=cfg.image_size, train=True,
                                 num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin, drop_last=True,
                                 normalize=False)
-    val_loader = build_loader(data, "val", batch_size=cfg.batch_size, image_size=cfg.image_size,
-                              num_workers=cfg.num_workers, pin_memory=pin, normalize=False)
+    # pad=False: each validation image once over all ranks, so the summed metrics are the whole split's
+    val_loader = build_loader(data, "val", batch_size=batch, image_size=cfg.image_size,
+                              num_workers=cfg.num_workers, pin_memory=pin, normalize=False, pad=False)
     # Only what varies between a run's trainings: TensorBoard's HParams view ticks five hparams (in
     # alphabetical order) by default, and a sixth, constant one (the arch, in every run's config.yaml and in
     # the report's header) would push sparsity out of view. A schedule other than one-shot joins the method.
@@ -78,8 +87,9 @@ def train_stage(
     hparams = {"sparsity": sparsity, **{name: getattr(cfg, name) for name in param_names()},
                "method": method_name if not hook else f"{method_name}/{schedule.schedule}",
                "batch_size": cfg.batch_size}
+    # world_size: how many data-parallel ranks trained it (1: one process)
     metadata = {"data_manifest_sha256": manifest_sha256(data), "init": str(init) if init else None,
-                "pruning": pruning.to_dict()}
+                "pruning": pruning.to_dict(), "world_size": world_size}
     result = fit(model, train_loader, val_loader, cfg, out_dir=out_dir, tb_dir=tb_dir, on_epoch=on_epoch,
                  hparams=hparams, metadata=metadata, schedule=hook)
     if hook is not None:
@@ -92,7 +102,7 @@ def train_stage(
         "history": result.history,
         "best_checkpoint": str(result.best_checkpoint),
     }
-    if model_path is not None:
+    if model_path is not None and distributed.is_primary():
         save_checkpoint(model_path, model.cpu(), metadata={
             **metadata,
             "arch": cfg.arch,

@@ -14,6 +14,12 @@ worker dies, and resumes when the driver dies:
 
 The work itself is done by ``detector.job.stages`` (Ray-free); the trainables here only translate between Tune
 (config, checkpoints, reports) and those functions.
+
+A stage whose trials are data-parallel (``resources.workers_per_trial`` > 1, per stage) keeps its trials in the
+same Tune experiment and searcher: each trial's own process becomes the driver of a Ray Train ``TorchTrainer``
+whose workers run the same ``stages.train_stage`` (and so the same ``fit``) as one rank each; rank 0's
+metrics reach Tune through ``TuneReportCallback``, its checkpoints go into the Tune trial's own folder, and a
+worker that dies restarts the workers from the last of them (Ray Train's ``FailureConfig``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from detector.job.experiment import ExperimentConfig
+from detector.job.experiment import TRAINING_STAGES, ExperimentConfig, TrialResources
 from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label, tune_stage
 from detector.job.stop import StageIncomplete, StopSignals
 from detector.job.selection import OBJECTIVE_EPOCH, objective_key, select_best
@@ -56,6 +62,9 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 TRIAL_START_FILE = "trial_start.txt"
+# A data-parallel trial's own process only drives its Ray Train run (the workers hold the resources); Tune
+# refuses a trial that holds nothing, so it holds this much of a CPU.
+DRIVER_CPUS = 0.01
 
 
 SEARCHER_STATE_VERSION = 1
@@ -330,25 +339,25 @@ class StageContext:
 
 
 @contextlib.contextmanager
-def _trial_workspace() -> Iterator[tuple[Path, float]]:
+def _trial_workspace(name: str, checkpoint: Any) -> Iterator[tuple[Path, float]]:
     """A node-local scratch folder for the training loop's per-epoch state, and the trial's start time.
 
-    The loop's ``checkpoint/`` folder goes to Tune through ``tune.report`` every epoch; the scratch copy is
-    kept out of the trial's folder (which lives in the run's storage) so that it is not stored twice, and
-    is removed when the trial ends (or, when its worker was killed, at the next trial start on the node:
-    ``detector.job.scratch``). A restarted trial starts from Tune's last checkpoint, copied in here,
-    and keeps its original start time, so that the report's timeline stays honest.
+    The loop's ``checkpoint/`` folder goes to Tune (or Ray Train) every epoch; the scratch copy is kept out
+    of the trial's folder (which lives in the run's storage) so that it is not stored twice, and is removed
+    when the trial ends (or, when its worker was killed, at the next trial start on the node:
+    ``detector.job.scratch``). A restarted trial starts from ``checkpoint`` (the last one Tune or Ray Train
+    stored), copied in here, and keeps its original start time, so that the report's timeline stays honest.
+    ``name``: the scratch folder's (the trial id, and a data-parallel worker's rank).
     """
     from detector.job.scratch import make_scratch
 
-    out_dir = make_scratch(tune.get_context().get_trial_id())
+    out_dir = make_scratch(name)
     try:
         ckpt_dir = out_dir / "checkpoint"
-        ckpt = tune.get_checkpoint()
-        if ckpt is not None:
-            with ckpt.as_directory() as d:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
                 shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
-            log.info("trial %s restarts from its checkpoint", tune.get_context().get_trial_name())
+            log.info("trial %s restarts from its checkpoint", name)
         start_file = ckpt_dir / TRIAL_START_FILE
         if start_file.is_file():
             start = float(start_file.read_text())
@@ -361,15 +370,34 @@ def _trial_workspace() -> Iterator[tuple[Path, float]]:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _reporter(extra: dict[str, Any], trial_start: float) -> Callable[[dict[str, float], Path], None]:
-    def on_epoch(metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        row = {**metrics, **extra, "trial_start": trial_start, "time_now": time.time()}
-        tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+# What reports a trial's metrics, a row and the checkpoint folder that goes with it (None: no checkpoint).
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+def _tune_report(row: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+    """A trial's own process reports to Tune."""
+    tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
+
+
+def _train_report(row: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+    """A rank of a data-parallel trial reports to Ray Train, every rank every epoch (it is a barrier); rank 0's
+    row reaches Tune (``TuneReportCallback``), and only rank 0 has a checkpoint folder."""
+    import ray.train
+
+    ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir
+                     else None)
+
+
+def _reporter(extra: dict[str, Any], trial_start: float,
+              report: Report) -> Callable[[dict[str, float], Path | None], None]:
+    def on_epoch(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        report({**metrics, **extra, "trial_start": trial_start, "time_now": time.time()}, checkpoint_dir)
 
     return on_epoch
 
 
-def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start: float) -> None:
+def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start: float, report: Report,
+                   name: str) -> None:
     """Run a trial's training; a non-finite loss ends the trial with its reason instead of a retry
     (it would only diverge again) and instead of failing the whole search."""
     from detector.train import NonFiniteLossError
@@ -377,12 +405,85 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
     try:
         train()
     except NonFiniteLossError as e:
-        log.error("trial %s: %s", tune.get_context().get_trial_name(), e)
+        log.error("trial %s: %s", name, e)
         # Tune insists on the metric in every result; NaN marks it as no value (the searcher records a failure).
         from detector.train import OBJECTIVES
 
-        tune.report({**extra, **{k: float("nan") for k in OBJECTIVES}, "trial_failed": str(e),
-                     "trial_start": trial_start, "time_now": time.time()})
+        report({**extra, **{k: float("nan") for k in OBJECTIVES}, "trial_failed": str(e),
+                "trial_start": trial_start, "time_now": time.time()}, None)
+
+
+def _train_in_process(training: dict[str, Any], extra: dict[str, Any], name: str, checkpoint: Any,
+                      report: Report) -> None:
+    """``stages.train_stage(**training)`` in this process, in a scratch folder that starts from ``checkpoint``,
+    each epoch reported through ``report``: a trial's own process, or one rank of a data-parallel trial."""
+    from detector.job import stages
+
+    with _trial_workspace(name, checkpoint) as (out_dir, start):
+        on_epoch = _reporter(extra, start, report)
+        _train_or_fail(lambda: stages.train_stage(**training, out_dir=out_dir, on_epoch=on_epoch), extra, start, report,
+                       name)
+
+
+def _train_trial(ctx: StageContext, stage: str, training: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Train a trial of ``stage``: in the trial's own process, or, with ``workers_per_trial`` > 1, as a Ray
+    Train run of that many data-parallel workers that this process drives."""
+    from detector.device import limit_gpu_memory
+
+    res = ctx.experiment.resources.stage(stage)
+    trial_id = tune.get_context().get_trial_id()
+    if not res.data_parallel:
+        if limit_gpu_memory(res.gpus_per_trial):
+            log.info("trial %s holds %g of a GPU: its memory is capped at that share", trial_id, res.gpus_per_trial)
+        _train_in_process(training, extra, trial_id, tune.get_checkpoint(), _tune_report)
+        return
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from detector.distributed import backend_for
+
+    _require_train_v2()
+    context = tune.get_context()
+    workers = {"CPU": res.cpus_per_trial, **({"GPU": res.gpus_per_trial} if res.gpus_per_trial else {})}
+    trainer = TorchTrainer(
+        _data_parallel_worker,
+        train_loop_config={"training": training, "extra": extra, "trial_id": trial_id},
+        torch_config=TorchConfig(backend=backend_for("cuda" if res.gpus_per_trial else "cpu")),
+        scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_trial > 0,
+                                     resources_per_worker=workers),
+        run_config=RunConfig(
+            # The Tune trial's own folder: the same name after a restart finds the run's last checkpoint, and
+            # stages.drop_checkpoints finds its checkpoint_* folders where it looks for Tune's.
+            name=trial_id,
+            storage_path=RunFolder(Path(ctx.run_dir)).tune_experiment(context.get_experiment_name(),
+                                                                       ctx.experiment.storage),
+            failure_config=FailureConfig(max_failures=ctx.experiment.resources.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    log.info("trial %s: %d data-parallel workers (%s each)", trial_id, res.workers_per_trial,
+             ", ".join(f"{v:g} {k}" for k, v in workers.items()))
+    trainer.fit()
+
+
+def _data_parallel_worker(config: dict[str, Any]) -> None:
+    """One rank of a data-parallel trial (a Ray Train worker, inside the process group Ray Train made)."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    _train_in_process(config["training"], config["extra"], f"{config['trial_id']}-rank{rank}",
+                      ray.train.get_checkpoint(), _train_report)
+
+
+def _require_train_v2() -> None:
+    """The data-parallel trials use Ray Train's V2 API (the default since Ray 2.51)."""
+    from ray.train.v2._internal.constants import V2_ENABLED_ENV_VAR, is_v2_enabled
+
+    if not is_v2_enabled():
+        raise RuntimeError(f"{V2_ENABLED_ENV_VAR}={os.environ.get(V2_ENABLED_ENV_VAR)}: data-parallel trials "
+                           f"(resources.workers_per_trial > 1) need Ray Train V2; unset it or set it to 1")
 
 
 def _announce(stage: str, label: str, detail: dict[str, Any]) -> None:
@@ -407,29 +508,18 @@ def _already_saved(model: Path, extra: dict[str, Any]) -> bool:
 
 def detector_baseline(config: dict[str, Any], ctx: StageContext) -> None:
     """The baseline stage's trainable (its name is what the Ray dashboard shows for the trial's actor)."""
-    from detector.job import stages
-
     run = RunFolder(Path(ctx.run_dir))
     cfg = ctx.experiment.stage_train("baseline")
     _announce("baseline", "baseline", {"arch": cfg.arch, "max_epochs": cfg.max_epochs})
     if _already_saved(run.model(0.0), {"sparsity": 0.0}):
         return
-    with _trial_workspace() as (out_dir, start):
-        _train_or_fail(lambda: stages.train_stage(
-            cfg,
-            data=ctx.data,
-            out_dir=out_dir,
-            tb_dir=run.tensorboard_run("baseline"),
-            model_path=run.model(0.0),
-            on_epoch=_reporter({"sparsity": 0.0}, start),
-        ), {"sparsity": 0.0}, start)
+    _train_trial(ctx, "baseline", {"cfg": cfg, "data": ctx.data, "tb_dir": run.tensorboard_run("baseline"),
+                                   "model_path": run.model(0.0)}, {"sparsity": 0.0})
 
 
 def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *, stage: str,
                   trial: int | None, save: bool) -> None:
     """Prune the baseline to ``sparsity`` and train it with the searched ``params`` for a stage."""
-    from detector.job import stages
-
     run = RunFolder(Path(ctx.run_dir))
     section = "search_train" if stage == "search" else stage
     searched = {name: params[name] for name in param_names()}
@@ -440,19 +530,16 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
     extra: dict[str, Any] = {"sparsity": sparsity}
     if stage == "search" and ctx.experiment.search.mode == "pareto":
         extra.update(_size_objectives(ctx, run, sparsity))
-    with _trial_workspace() as (out_dir, start):
-        _train_or_fail(lambda: stages.train_stage(
-            ctx.experiment.stage_train(section, **searched),
-            data=ctx.data,
-            out_dir=out_dir,
-            tb_dir=run.tensorboard_run(stage, sparsity, trial),
-            init=run.model(0.0),
-            sparsity=sparsity,
-            method=ctx.experiment.search.method,
-            schedule=ctx.experiment.search.pruning_schedule(),
-            model_path=run.model(sparsity) if save else None,
-            on_epoch=_reporter(extra, start),
-        ), extra, start)
+    _train_trial(ctx, stage, {
+        "cfg": ctx.experiment.stage_train(section, **searched),
+        "data": ctx.data,
+        "tb_dir": run.tensorboard_run(stage, sparsity, trial),
+        "init": run.model(0.0),
+        "sparsity": sparsity,
+        "method": ctx.experiment.search.method,
+        "schedule": ctx.experiment.search.pruning_schedule(),
+        "model_path": run.model(sparsity) if save else None,
+    }, extra)
 
 
 def _size_objectives(ctx: StageContext, run: RunFolder, sparsity: float) -> dict[str, float]:
@@ -664,11 +751,12 @@ def _first_line(error_file: str | None) -> str | None:
 # Experiments.
 
 
-def _resources(exp: ExperimentConfig) -> dict[str, float]:
-    res = {"cpu": exp.resources.cpus_per_trial}
-    if exp.resources.gpus_per_trial > 0:
-        res["gpu"] = exp.resources.gpus_per_trial
-    return res
+def _resources(res: TrialResources) -> dict[str, float]:
+    """What a trial's own process holds in Tune: all of the trial, or only its driver when the trial is
+    data-parallel (its Ray Train workers hold the rest, in a placement group of their own)."""
+    if res.data_parallel:
+        return {"cpu": DRIVER_CPUS}
+    return {"cpu": res.cpus_per_trial, **({"gpu": res.gpus_per_trial} if res.gpus_per_trial > 0 else {})}
 
 
 def _epochs_planned(exp: ExperimentConfig, experiment: str) -> int:
@@ -701,7 +789,8 @@ def run_experiment(
     run = RunFolder(Path(ctx.run_dir))
     storage = run.tune_root(exp.storage)
     path = run.tune_experiment(name, exp.storage)
-    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(exp))
+    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx),
+                             _resources(exp.resources.stage(tune_stage(name))))
     sink = _Sink(run, name, exp.search.metric, _epochs_planned(exp, name),
                  objective=objective_key(exp.search.metric, exp.search.objective),
                  objectives=tuple(exp.search.objectives) if exp.search.mode == "pareto" and
@@ -720,7 +809,9 @@ def run_experiment(
                     search_alg=search_alg,
                     scheduler=scheduler,
                     num_samples=num_samples,
-                    max_concurrent_trials=max_concurrent_trials or exp.resources.max_concurrent_trials or None,
+                    # both are limits: the stage's own (evaluate, data-parallel trials) and the config's
+                    max_concurrent_trials=min(
+                        filter(None, (max_concurrent_trials, exp.resources.max_concurrent_trials)), default=None),
                     trial_dirname_creator=lambda t: f"{t.trial_id}",
                     trial_name_creator=lambda t: _trial_label(name, t.config),
                     reuse_actors=True,
@@ -801,10 +892,12 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     # trial per sparsity lets every search start at once; a cluster that already fits more trials gets as
     # many pending as it fits (bench/cluster_schedule.py: trial processes then start in one wave, not in
     # waves of four). TPE's start-up trials are random draws anyway, so nothing is lost to the searcher.
-    pending = min(budget, max(len(sparsities), _trials_that_fit(exp)))
+    res = exp.resources.stage("search")
+    pending = min(budget, max(len(sparsities), _trials_that_fit(res)))
     with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(pending)):
         rows = run_experiment(name, detector_search, ctx, stop=stop, expected=budget, search_alg=searcher,
-                              scheduler=scheduler, num_samples=budget)
+                              scheduler=scheduler, num_samples=budget,
+                              max_concurrent_trials=_data_parallel_trials(res, pending))
     trials = sorted((trial_row(r) for r in rows), key=lambda t: (t["sparsity"], t["trial"]))
     best: dict[str, Any] = {}
     for sp in sparsities:
@@ -840,9 +933,12 @@ def run_pareto(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
     searcher = ParetoSearcher(trials=s.pareto_trials, space=space, objectives=s.objectives, seed=s.seed,
                               tpe_startup_trials=s.tpe_startup_trials, storage=s.storage or str(run.optuna_journal),
                               study_name=f"{run.root.name}/pareto" if s.storage else "pareto")
-    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(s.pareto_trials, _trials_that_fit(exp))))):
+    res = exp.resources.stage("search")
+    pending = max(1, min(s.pareto_trials, _trials_that_fit(res)))
+    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(pending)):
         rows = run_experiment("search", detector_search, ctx, stop=stop, expected=s.pareto_trials,
-                              search_alg=searcher, num_samples=s.pareto_trials)
+                              search_alg=searcher, num_samples=s.pareto_trials,
+                              max_concurrent_trials=_data_parallel_trials(res, pending))
     trials = sorted((trial_row(r) for r in rows), key=lambda t: t["trial"])
     done = [t for t in trials if t["status"] == "completed"]
     if not done:
@@ -889,13 +985,22 @@ def trial_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _trials_that_fit(exp: ExperimentConfig) -> int:
-    """How many trials the cluster's resources hold now (GPUs, or CPUs for CPU-only trials)."""
-    res = exp.resources
+def _trials_that_fit(res: TrialResources) -> int:
+    """How many trials the cluster's resources hold now (GPUs, or CPUs for CPU-only trials), every worker of
+    a data-parallel trial counted."""
     total = ray.cluster_resources()
     if res.gpus_per_trial > 0:
-        return int(total.get("GPU", 0.0) // res.gpus_per_trial)
-    return int(total.get("CPU", 0.0) // res.cpus_per_trial) if res.cpus_per_trial > 0 else 0
+        return int(total.get("GPU", 0.0) // (res.gpus_per_trial * res.workers_per_trial))
+    return int(total.get("CPU", 0.0) // (res.cpus_per_trial * res.workers_per_trial))
+
+
+def _data_parallel_trials(res: TrialResources, trials: int) -> int | None:
+    """How many data-parallel trials may run at once (None: not data-parallel, Tune's resources decide).
+
+    Tune sees only such a trial's driver (``DRIVER_CPUS``) and would start every trial at once, each then
+    waiting for its Ray Train workers; ``trials`` of them (one per search, or what the cluster fits) start
+    instead, and the autoscaler sees their workers' demand."""
+    return trials if res.data_parallel else None
 
 
 def _tune_domain(domain: Domain) -> Any:
@@ -1047,14 +1152,16 @@ def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "dete
     dashboard = None
     if ctx is not None and getattr(ctx, "dashboard_url", None):
         dashboard = ctx.dashboard_url if "://" in ctx.dashboard_url else f"http://{ctx.dashboard_url}"
-    gpus = exp.resources.gpus_per_trial
+    stage, gpus = max(((s, exp.resources.stage(s).gpus_per_trial) for s in (*TRAINING_STAGES, "evaluate")),
+                      key=lambda x: x[1])
     if gpus > 0 and resources.get("GPU", 0.0) < gpus:
         if embedded:
             from detector.config import ConfigError
 
+            key = exp.resources.key(stage, "gpus_per_trial")
             raise ConfigError(
-                f"resources.gpus_per_trial={gpus:g} but this machine's Ray has no GPU; "
-                "run with --set resources.gpus_per_trial=0 (and a small cpus_per_trial) on a CPU machine"
+                f"{key}={gpus:g} but this machine's Ray has no GPU; "
+                f"run with --set {key}=0 (and a small cpus_per_trial) on a CPU machine"
             )
         log.warning("the cluster has %s GPU(s) now; trials wait for GPU workers (autoscaler)",
                     resources.get("GPU", 0.0))

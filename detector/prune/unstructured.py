@@ -48,23 +48,37 @@ def prune_global_l1(model: nn.Module, sparsity: float) -> None:
         raise ValueError(
             f"sparsity: the model is already {current:.4f} sparse; cannot prune it back to {sparsity}"
         )
-    if is_pruned(model):
+    pairs = prunable_weights(model)
+    # Every prunable weight masked already (a gradual schedule's next step): new masks in place. The
+    # parameters and mask buffers stay the same tensors, which the optimizer and DDP hold (torch's
+    # prune.remove sets weight_orig.data, after which DDP no longer sees that parameter's gradients).
+    in_place = all(hasattr(module, f"{name}_mask") for module, name in pairs)
+    if is_pruned(model) and not in_place:
         # A fresh mask over the current (zero-carrying) weights, rather than torch's nested containers,
         # whose amount would apply to the surviving weights only.
         make_pruning_permanent(model)
     # What prune.global_unstructured(..., L1Unstructured, amount=sparsity) computes (the same topk over the
     # same vector, the same round(amount * n)), without its mask-combining container, which costs several
     # times the ranking itself: a gradual schedule prunes again every few hundred steps.
-    pairs = prunable_weights(model)
-    weights = [getattr(module, name) for module, name in pairs]
     with torch.no_grad():
+        if in_place:  # the zeros baked into weight_orig, as make_pruning_permanent would
+            for module, name in pairs:
+                getattr(module, f"{name}_orig").mul_(getattr(module, f"{name}_mask"))
+        weights = [effective_weight(module) if in_place else getattr(module, name) for module, name in pairs]
         scores = torch.cat([w.detach().abs().reshape(-1) for w in weights])
         keep = torch.ones_like(scores)
         n_pruned = round(sparsity * scores.numel())
         if n_pruned:
             keep[torch.topk(scores, k=n_pruned, largest=False).indices] = 0
-    for (module, name), w, mask in zip(pairs, weights, torch.split(keep, [w.numel() for w in weights])):
-        prune.custom_from_mask(module, name, mask.view_as(w))
+        masks = torch.split(keep, [w.numel() for w in weights])
+        for (module, name), w, mask in zip(pairs, weights, masks):
+            if in_place:
+                getattr(module, f"{name}_mask").copy_(mask.view_as(w))
+    if in_place:
+        refresh_masked_weights(model)
+    else:
+        for (module, name), w, mask in zip(pairs, weights, masks):
+            prune.custom_from_mask(module, name, mask.view_as(w))
     log.info("pruned %.1f%% of prunable weights (global L1)", 100 * sparsity)
 
 
