@@ -60,7 +60,7 @@ def test_claim(data: dict[str, Any], frontier: dict[str, Any]) -> str:
             f"from the baseline is {_pp(d['estimate'])} pp, 95 % CI [{_pp(d['low'])}, {_pp(d['high'])}] pp, {verdict}"
             + (f" (the first inferior probe, on validation, was {100 * ans['first_inferior']:g} %)."
                if ans.get("first_inferior") is not None else ".")
-            + (f" Under perturbation, {model_name(s)} is {robust}." if robust else ""))
+            + (f" Under perturbation, {model_name(s)} against the baseline: {robust}." if robust else ""))
 
 
 def frontier_section(data: dict[str, Any]) -> list[str]:
@@ -102,7 +102,7 @@ def frontier_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> N
     base, margin = frontier["baseline_val_accuracy"], frontier["rule"]["margin"]
     probes = sorted((p for r in frontier["rounds"] for p in r["probes"] if p.get("val_accuracy") is not None),
                     key=lambda p: p["sparsity"])
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4), layout="constrained")
     ax.axhspan(100 * (base - margin), 100 * base, color="tab:green", alpha=0.12, label="within the margin")
     ax.axhline(100 * base, color="k", lw=1, label="baseline (val)")
     for ok, colour, label in ((True, "tab:green", "non-inferior probe (val)"), (False, "tab:red", "inferior probe (val)")):
@@ -124,5 +124,6 @@ def frontier_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> N
     ax.set_xlabel("sparsity (% of prunable weights removed)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("The sparsity frontier: decided on validation, checked on test")
-    ax.legend(fontsize=7, loc="lower left")
+    # beside the axes: inside, it covers the margin band and the baseline line it explains
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     save(fig, "frontier.png")
