@@ -113,3 +113,25 @@ def test_bad_resources_fail_at_load_naming_the_key(overrides, message):
 def test_a_quarter_gpu_per_search_trial_is_valid_with_whole_gpus_elsewhere():
     exp = load_experiment(CONFIGS / "paper.yaml", ["resources.search.gpus_per_trial=0.25"])
     assert exp.resources.stage("search").gpus_per_trial == 0.25 and exp.resources.stage("finetune").gpus_per_trial == 1
+
+
+def test_a_run_folder_started_before_a_key_existed_still_resumes(tmp_path):
+    """A run saved by an older version lacks keys added since (at their defaults they change nothing): it
+    resumes. A value that differs is still refused."""
+    from detector.config import load_yaml, save_yaml
+    from detector.job.pipeline import check_run_config
+    from detector.job.runfolder import RunFolder
+
+    exp = load_experiment(CONFIGS / "demo.yaml")
+    run = RunFolder(tmp_path)
+    (tmp_path / "models").mkdir()  # it has results under its config
+    save_yaml(exp, run.config)
+    older = load_yaml(run.config)
+    del older["resources"]["workers_per_trial"]  # as saved before the data-parallel stages
+    save_yaml(older, run.config)
+    check_run_config(exp, run)
+
+    older["resources"]["cpus_per_trial"] = 1.0
+    save_yaml(older, run.config)
+    with pytest.raises(ConfigError, match=r"different config \(sections that differ: resources\)"):
+        check_run_config(exp, run)

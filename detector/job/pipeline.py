@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from detector.config import ConfigError, load_yaml, save_yaml, to_dict
+from detector.config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
 from detector.io import atomic_write_json
 from detector.job.experiment import STAGES, ExperimentConfig
 from detector.job.runfolder import RunFolder
@@ -51,7 +51,9 @@ def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
     """A run folder belongs to one experiment: refuse to mix a different config into finished results."""
     if not run.config.exists() or not run.produced():
         return  # nothing was produced under the old config: the new one may take its place
-    saved = load_yaml(run.config)
+    # Read back as a config, so that a key added since (at its default, which keeps the old behaviour) is no
+    # difference; a changed value, or a key this version no longer knows, still is.
+    saved = to_dict(from_dict(ExperimentConfig, load_yaml(run.config), where=str(run.config)))
     if saved != to_dict(exp):
         changed = sorted(k for k in set(saved) | set(to_dict(exp)) if saved.get(k) != to_dict(exp).get(k))
         raise ConfigError(
