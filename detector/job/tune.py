@@ -712,7 +712,9 @@ class _Sink:
                 "sparsity": float(config.get("sparsity", 0.0)),
                 "params": {k: config[k] for k in param_names() if k in config},
                 "state": _trial_state(trial, trial.trial_id in self.finished),
-                "epochs": int(last.get("training_iteration", 0) or 0),
+                # fit's own epoch count: Tune's training_iteration starts again at 1 in a data-parallel trial
+                # resumed after its driver died (its checkpoints are Ray Train's, not Tune's)
+                "epochs": int(last.get("epoch") or last.get("training_iteration") or 0),
                 "epochs_planned": self.epochs_planned,
                 "val_accuracy": _finite_or_none(last.get("val_accuracy")),
                 "best_val_accuracy": _finite_or_none(last.get("best_val_accuracy")),
