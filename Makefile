@@ -25,11 +25,16 @@ $(TOOLS)/.installed: Makefile
 	$(TOOLS)/bin/pip install -q '$(CHECKOV)'
 	touch $@
 
+# Two workers, a test module to each at a time (module fixtures are built once): much of an integration
+# test is waiting on processes it started, which the other worker's tests fill. 2 = CI's cores; more
+# workers would start more Ray clusters side by side than a small machine holds.
+PYTEST := PATH=$(CURDIR)/$(TOOLS)/bin:$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP) $(TOOLS)/.installed
-	PATH=$(CURDIR)/$(TOOLS)/bin:$$PATH $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP) $(TOOLS)/.installed
-	PATH=$(CURDIR)/$(TOOLS)/bin:$$PATH $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(TOOLS) runs .pytest_cache
