@@ -187,8 +187,9 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, device: str = "cp
                 p.kill()
             raise RuntimeError(f"spawn: {world_size - len(got)} of {world_size} ranks gave no result "
                                f"within {timeout_s:.0f} s")
-        while not procs.join():
-            pass
+        for _ in range(world_size):  # each join waits for one more rank to exit, True once all have
+            if procs.join():
+                break
     return [got[r] for r in range(world_size)]
 
 

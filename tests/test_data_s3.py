@@ -120,9 +120,9 @@ def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
     stored = [f.path for f in s3.get_file_info(pafs.FileSelector("detector/runs/run/search", recursive=True))]
     assert any("experiment_state-" in p for p in stored)
     (result,) = [p for p in stored if p.endswith("/result.json")]
-    with s3.open_input_stream(result) as f:  # the trial checkpointed its epoch into the bucket ...
+    with s3.open_input_stream(result) as f:  # the trial checkpointed its epoch into the bucket,
         assert json.loads(f.read().decode().splitlines()[-1])["checkpoint_dir_name"] == "checkpoint_000000"
-    assert not any("/checkpoint_" in p for p in stored)  # ... and the complete stage dropped it there
+    assert not any("/checkpoint_" in p for p in stored)  # and the complete stage dropped it there
     assert not (run_dir / "tune").exists()
     trials = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
     assert [(t["sparsity"], t["state"]) for t in trials] == [(0.2, "done")]
