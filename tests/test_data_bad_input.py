@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,11 @@ def animated_gif() -> bytes:
     return buf.getvalue()
 
 
+# Fixed noise: os.urandom bytes are, about once in a few hundred draws, probed by FFmpeg as an audio
+# format ("no video stream" instead of "cannot decode video"); a seeded draw gives every run the same file.
+NOISE = random.Random(0).randbytes(3000)
+
+
 # file -> expected RGB colour of its top-left pixel once decoded (converted inputs)
 CONVERTED = {
     "real/plain.jpg": (image_bytes("JPEG", (8, 8), (200, 30, 30), quality=95), None),
@@ -52,7 +57,7 @@ CONVERTED = {
 }
 REJECTED = {
     "fake/truncated.jpg": (image_bytes("JPEG", (64, 64), quality=90)[:400], "corrupt or truncated"),
-    "fake/corrupt.png": (image_bytes("PNG", (64, 64))[:40] + os.urandom(200), "corrupt PNG"),
+    "fake/corrupt.png": (image_bytes("PNG", (64, 64))[:40] + NOISE[:200], "corrupt PNG"),
     "fake/empty.png": (b"", "empty file"),
     "fake/notes.jpg": (b"meeting notes, not a photo\n", "not an image"),
     "real/bomb.png": (_png_claiming(30_000, 30_000), "decompression bomb"),
@@ -67,7 +72,7 @@ def bad_layouts(tmp_path) -> Path:
     (folder / "real" / "dangling.jpg").symlink_to(folder / "real" / "deleted.jpg")
     celebdf = make_celebdf(tmp_path / "celebdf", n_real=3, n_fake=3)
     (celebdf / "Celeb-real" / "empty.mp4").write_bytes(b"")
-    (celebdf / "Celeb-synthesis" / "noise.mp4").write_bytes(os.urandom(3000))
+    (celebdf / "Celeb-synthesis" / "noise.mp4").write_bytes(NOISE)
     clip = (celebdf / "Celeb-real" / "id0_0000.mp4").read_bytes()
     (celebdf / "Celeb-synthesis" / "cut.mp4").write_bytes(clip[: len(clip) // 3])
     faces = make_faces140k(tmp_path / "faces140k", {"train": 2, "valid": 1, "test": 1})
