@@ -1,5 +1,5 @@
-"""Data-parallel stages on a real local Ray (CPU, gloo): a 2-worker baseline and a 2-worker fine-tune run as
-Ray Train runs inside the job's Tune experiments; a worker killed mid-run costs a restart from the last
+"""Data-parallel stages on a real local Ray (CPU, gloo): a 2-worker baseline, a search of 2-worker trials and a
+2-worker fine-tune run as Ray Train runs inside the job's Tune experiments; a worker killed mid-run costs a restart from the last
 checkpoint, not the trial. The training loop on two ranks without Ray: tests/test_distributed.py."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 from detector.checkpoint import load_checkpoint, load_model
 from detector.data.demo import DemoConfig
 from detector.data.prepare import prepare
-from detector.io import atomic_write_json
 from detector.job.pipeline import run
 from detector.job.runfolder import RunFolder
 from detector.job.status import read_status
@@ -23,9 +22,6 @@ from detector.prune.unstructured import sparsity_report
 from pipeline_helpers import tiny_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-BEST = {"optimizer": "adam", "lr": 1e-3}  # the fine-tune's parameters, as a search would have found them
-
 
 def descendants_named(prefix: str) -> set[int]:
     """This process's descendants (the Ray it started: raylet, then its workers) whose title starts with
@@ -86,14 +82,13 @@ def finished(tmp_path_factory) -> tuple[Path, WorkerKiller]:
     run_dir = tmp / "run"
     exp = tiny_experiment(
         data, train={"image_size": 16}, baseline={"max_epochs": 2, "patience": None}, finetune={"max_epochs": 1},
-        search={"sparsities": [0.4]},
+        search={"sparsities": [0.4], "trials_per_sparsity": 2},
         resources={"cpus_per_trial": 0.5, "max_failures": 2, "baseline": {"workers_per_trial": 2},
-                   "finetune": {"workers_per_trial": 2}})
-    atomic_write_json(RunFolder(run_dir).search_results, {"best": {"0.4": {"sparsity": 0.4, "params": BEST}}})
+                   "search": {"workers_per_trial": 2}, "finetune": {"workers_per_trial": 2}})
     killer = WorkerKiller(run_dir)
     killer.start()
     try:
-        run(exp, run_dir, stages=["baseline", "finetune"])
+        run(exp, run_dir, stages=["baseline", "search", "finetune"])
     finally:
         killer.join(timeout=5)
     return run_dir, killer
@@ -108,8 +103,9 @@ def test_a_two_worker_baseline_and_fine_tune_complete(finished):
     for name in ("baseline", "prune-40"):
         meta = load_checkpoint(run_dir / "models" / f"{name}.pt")["metadata"]
         assert meta["world_size"] == 2  # trained by two ranks
+    best = json.loads(RunFolder(run_dir).search_results.read_text())["best"]["0.4"]["params"]
     used = json.loads((run_dir / "models" / "prune-40.json").read_text())["config"]
-    assert (used["optimizer"], used["lr"], used["batch_size"]) == ("adam", 1e-3, 16)  # the global batch
+    assert (used["optimizer"], used["lr"], used["batch_size"]) == (best["optimizer"], best["lr"], 16)  # global batch
     # The pruned model kept its masks through training on two ranks (fit also checked, at its end, that
     # both ranks held the same weights and masks).
     model, _ = load_model(run_dir / "models" / "prune-40.pt")
@@ -117,6 +113,21 @@ def test_a_two_worker_baseline_and_fine_tune_complete(finished):
     # Ray Train kept its checkpoints in the Tune trial's folder; once the stage was done they were dropped.
     trial_dir = next((run_dir / "tune" / "finetune").glob("*/checkpoint_manager_snapshot.json")).parent
     assert (trial_dir / "result.json").exists() and not [d for d in trial_dir.glob("checkpoint_*") if d.is_dir()]
+
+
+def test_a_search_of_two_worker_trials_chooses_the_fine_tunes_parameters(finished):
+    run_dir, _ = finished
+    trials = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
+    assert len(trials) == 2 and all(t["state"] == "done" and t["epochs"] == 1 for t in trials), trials
+    # Each search trial was a Ray Train run of its own (its checkpoint manager's state in the trial's folder)
+    # that reported to the search through Tune: both results reached search/results.json.
+    snapshots = list((run_dir / "tune" / "search").glob("*/checkpoint_manager_snapshot.json"))
+    assert len(snapshots) == 2
+    results = json.loads(RunFolder(run_dir).search_results.read_text())
+    rows = [r for r in results["trials"] if r["sparsity"] == 0.4]
+    assert len(rows) == 2 and all(r["status"] == "completed" and 0.0 <= r["val_accuracy"] <= 1.0 for r in rows), rows
+    best = results["best"]["0.4"]
+    assert (best["trial_id"], best["params"]) in [(r["trial_id"], r["params"]) for r in rows]
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint_and_the_trial_finishes(finished):
