@@ -3,6 +3,8 @@ that do not exist, running trials that hold their GPU for a modelled epoch time 
 
     python bench/cluster_schedule.py --out /tmp/bench-cluster                  # 4, 8, 20 GPUs; none and ASHA
     python bench/cluster_schedule.py --out DIR --gpus 20 --schedulers none --max-pending 20
+    # the paper's scale of work (an epoch of 112,183 images at 3,500 images/s): ~46 min for the two rows
+    python bench/cluster_schedule.py --out DIR --gpus 20 --schedulers none asha --epoch-s 32 --evaluate-s 5
 
 What is real: a local multi-node Ray (``ray.cluster_utils.Cluster``: a head that takes no trials, as on
 KubeRay, and worker nodes of ``--gpus-per-node`` declared GPUs), and the project's own stage runners from
@@ -294,6 +296,8 @@ def run_job(gpus: int, scheduler: str, work: WorkModel, *, gpus_per_node: int, e
     import ray
     from ray.cluster_utils import Cluster
 
+    from detector.job.tune import search_pending
+
     exp = experiment(scheduler, gpus, eval_concurrency)
     run_dir = scratch / f"gpus{gpus}-{scheduler}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -338,11 +342,13 @@ def run_job(gpus: int, scheduler: str, work: WorkModel, *, gpus_per_node: int, e
         ray.shutdown()
         cluster.shutdown()
     rows = [json.loads(p.read_text()) for p in sorted(timeline.glob("*.json"))]
+    # what run_search sets for the grid (and a frontier's first round): the trials fit one GPU each
+    budget = len(exp.search.sparsities) * exp.search.trials_per_sparsity
+    pending = search_pending(budget, len(exp.search.sparsities), int(gpus // exp.resources.gpus_per_trial))
     result = analyse(rows, stage_times, gpus=gpus, eval_concurrency=exp.evaluate.concurrent_trials,
                      host_cpus=os.cpu_count() or 1)
     return {"gpus": gpus, "nodes": node_gpus(gpus, gpus_per_node), "scheduler": scheduler,
-            "max_pending_trials_pg": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG",
-                                                    f"{len(exp.search.sparsities)} (run_search's default)"),
+            "max_pending_trials_pg": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG", f"{pending} (run_search's)"),
             "eval_concurrency": exp.evaluate.concurrent_trials, "cluster_start_s": cluster_start_s,
             "stage_times": stage_times, "run_dir": str(run_dir), **result}
 

@@ -114,3 +114,15 @@ def test_the_pending_trials_setting_lasts_one_experiment_and_yields_to_the_users
     with _env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):
         assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "2"
     assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "2"
+
+
+@pytest.mark.parametrize("budget, sparsities, fit, pending", [
+    (20, 4, 0, 4),    # a cluster scaling up from no GPUs: every search starts at once
+    (20, 4, 8, 8),    # as many as the cluster holds now
+    (20, 4, 20, 20),  # the paper's 20 trials on 20 GPUs: all pending, their processes start in one wave
+    (20, 4, 64, 20),  # never more than the search has
+])
+def test_the_searches_may_wait_for_resources_one_per_sparsity_or_as_many_as_fit(budget, sparsities, fit, pending):
+    from detector.job.tune import search_pending
+
+    assert search_pending(budget, sparsities, fit) == pending

@@ -895,7 +895,7 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     # many pending as it fits (bench/cluster_schedule.py: trial processes then start in one wave, not in
     # waves of four). TPE's start-up trials are random draws anyway, so nothing is lost to the searcher.
     res = exp.resources.stage("search")
-    pending = min(budget, max(len(sparsities), _trials_that_fit(res)))
+    pending = search_pending(budget, len(sparsities), _trials_that_fit(res))
     with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(pending)):
         rows = run_experiment(name, detector_search, ctx, stop=stop, expected=budget, search_alg=searcher,
                               scheduler=scheduler, num_samples=budget,
@@ -985,6 +985,12 @@ def trial_row(row: dict[str, Any]) -> dict[str, Any]:
         "status": status,
         **({"objectives": row["objectives"]} if "objectives" in row else {}),
     }
+
+
+def search_pending(budget: int, sparsities: int, fit: int) -> int:
+    """How many of a grid search's ``budget`` trials may wait for resources at once
+    (``TUNE_MAX_PENDING_TRIALS_PG``): one per sparsity, or as many as the cluster ``fit``s now if more."""
+    return min(budget, max(sparsities, fit))
 
 
 def _trials_that_fit(res: TrialResources) -> int:
