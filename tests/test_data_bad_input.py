@@ -38,8 +38,8 @@ def animated_gif() -> bytes:
     return buf.getvalue()
 
 
-# Fixed noise: os.urandom bytes are, about once in a few hundred draws, probed by FFmpeg as an audio
-# format ("no video stream" instead of "cannot decode video"); a seeded draw gives every run the same file.
+# Fixed noise: now and then FFmpeg probes random bytes as an audio format ("no video stream" instead of
+# "cannot decode video"; one CI run drew such bytes); a seeded draw gives every run the same file.
 NOISE = random.Random(0).randbytes(3000)
 
 
