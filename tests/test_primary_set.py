@@ -108,7 +108,7 @@ def test_robustness_section_and_figure(run):
     assert set(pruned["robustness_vs_baseline"]) == set(sets)
     rows = [r for r in (run / "report" / "robustness.csv").read_text().splitlines() if ",prune-30," in r]
     assert len(rows) == 4 and all("no significant difference detected" in r or "significantly" in r for r in rows)
-    assert "Per pruned model, over every perturbation:" in md and "- prune-30: " in md
+    assert "Per pruned model against the baseline, over every perturbation:" in md and "- prune-30: " in md
     assert (run / "report" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -52,10 +52,11 @@ def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
     if not run.config.exists() or not run.produced():
         return  # nothing was produced under the old config: the new one may take its place
     # Read back as a config, so that a key added since (at its default, which keeps the old behaviour) is no
-    # difference; a changed value, or a key this version no longer knows, still is.
+    # difference; a changed value still is, and a key this version no longer knows is refused by name.
     saved = to_dict(from_dict(ExperimentConfig, load_yaml(run.config), where=str(run.config)))
-    if saved != to_dict(exp):
-        changed = sorted(k for k in set(saved) | set(to_dict(exp)) if saved.get(k) != to_dict(exp).get(k))
+    current = to_dict(exp)
+    if saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ConfigError(
             f"{run.config}: this run folder was started with a different config "
             f"(sections that differ: {', '.join(changed)}); use a new --out folder, or the saved config"

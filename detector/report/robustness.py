@@ -101,7 +101,7 @@ def model_summary(model: dict[str, Any], found: dict[str, dict[str, Any]] | None
     rest = len(paired) - len(lower) - len(higher)
     parts = []
     if lower:
-        parts.append(f"significantly less accurate than the baseline under {', '.join(lower)}")
+        parts.append(f"significantly less accurate under {', '.join(lower)}")
     if higher:
         parts.append(f"significantly more accurate under {', '.join(higher)}")
     if rest:
@@ -149,7 +149,7 @@ def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:
         md += ["Significant differences from the baseline on the same perturbed images:", "", *sentences, ""]
     elif any(m.get("robustness_vs_baseline") for m in models):
         md += ["No pruned model's accuracy differs significantly from the baseline's under any perturbation.", ""]
-    md += ["Per pruned model, over every perturbation:", "", *(f"- {line}" for line in summary), ""] if summary else []
+    md += ["Per pruned model against the baseline, over every perturbation:", "", *(f"- {line}" for line in summary), ""] if summary else []
     if primary not in sets:
         md += [f"(The primary set, {set_words(primary)}, is not among the perturbed sets.)", ""]
     return md, [table]
