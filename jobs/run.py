@@ -1,10 +1,12 @@
 """Ray job entrypoint: the whole pipeline on the cluster this job was submitted to.
 
-    ray job submit --working-dir . -- python jobs/run.py --config jobs/configs/paper.yaml \
-        --out /mnt/detector/runs/paper
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \
+        python jobs/run.py --config jobs/configs/paper.yaml --out /mnt/detector/runs/paper --address auto
 
-Under ``ray job submit`` RAY_ADDRESS is set, so the job joins that cluster; ``--address`` overrides it.
-Same flags as ``detector run``.
+It runs in the image's working directory (``/home/ray/detector``, see docs/cluster.md): the code and
+configs are the ones baked into the image, so no ``--working-dir`` is uploaded. Under ``ray job submit``
+RAY_ADDRESS is set, so the job joins that cluster; ``--address`` overrides it. Same flags as
+``detector run``.
 """
 
 import sys

@@ -103,3 +103,50 @@ def test_the_circle_finder_finds_a_circle():
 @pytest.mark.parametrize("folder", ["data", "prune", "evaluate", "report", "job", "commands"])
 def test_the_stages_have_their_own_folders(folder):
     assert (PACKAGE / folder / "__init__.py").is_file()
+
+
+# --- rooms stay small: what one person holds in their head at once ---------------------------------------
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+MAX_PARAMETERS = 10
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Every parameter a caller may pass, ``*args`` and ``**kwargs`` included; a method's self/cls is not."""
+    a = node.args
+    names = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+    count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+    if names and names[0].arg in ("self", "cls"):
+        count -= 1
+    return count
+
+
+def oversized(path: Path, root: Path = ROOT) -> list[str]:
+    """What in one file breaks the limits, as ``file:line name (what)`` lines, the file named from root."""
+    source = path.read_text()
+    where = path.relative_to(root)
+    found = []
+    if len(source.splitlines()) > MAX_MODULE_LINES:
+        found.append(f"{where} ({len(source.splitlines())} lines)")
+    for node in ast.walk(ast.parse(source, str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                found.append(f"{where}:{node.lineno} {node.name} ({lines} lines)")
+            if parameter_count(node) > MAX_PARAMETERS:
+                found.append(f"{where}:{node.lineno} {node.name} ({parameter_count(node)} parameters)")
+    return found
+
+
+def test_no_module_function_or_signature_outgrows_its_room():
+    assert [line for path in modules().values() for line in oversized(path)] == []
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_signature(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    params = ", ".join(f"p{i}" for i in range(MAX_PARAMETERS))
+    source = f"def long():\n{body}\n\n\ndef wide(self, {params}, *rest):\n    pass\n"
+    path = tmp_path / "example.py"
+    path.write_text(source)
+    assert oversized(path, tmp_path) == [f"example.py:1 long ({MAX_FUNCTION_LINES + 1} lines)",
+                                         f"example.py:{MAX_FUNCTION_LINES + 4} wide ({MAX_PARAMETERS + 1} parameters)"]
