@@ -8,7 +8,7 @@ import pytest
 
 from detector.checkpoint import load_model, save_checkpoint
 from detector.data.loader import manifest_sha256
-from detector.evaluate.metrics import evaluate_split
+from detector.evaluate.scoring import evaluate_split
 from detector.job.experiment import EvaluateSection
 from detector.job.stages import evaluate_stage, train_stage
 from detector.model import build_model

@@ -8,7 +8,7 @@ from detector.checkpoint import save_checkpoint
 from detector.cli import main as cli_main
 from detector.data.loader import manifest_sha256
 from detector.data.prepare import prepare
-from detector.evaluate.metrics import evaluate_split
+from detector.evaluate.scoring import evaluate_split
 from detector.model import build_model
 
 

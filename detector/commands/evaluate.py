@@ -24,7 +24,8 @@ ROBUSTNESS_COLUMNS = ["model", "perturbation", "set", "images", "accuracy", "auc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from detector.evaluate.metrics import CALIBRATIONS, PRIMARY_CHOICES
+    from detector.evaluate.metrics import CALIBRATIONS
+    from detector.evaluate.sets import PRIMARY_CHOICES
 
     p.add_argument("--data", required=True, help="prepared shards (folder with manifest.json)")
     p.add_argument("--checkpoint", required=True, nargs="+", type=Path, help="one or more models")
@@ -87,8 +88,10 @@ def main(args: argparse.Namespace) -> int:
     from detector.checkpoint import load_model
     from detector.data.loader import manifest_sha256, read_manifest
     from detector.device import resolve_device, resolve_precision
-    from detector.evaluate.metrics import calibrate_threshold, primary_source, score_split
+    from detector.evaluate.metrics import calibrate_threshold
     from detector.evaluate.robustness import RobustnessSection, evaluate_robustness
+    from detector.evaluate.scoring import score_split
+    from detector.evaluate.sets import primary_source
     from detector.io import atomic_write_json, atomic_write_text
     from detector.report.tables import markdown
 

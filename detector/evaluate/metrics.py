@@ -10,22 +10,23 @@ precision, recall and F1 of a class the set does not contain (on a fake-only set
 "precision (real)" would be 0 whenever one fake is called real, and undefined otherwise: a number about
 the set, not the model), precision of a class never predicted, AUC, AP and EER on a one-class set.
 Results are plain JSON-able dicts. docs/evaluation.md defines every number.
+
+Arithmetic on labels and scores only: scoring a model on the shards is ``detector.evaluate.scoring``, which
+data sets there are and which is primary ``detector.evaluate.sets``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from detector import FAKE, REAL
 
-log = logging.getLogger(__name__)
-
 CLASS_NAMES = {FAKE: "fake", REAL: "real"}
+# scikit-learn's per-class arrays, the confusion matrix and ``per_class`` all list fake first
+CLASSES = tuple(CLASS_NAMES)
 
 
 # The names of the four confusion-matrix cells, by direction (true class, then predicted class).
@@ -151,6 +152,63 @@ def at_threshold(labels: Sequence[int] | np.ndarray, probs_real: Sequence[float]
             "cells": cells}
 
 
+RATIOS = ("precision", "recall", "f1")
+RANKING = ("auc", "ap_real", "ap_fake", "eer")
+
+
+def _flat_key(metric: str, cls: int) -> str:
+    """A per-class ratio's name in ``notes`` and report rows: the real class's is the paper's ("precision"),
+    the fake class's says so ("precision_fake")."""
+    return metric if cls == REAL else f"{metric}_fake"
+
+
+def _class_ratios(y: np.ndarray, pred: np.ndarray) -> tuple[dict[str, float | None], dict[str, float | None],
+                                                            dict[str, int], dict[str, str]]:
+    """Precision, recall and F1 of each class under their flat names (``_flat_key``), their macro means, each
+    class's support, and why a ratio is undefined (None)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    # zero_division=nan: an undefined ratio stays undefined (and is left out of the macro mean).
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y, pred, labels=list(CLASSES), zero_division=np.nan, average=None
+    )
+    # Precision and F1 of a class with no images are undefined (its recall is): scikit-learn's count
+    # formulas give 0 whenever another class is called it, so a fake-only set would read "precision (real)
+    # 0 %" and "F1 (real) 0" about images that are not there. The macro mean leaves undefined ones out.
+    prec, f1 = np.where(support > 0, prec, np.nan), np.where(support > 0, f1, np.nan)
+    arrays = {"precision": prec, "recall": rec, "f1": f1}
+    scores = {_flat_key(k, c): _none_if_nan(arrays[k][i]) for i, c in enumerate(CLASSES) for k in RATIOS}
+    macro = {k: _none_if_nan(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in arrays.items()}
+    notes = {_flat_key(k, c): _undefined_reason(int(support[i]), int(np.sum(pred == c)), k, CLASS_NAMES[c])
+             for i, c in enumerate(CLASSES) for k in RATIOS if scores[_flat_key(k, c)] is None}
+    return scores, macro, {CLASS_NAMES[c]: int(support[i]) for i, c in enumerate(CLASSES)}, notes
+
+
+def _ranking(y: np.ndarray, p: np.ndarray) -> tuple[dict[str, float | None], str | None]:
+    """ROC AUC, average precision (each class as the positive one) and EER, or, on a one-class set, Nones
+    and the reason."""
+    from sklearn.metrics import roc_auc_score
+
+    present = sorted(set(y.tolist()))
+    if len(present) != 2:
+        return dict.fromkeys(RANKING), f"undefined: only one class ({CLASS_NAMES[present[0]]}) present"
+    return {"auc": float(roc_auc_score(y, p)), "ap_real": average_precision(y, p, positive=REAL),
+            "ap_fake": average_precision(y, p, positive=FAKE), "eer": equal_error_rate(y, p)}, None
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y, pred, labels=list(CLASSES))
+    return {
+        "rows": "true",
+        "columns": "predicted",
+        "labels": ["fake", "real"],
+        "matrix": cm.tolist(),  # [[true fake->fake, fake->real], [real->fake, real->real]]
+        "cells": {CELL_NAMES[(t, q)]: int(cm[i][j]) for i, t in enumerate(CLASSES) for j, q in enumerate(CLASSES)},
+    }
+
+
 def classification_metrics(
     labels: Sequence[int] | np.ndarray, probs_real: Sequence[float] | np.ndarray, *, threshold: float = 0.5,
     calibrated: float | None = None,
@@ -165,71 +223,28 @@ def classification_metrics(
     >>> m["accuracy"], m["confusion_matrix"]["matrix"], m["confusion_matrix"]["cells"]["fake predicted real"]
     (0.5, [[1, 1], [1, 1]], 1)
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import accuracy_score
 
     y, p = _check(labels, probs_real)
     pred = (p >= threshold).astype(int)
-    classes = [FAKE, REAL]
-    # zero_division=nan: an undefined ratio stays undefined (and is left out of the macro mean).
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y, pred, labels=classes, zero_division=np.nan, average=None
-    )
-    # Precision and F1 of a class with no images are undefined (its recall is): scikit-learn's count
-    # formulas give 0 whenever another class is called it, so a fake-only set would read "precision (real)
-    # 0 %" and "F1 (real) 0" about images that are not there. The macro mean leaves undefined ones out.
-    prec, f1 = np.where(support > 0, prec, np.nan), np.where(support > 0, f1, np.nan)
-    macro = [float(np.nanmean(v)) if np.isfinite(v).any() else np.nan for v in (prec, rec, f1)]
-    per_class = {
-        CLASS_NAMES[c]: {
-            "precision": _none_if_nan(prec[i]),
-            "recall": _none_if_nan(rec[i]),
-            "f1": _none_if_nan(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, c in enumerate(classes)
-    }
-    notes = {}
-    for c in classes:
-        name = CLASS_NAMES[c]
-        for k in ("precision", "recall", "f1"):
-            if per_class[name][k] is None:
-                key = k if c == REAL else f"{k}_fake"
-                notes[key] = _undefined_reason(per_class[name]["support"], int(np.sum(pred == c)), k, name)
-    present = sorted(set(y.tolist()))
-    ranking: dict[str, float | None] = {"auc": None, "ap_real": None, "ap_fake": None, "eer": None}
-    if len(present) == 2:
-        auc_note = None
-        ranking = {"auc": float(roc_auc_score(y, p)), "ap_real": average_precision(y, p, positive=REAL),
-                   "ap_fake": average_precision(y, p, positive=FAKE), "eer": equal_error_rate(y, p)}
-    else:
-        auc_note = f"undefined: only one class ({CLASS_NAMES[present[0]]}) present"
+    scores, macro, support, notes = _class_ratios(y, pred)
+    ranking, auc_note = _ranking(y, p)
+    if auc_note is not None:
         notes.update({k: auc_note for k in ("ap_real", "ap_fake", "eer")})
-    cm = confusion_matrix(y, pred, labels=classes)
     out = {
         "samples": int(y.size),
-        "support": {name: per_class[name]["support"] for name in ("fake", "real")},
+        "support": support,
         "positive_class": "real",
         "threshold": threshold,
         "accuracy": float(accuracy_score(y, pred)),
-        "precision": per_class["real"]["precision"],
-        "recall": per_class["real"]["recall"],
-        "f1": per_class["real"]["f1"],
-        "per_class": per_class,
-        "macro": {
-            "precision": _none_if_nan(macro[0]),
-            "recall": _none_if_nan(macro[1]),
-            "f1": _none_if_nan(macro[2]),
-        },
+        **{k: scores[k] for k in RATIOS},  # the real class's: the paper's precision, recall and F1
+        "per_class": {name: {**{k: scores[_flat_key(k, c)] for k in RATIOS}, "support": support[name]}
+                      for c, name in CLASS_NAMES.items()},
+        "macro": macro,
         "notes": notes,  # why a metric above is None
         **ranking,
         "auc_note": auc_note,
-        "confusion_matrix": {
-            "rows": "true",
-            "columns": "predicted",
-            "labels": ["fake", "real"],
-            "matrix": cm.tolist(),  # [[true fake->fake, fake->real], [real->fake, real->real]]
-            "cells": {CELL_NAMES[(t, q)]: int(cm[i][j]) for i, t in enumerate(classes) for j, q in enumerate(classes)},
-        },
+        "confusion_matrix": _confusion(y, pred),
     }
     if calibrated is not None:
         out["at_calibrated"] = at_threshold(y, p, calibrated)
@@ -333,123 +348,3 @@ def breakdown_metrics(
             block["vs_reals_note"] = NO_REALS_NOTE + (f"; {SYNTHBUSTER_NO_REALS}" if source == "synthbuster" else "")
         out["sources"][source] = block
     return out
-
-
-def sources_with_own_set(sources: Sequence[str]) -> list[str]:
-    """The sources that get a data set of their own beside the combined one, sorted: all of them, unless
-    there is only one, whose test set then *is* the combined test set (shown once, as combined)."""
-    unique = sorted(set(sources))
-    return unique if len(unique) > 1 else []
-
-
-COMBINED = "combined"
-PRIMARY_CHOICES = ("faces140k", "celebdf", "synthbuster", "folder", "demo", COMBINED)
-
-
-def primary_source(sources: Sequence[str], configured: str = "faces140k") -> str | None:
-    """The source whose test images are the primary set, or None for the whole test split: ``configured``
-    when the test split has it beside other sources (the paper tests on the balanced 140k test set, not on
-    everything), else the whole split (which is then ``configured``'s alone, or has no such source)."""
-    return configured if configured != COMBINED and configured in sources_with_own_set(sources) else None
-
-
-def primary_set(sources: Sequence[str], configured: str = "faces140k") -> str:
-    """The name of the primary set among a report's data sets: a source's, or ``combined_test``."""
-    return primary_source(sources, configured) or "combined_test"
-
-
-def expected_counts(manifest: Mapping[str, Any], split: str) -> dict[str, int]:
-    """Samples per source that the manifest promises for ``split`` (``splits.<split>.<source>.{real,fake}``)."""
-    by_source = manifest.get("splits", {}).get(split, {})
-    counts = {}
-    for source, classes in by_source.items():
-        if isinstance(classes, Mapping):
-            counts[source] = int(classes.get("real", 0)) + int(classes.get("fake", 0))
-    return counts
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One model's outputs on one split, in loader order."""
-
-    split: str
-    data_manifest_sha256: str
-    labels: np.ndarray
-    probs_real: np.ndarray
-    metas: dict[str, list[str]]
-
-    def metrics(self, *, threshold: float = 0.5, calibrated: float | None = None) -> dict[str, Any]:
-        return breakdown_metrics(self.labels, self.probs_real, self.metas, threshold=threshold,
-                                 calibrated=calibrated)
-
-    def predictions(self) -> dict[str, list]:
-        """What ``eval/<model>.predictions.json`` keeps per image (for ROC curves, paired tests, videos)."""
-        return {
-            "labels": self.labels.tolist(),
-            "probs_real": [round(float(x), 6) for x in self.probs_real],
-            **{k: [str(v) for v in self.metas[k]] for k in PREDICTION_KEYS if k in self.metas},
-        }
-
-
-PREDICTION_KEYS = ("source", "generator", "sha256", "group", "frame")
-
-
-def check_counts(data: str, split: str, metas: Mapping[str, Sequence[Any]], expected: Mapping[str, int]) -> None:
-    """Warn where the loader gave another number of samples per source than the manifest lists."""
-    seen: dict[str, int] = {}
-    for s in metas["source"]:
-        seen[str(s)] = seen.get(str(s), 0) + 1
-    for source, n in expected.items():
-        if n and seen.get(source, 0) != n:
-            log.warning("%s %s/%s: scored %d samples, the manifest lists %d", data, split, source,
-                        seen.get(source, 0), n)
-
-
-def score_split(
-    model: Any,
-    data: str,
-    split: str,
-    *,
-    image_size: int,
-    batch_size: int = 128,
-    device: Any = "cpu",
-    num_workers: int = 0,
-    precision: str = "fp32",
-) -> Scored:
-    """``model``'s probability of Real for every image of ``split`` in the shards at ``data``."""
-    import torch
-
-    from detector.data.loader import build_loader, manifest_sha256, read_manifest
-    from detector.train import collect_predictions
-
-    device = torch.device(device)
-    manifest = read_manifest(data)
-    expected = expected_counts(manifest, split)
-    if not any(expected.values()):
-        raise ValueError(f"{data}: the manifest lists no {split} samples")
-    loader = build_loader(data, split, batch_size=batch_size, image_size=image_size, train=False,
-                          num_workers=num_workers, with_meta=True, pin_memory=device.type == "cuda",
-                          normalize=False)
-    labels, probs, metas = collect_predictions(model, loader, device=device, precision=precision)
-    if metas is None or "source" not in metas:
-        raise ValueError(f"{data}: the {split} loader returned no per-sample source (with_meta=True)")
-    check_counts(data, split, metas, expected)
-    return Scored(split, manifest_sha256(data), labels, probs, dict(metas))
-
-
-def evaluate_split(model: Any, data: str, split: str, *, threshold: float = 0.5, calibrated: float | None = None,
-                   **scoring: Any) -> dict[str, Any]:
-    """Score ``model`` on every source of ``split`` in the shards at ``data`` (``scoring``: ``image_size``,
-    ``batch_size``, ``device``, ``num_workers``, ``precision``, as ``score_split`` takes them).
-
-    Returns ``{"split", "data_manifest_sha256", "metrics": breakdown_metrics(...), "predictions":
-    {"labels", "probs_real", "source", "generator", "sha256", "group", "frame"}}`` (predictions in loader
-    order, for ROC curves, paired comparisons between models and video-level scores).
-    """
-    scored = score_split(model, data, split, **scoring)
-    return {
-        "split": split,
-        "data_manifest_sha256": scored.data_manifest_sha256,
-        "metrics": scored.metrics(threshold=threshold, calibrated=calibrated),
-        "predictions": scored.predictions(),
-    }

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from detector.data.loader import ShardDataset
-from detector.evaluate.metrics import Scored, check_counts
+from detector.evaluate.scoring import Scored, check_counts
 
 if TYPE_CHECKING:
     import torch
@@ -234,7 +234,7 @@ def evaluate_robustness(model: Any, data: str, cfg: RobustnessSection, *, primar
     import time
 
     from detector.data.loader import read_manifest
-    from detector.evaluate.metrics import expected_counts
+    from detector.evaluate.scoring import expected_counts
 
     origin = source_data(data)
     expected = expected_counts(read_manifest(origin), "test")

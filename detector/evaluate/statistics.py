@@ -33,7 +33,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from detector import REAL
-from detector.evaluate.metrics import generator_name, sources_with_own_set
+from detector.evaluate.metrics import generator_name
+from detector.evaluate.sets import sources_with_own_set
 
 METRICS = ("accuracy", "f1", "auc")
 MCNEMAR_METHOD = "score test (z = (c - b) / sqrt(b + c), no continuity correction)"

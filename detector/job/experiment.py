@@ -27,8 +27,9 @@ from detector.config import (
     to_dict,
 )
 from detector.distributed import per_rank_batch
-from detector.evaluate.metrics import CALIBRATIONS, PRIMARY_CHOICES
+from detector.evaluate.metrics import CALIBRATIONS
 from detector.evaluate.robustness import RobustnessSection
+from detector.evaluate.sets import PRIMARY_CHOICES
 from detector.job.runfolder import model_name
 from detector.prune.channels import MAX_SPARSITY as MAX_CHANNEL_SPARSITY
 from detector.prune.schedule import PruningSchedule, ScheduleKeys

@@ -132,7 +132,7 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     """
     from detector.data.loader import read_manifest
     from detector.evaluate.efficiency import efficiency_row
-    from detector.evaluate.metrics import primary_source
+    from detector.evaluate.sets import primary_source
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, meta = load_model(checkpoint, device=device)
@@ -187,7 +187,8 @@ def _score(model: torch.nn.Module, data: str, cfg: EvaluateSection, *, image_siz
            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(metrics, predictions, threshold) of ``model`` on val and test: the threshold is calibrated on the
     whole validation split, then applied to both."""
-    from detector.evaluate.metrics import calibrate_threshold, score_split
+    from detector.evaluate.metrics import calibrate_threshold
+    from detector.evaluate.scoring import score_split
 
     val, test = (score_split(model, data, split, image_size=image_size, batch_size=cfg.batch_size, device=device,
                              num_workers=cfg.num_workers) for split in ("val", "test"))

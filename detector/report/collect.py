@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from detector.evaluate.metrics import primary_source, sources_with_own_set
+from detector.evaluate.sets import primary_source, sources_with_own_set
 from detector.job.runfolder import RunFolder
 from detector.report.frontier import frontier_data
 from detector.prune import PruningInfo

@@ -14,6 +14,7 @@ from detector.io import atomic_open
 from detector.report.collect import ordered_sets
 from detector.report.frontier import frontier_figure
 from detector.report.pareto import pareto_figure
+from detector.report.roles import baseline
 
 
 def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
@@ -119,7 +120,7 @@ def _accuracy_figure(models: list[dict[str, Any]], stats: dict[str, Any], primar
     before = [(100 * m["sparsity"], 100 * m["before_finetune"]["metrics"][primary]["accuracy"])
               for m in models if (m.get("before_finetune") or {}).get("status") == "measured"
               and primary in m["before_finetune"]["metrics"]]
-    base = next((m for m in models if m["sparsity"] == 0), None)
+    base = baseline(models)
     if before and base is not None:
         before = [(0.0, 100 * base["metrics"][primary]["accuracy"]), *before]
         ax.plot(*zip(*before), "k--", marker="x", label=f"{primary}, right after pruning (not trained)")

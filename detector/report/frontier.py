@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from detector.job.runfolder import RunFolder, model_name
 from detector.report.robustness import model_summary
+from detector.report.roles import pruned_models
 from detector.report.statistics import set_words
-from detector.report.tables import Column, markdown, pct
+from detector.report.tables import Column, Section, markdown, pct
 
 
 
@@ -63,17 +64,16 @@ def test_claim(data: dict[str, Any], frontier: dict[str, Any]) -> str:
             + (f" Under perturbation, {model_name(s)} against the baseline: {robust}." if robust else ""))
 
 
-def frontier_section(data: dict[str, Any]) -> list[str]:
+def frontier_section(data: dict[str, Any]) -> Section:
     frontier = data.get("frontier")
     if not frontier:
-        return []
+        return Section()
     rule, ans = frontier["rule"], frontier.get("answer") or {}
     rows = [{"round": r["round"], "sparsity": p["sparsity"], "val_accuracy": p.get("val_accuracy"),
              "difference": p.get("difference"),
              "non_inferior": {True: "yes", False: "no", None: "not decided"}[p.get("non_inferior")]}
             for r in frontier["rounds"] for p in r["probes"]]
-    md = ["## How far can it be pruned? The sparsity frontier", "",
-          f"The frontier is the largest sparsity whose fine-tuned model is non-inferior to the baseline on the "
+    md = [f"The frontier is the largest sparsity whose fine-tuned model is non-inferior to the baseline on the "
           f"validation set: val accuracy (best epoch) at least the baseline's {100 * frontier['baseline_val_accuracy']:.2f} % "
           f"minus {100 * rule['margin']:g} pp. Round 1 probed {', '.join(f'{100 * s:g} %' for s in rule['grid'])}; "
           f"each later round probed {rule['parallel']} sparsit{'y' if rule['parallel'] == 1 else 'ies'} inside the "
@@ -88,7 +88,7 @@ def frontier_section(data: dict[str, Any]) -> list[str]:
                            Column("difference", "Difference from the baseline (pp)",
                                   lambda d: "n/a" if d is None else _pp(d)),
                            Column("non_inferior", "Non-inferior (val)")])]
-    return md
+    return Section("How far can it be pruned? The sparsity frontier", md)
 
 
 def frontier_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> None:
@@ -111,7 +111,7 @@ def frontier_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> N
             ax.scatter([100 * p["sparsity"] for p in pts], [100 * p["val_accuracy"] for p in pts], c=colour,
                        label=label, zorder=3)
     test_set = _test_set(data)
-    tested = [m for m in data["models"] if m["sparsity"] > 0 and (m.get("intervals") or {}).get(test_set)]
+    tested = [m for m in pruned_models(data["models"]) if (m.get("intervals") or {}).get(test_set)]
     if tested:
         iv = [m["intervals"][test_set]["accuracy"] for m in tested]
         ax.errorbar([100 * m["sparsity"] for m in tested], [100 * i["estimate"] for i in iv],

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from detector.job.pareto import PARETO_OBJECTIVES
-from detector.report.tables import Column, markdown, pct
+from detector.report.roles import baseline
+from detector.report.tables import Column, Section, markdown, pct
 
 UNITS = {"nonzero_params": ("non-zero weights (millions)", 1e-6), "model_bytes": ("sparse file (MiB)", 1 / 2**20),
          "latency_ms": ("latency, batch 1 (ms)", 1.0), "val_loss": ("val loss", 1.0),
@@ -25,10 +26,10 @@ def _picked(n: int) -> str:
     return "The model marked below was" if n == 1 else f"The {n} models marked below were"
 
 
-def pareto_section(data: dict[str, Any]) -> list[str]:
+def pareto_section(data: dict[str, Any]) -> Section:
     search = data.get("search") or {}
     if search.get("mode") != "pareto":
-        return []
+        return Section()
     objectives = search["objectives"]
     trials, front_ids, picks = _front(data)
     front = sorted((t for t in trials if t["trial_id"] in front_ids), key=lambda t: t["sparsity"])
@@ -43,8 +44,7 @@ def pareto_section(data: dict[str, Any]) -> list[str]:
         label, scale = UNITS[o]
         return lambda v: "n/a" if v is None else f"{scale * v:.3f}"
 
-    md = ["## Accuracy against size: the Pareto front", "",
-          f"One multi-objective Optuna study (TPE) searched the sparsity beside {', '.join(params)}: "
+    md = [f"One multi-objective Optuna study (TPE) searched the sparsity beside {', '.join(params)}: "
           f"{len(trials)} trials, objectives {', '.join(f'{o} ({PARETO_OBJECTIVES[o]})' for o in objectives)} "
           "(val values at the trial's last epoch; sizes of the pruned model). A trial is on the front when no other "
           f"is at least as good in every objective and better in one: {len(front)} "
@@ -54,7 +54,7 @@ def pareto_section(data: dict[str, Any]) -> list[str]:
                           *(Column(k, k, lambda v: f"{v:.3e}" if isinstance(v, float) else str(v)) for k in params),
                           *(Column(f"obj_{o}", UNITS[o][0], fmt(o)) for o in objectives),
                           Column("model", "Model")])]
-    return md
+    return Section("Accuracy against size: the Pareto front", md)
 
 
 def pareto_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> None:
@@ -81,7 +81,7 @@ def pareto_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> Non
     for t in front:
         ax.annotate(f"{100 * t['sparsity']:g} %", (xs * t["objectives"][x_name], ys * t["objectives"][y_name]),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
-    base = next((m for m in data["models"] if m["sparsity"] == 0), None)
+    base = baseline(data["models"])
     if base is not None and x_name == "nonzero_params" and y_name == "val_accuracy":
         ax.scatter([xs * base["efficiency"]["nonzero_params"]], [100 * base["metrics"]["combined_val"]["accuracy"]],
                    marker="*", s=160, c="k", label="dense baseline")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from detector.report.roles import pruned_models
 from detector.report.statistics import set_words
-from detector.report.tables import Column, Table, fixed, markdown, pct
+from detector.report.tables import Column, Section, Table, fixed, pct
 
 
 def perturbations(models: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -115,27 +116,24 @@ def model_summary(model: dict[str, Any], found: dict[str, dict[str, Any]] | None
     return "; ".join(parts)
 
 
-def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:
+def robustness_section(data: dict[str, Any]) -> Section:
     models = data["models"]
     found = perturbations(models)
     if not found:
-        return [], []
+        return Section()
     table = robustness_table(models)
     sets = sorted({p["set"] for p in found.values()})
     primary = data["primary"]["set"]
     where = "; ".join(f"{set_words(s)} for {', '.join(p['label'] for p in found.values() if p['set'] == s)}"
                       for s in sets)
-    md = ["## Robustness: does pruning cost robustness?", "",
-          f"Every model scored again on perturbed copies of the test images: {where}. Format equalisation runs on "
+    md = [f"Every model scored again on perturbed copies of the test images: {where}. Format equalisation runs on "
           "the whole test split, where JPEG and PNG sources mix; the others on the primary set. Each perturbation "
           "is applied to the decoded image before the resize to the model's input, identically for every model "
           "(docs/evaluation.md). Differences against the baseline pair the same perturbed images: the McNemar "
           "score test, with Tango's interval, as for the clean sets.", "",
-          markdown(table.rows, table.columns)]
+          table.markdown()]
     sentences, summary = [], []
-    for m in models:
-        if m["sparsity"] == 0:
-            continue
+    for m in pruned_models(models):
         paired = {name: vs for name, vs in (m.get("robustness_vs_baseline") or {}).items()
                   if "accuracy_difference" in vs}
         # the table words every result; the list repeats the significant ones, the summary the rest
@@ -152,4 +150,4 @@ def robustness_section(data: dict[str, Any]) -> tuple[list[str], list[Table]]:
     md += ["Per pruned model against the baseline, over every perturbation:", "", *(f"- {line}" for line in summary), ""] if summary else []
     if primary not in sets:
         md += [f"(The primary set, {set_words(primary)}, is not among the perturbed sets.)", ""]
-    return md, [table]
+    return Section("Robustness: does pruning cost robustness?", md, [table])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from detector.data.sources import SOURCE_NAMES
 from detector.job.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,8 @@ def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, 
                       "robustness": exp.evaluate.robustness.enabled},
             primary_set=exp.evaluate.primary_set,
             data_config={"path": exp.data.path, "pixels": exp.data.pixels,
-                         "sources": [k for k in ("faces140k", "celebdf", "synthbuster", "folder")
-                                     if getattr(exp.data, k)] + (["demo (built in)"] if exp.data.demo else [])},
+                         "sources": [f"{k} (built in)" if k == "demo" else k for k in SOURCE_NAMES
+                                     if getattr(exp.data, k)]},
         )
     if out.get("bootstrap_resamples", 1) < 1:
         raise ValueError(f"{run.config}: evaluate.bootstrap must be a positive integer, "

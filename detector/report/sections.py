@@ -1,18 +1,18 @@
 """Report sections beyond the paper's tables: which set is primary, errors by direction, the calibrated
 threshold, video-level Celeb-DF, SynthBuster per generator, the shortcut audit, and the paper's own numbers.
 
-Each function takes the collected data (``detector.report.collect``) and returns report.md lines, with the
-tables it showed (their CSV goes beside report.md).
+Each function takes the collected data (``detector.report.collect``) and returns its ``Section``: report.md
+lines under a heading, with the tables it showed (their CSV goes beside report.md); an empty one where the
+run has nothing for it (no evaluated model).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from detector.report.roles import baseline
 from detector.report.statistics import set_words
-from detector.report.tables import Column, Table, fixed, markdown, pct, thousands
-
-Section = tuple[list[str], list[Table]]
+from detector.report.tables import Column, Section, Table, fixed, pct, thousands
 
 # The paper's numbers on the balanced 140k test set (Table 5, Table 7, Fig 5), and its Table 3.
 PAPER_TABLE5 = {"baseline": 0.9548, "prune-10": 0.9883, "prune-20": 0.9887, "prune-30": 0.9881, "prune-40": 0.9886}
@@ -27,19 +27,21 @@ ERROR_NAMING = ("With real as the positive class (as precision and recall here),
                 "Negatives (misclassifying 'Fake' as 'Real')\"). So this report names every error by its direction.")
 
 
-def _show(table: Table) -> str:
-    return markdown(table.rows, table.columns)
-
-
-def primary_lines(data: dict[str, Any]) -> list[str]:
+def primary_section(data: dict[str, Any]) -> Section:
+    if not data["models"]:
+        return Section()
     p = data["primary"]
-    return [f"**Primary set: `{p['set']}`**, {p['description']} (`evaluate.primary_set: {p['configured']}`). Fig 5, "
-            "Table 5's first column, the pruning table and the conclusions are on it; the combined test set and "
-            "each source's test set are further views, labelled by name.", ""]
+    return Section(lines=[
+        f"**Primary set: `{p['set']}`**, {p['description']} (`evaluate.primary_set: {p['configured']}`). Fig 5, "
+        "Table 5's first column, the pruning table and the conclusions are on it; the combined test set and "
+        "each source's test set are further views, labelled by name.", ""])
 
 
-def errors_section(models: list[dict[str, Any]], primary: str) -> Section:
+def errors_section(data: dict[str, Any]) -> Section:
     """Fig 5 in numbers: every model's errors on the primary set, by direction."""
+    models, primary = data["models"], data["primary"]["set"]
+    if not models:
+        return Section()
     rows = []
     for m in models:
         v = m["metrics"][primary]
@@ -54,13 +56,15 @@ def errors_section(models: list[dict[str, Any]], primary: str) -> Section:
         Column("fake_predicted_fake", "Fake predicted fake", thousands),
         Column("real_predicted_real", "Real predicted real", thousands),
         Column("recall_fake", "Recall (fake)", pct), Column("recall_real", "Recall (real)", pct)], extra_csv=("data_set",))
-    md = [f"## Fig 5 in numbers: errors by direction on {set_words(primary)} (primary)", "", _show(table),
-          ERROR_NAMING, ""]
-    return md, [table]
+    return Section(f"Fig 5 in numbers: errors by direction on {set_words(primary)} (primary)",
+                   [table.markdown(), ERROR_NAMING, ""], [table])
 
 
-def threshold_section(models: list[dict[str, Any]], primary: str) -> Section:
+def threshold_section(data: dict[str, Any]) -> Section:
     """Accuracy at 0.5 beside accuracy at the threshold calibrated on the validation set."""
+    models, primary = data["models"], data["primary"]["set"]
+    if not models:
+        return Section()
     rows = []
     for m in models:
         t = m.get("threshold") or {}
@@ -71,7 +75,7 @@ def threshold_section(models: list[dict[str, Any]], primary: str) -> Section:
                      "test_calibrated": (test.get("at_calibrated") or {}).get("accuracy"), "note": t.get("note")})
     if not any(r["threshold"] is not None for r in rows):
         notes = sorted({r["note"] or "not recorded (evaluated before calibration existed)" for r in rows})
-        return ["## Accuracy at a calibrated threshold", "", f"No calibrated threshold: {'; '.join(notes)}.", ""], []
+        return Section("Accuracy at a calibrated threshold", [f"No calibrated threshold: {'; '.join(notes)}.", ""])
     table = Table("thresholds.csv", rows, [
         Column("model", "Model"), Column("threshold", "Threshold (chosen on combined_val)", fixed(4)),
         Column("val_at_05", "Val accuracy at 0.5", pct), Column("val_calibrated", "Val accuracy at threshold", pct),
@@ -80,12 +84,12 @@ def threshold_section(models: list[dict[str, Any]], primary: str) -> Section:
     methods = sorted({str(r["method"]) for r in rows})
     how = {"eer": "where fakes predicted real are as frequent as reals predicted fake (the EER point)",
            "accuracy": "with the highest validation accuracy"}
-    md = ["## Accuracy at 0.5 and at a threshold calibrated on validation", "", _show(table),
-          f"Each model's threshold is chosen on the combined validation set only ({'; '.join(how.get(x, x) for x in methods)}; "
-          "`evaluate.threshold_calibration`), never on test images, then applied unchanged to every test set "
-          "(metrics.csv: accuracy at it for every set). A detector whose scores drift between data sets gains "
-          "here what a fixed 0.5 loses; the gap between the two test columns is that drift.", ""]
-    return md, [table]
+    return Section("Accuracy at 0.5 and at a threshold calibrated on validation", [
+        table.markdown(),
+        f"Each model's threshold is chosen on the combined validation set only ({'; '.join(how.get(x, x) for x in methods)}; "
+        "`evaluate.threshold_calibration`), never on test images, then applied unchanged to every test set "
+        "(metrics.csv: accuracy at it for every set). A detector whose scores drift between data sets gains "
+        "here what a fixed 0.5 loses; the gap between the two test columns is that drift.", ""], [table])
 
 
 def _celebdf_protocol(data: dict[str, Any]) -> str:
@@ -98,8 +102,11 @@ def _celebdf_protocol(data: dict[str, Any]) -> str:
     return "a split protocol the data does not record"
 
 
-def video_section(models: list[dict[str, Any]], data: dict[str, Any]) -> Section:
+def video_section(data: dict[str, Any]) -> Section:
     """Frame-level beside video-level scores for sources whose images are video frames (Celeb-DF)."""
+    models = data["models"]
+    if not models:
+        return Section()
     rows = []
     for m in models:
         for source, v in (m.get("videos") or {}).items():
@@ -112,9 +119,9 @@ def video_section(models: list[dict[str, Any]], data: dict[str, Any]) -> Section
                          "video_auc": v["metrics"].get("auc"), "video_accuracy": v["metrics"].get("accuracy"),
                          "video_accuracy_calibrated": (v["metrics"].get("at_calibrated") or {}).get("accuracy")})
     if not rows:
-        return ["## Celeb-DF v2: frame level and video level", "",
-                "No test source is made of video frames, so there are no video-level scores: import Celeb-DF v2 "
-                "with `detector prepare --celebdf DIR --frames-per-video N` (docs/evaluation.md).", ""], []
+        return Section("Celeb-DF v2: frame level and video level", [
+            "No test source is made of video frames, so there are no video-level scores: import Celeb-DF v2 "
+            "with `detector prepare --celebdf DIR --frames-per-video N` (docs/evaluation.md).", ""])
     table = Table("videos.csv", rows, [
         Column("model", "Model"), Column("source", "Source"), Column("videos", "Videos", thousands),
         Column("frames_per_video", "Frames per video"), Column("frame_auc", "Frame AUC", fixed(4)),
@@ -124,16 +131,16 @@ def video_section(models: list[dict[str, Any]], data: dict[str, Any]) -> Section
     opts = (((data["run"].get("data") or {}).get("import_options") or {}).get("sources") or {}).get("celebdf") or {}
     asked = f" (`detector prepare --frames-per-video {opts['frames_per_video']}`, evenly spaced)" \
         if opts.get("frames_per_video") else ""
-    md = ["## Celeb-DF v2: frame level and video level", "",
-          f"Test videos from {_celebdf_protocol(data)}. Each video contributed the frames shown{asked}; a video's "
-          "score is the mean of its frames' probabilities of real, its label its frames' label (DeepfakeBench's "
-          "video-level protocol). Frame-level numbers treat every frame as an image.", "", _show(table)]
-    return md, [table]
+    return Section("Celeb-DF v2: frame level and video level", [
+        f"Test videos from {_celebdf_protocol(data)}. Each video contributed the frames shown{asked}; a video's "
+        "score is the mean of its frames' probabilities of real, its label its frames' label (DeepfakeBench's "
+        "video-level protocol). Frame-level numbers treat every frame as an image.", "", table.markdown()], [table])
 
 
-def generator_section(models: list[dict[str, Any]]) -> Section:
+def generator_section(data: dict[str, Any]) -> Section:
     """Per generator: the share of its fakes each model catches, and, where the source has reals, AUC and AP
     of the reals against that generator's fakes (the SynthBuster paper's per-generator view)."""
+    models = data["models"]
     recall_rows, vs_rows = [], []
     for m in models:
         for name, v in m["metrics"].items():
@@ -151,14 +158,14 @@ def generator_section(models: list[dict[str, Any]]) -> Section:
                                 "reals": v["support"]["real"], "fakes": v["support"]["fake"], "auc": v.get("auc"),
                                 "ap_fake": v.get("ap_fake"), "ap_real": v.get("ap_real"), "eer": v.get("eer")})
     if not recall_rows and not vs_rows:
-        return [], []
-    tables, md = [], ["## Per generator", ""]
+        return Section()
+    tables, md = [], []
     if recall_rows:
         t = Table("generators.csv", recall_rows, [
             Column("model", "Model"), Column("source", "Source"), Column("generator", "Generator"),
             Column("fakes", "Fakes", thousands), Column("fake_recall", "Fakes detected (recall, fake)", pct)])
         tables.append(t)
-        md += ["The share of each generator's fakes that each model predicts fake (at 0.5):", "", _show(t)]
+        md += ["The share of each generator's fakes that each model predicts fake (at 0.5):", "", t.markdown()]
     if vs_rows:
         t = Table("generators_vs_reals.csv", vs_rows, [
             Column("model", "Model"), Column("source", "Source"), Column("generator", "Generator"),
@@ -166,21 +173,21 @@ def generator_section(models: list[dict[str, Any]]) -> Section:
             Column("ap_fake", "AP (fake positive)", fixed(4)), Column("eer", "EER", fixed(4))], extra_csv=("ap_real",))
         tables.append(t)
         md += ["Each generator's fakes ranked against all real images of the same source (AUC, and AP with "
-               "the fakes as the class searched for), as the SynthBuster paper reports them:", "", _show(t)]
+               "the fakes as the class searched for), as the SynthBuster paper reports them:", "", t.markdown()]
     notes = sorted({f"- {source}: AUC and AP per generator {note}." for m in models
                     for source, note in (m.get("vs_reals_notes") or {}).items()})
     md += notes + ([""] if notes else [])
-    return md, tables
+    return Section("Per generator", md, tables)
 
 
 def audit_section(data: dict[str, Any]) -> Section:
     """The shortcut audit of the data (``detector.data.audit``), as ``detector prepare`` measured it."""
+    title = "Shortcut audit: can file metadata alone tell real from fake?"
     audit = (data["run"].get("data") or {}).get("audit")
-    md = ["## Shortcut audit: can file metadata alone tell real from fake?", ""]
     if not audit:
-        return md + ["Not recorded: this run's evaluations carry no audit of their data.", ""], []
+        return Section(title, ["Not recorded: this run's evaluations carry no audit of their data.", ""])
     if "groups" not in audit:
-        return md + [f"Audit {audit.get('status', 'not measured')}.", ""], []
+        return Section(title, [f"Audit {audit.get('status', 'not measured')}.", ""])
     rows = []
     for g in audit["groups"]:
         q = g["jpeg_quality"]
@@ -195,7 +202,7 @@ def audit_section(data: dict[str, Any]) -> Section:
         Column("jpeg_quality", "JPEG quality, median [min, max]"), Column("size", "Commonest size"),
         Column("distinct_sizes", "Sizes")])
     tree = audit["classifier"]
-    md += [_show(table)]
+    md = [table.markdown()]
     if tree["status"] != "fit":
         md += [f"Metadata classifier: {tree['status']}.", ""]
     else:
@@ -205,26 +212,28 @@ def audit_section(data: dict[str, Any]) -> Section:
                f"images, scores {100 * tree['accuracy']:.1f} % on the {tree['val_images']:,} validation images "
                f"(balanced accuracy {100 * tree['balanced_accuracy']:.1f} %; chance, the majority class: "
                f"{100 * tree['chance']:.1f} %). {verdict}", ""]
-    return md, [table]
+    return Section(title, md, [table])
 
 
 def paper_section(data: dict[str, Any]) -> Section:
     """This run beside the paper's accuracies, where the paper's own numbers agree with each other."""
-    md = ["## Against the paper's numbers", ""]
+    title = "Against the paper's numbers"
+    if not data["models"]:
+        return Section()
     if data["primary"]["source"] != "faces140k":
-        return md + ["The paper's accuracies are on the balanced 140k test set; this run's primary set is "
-                     f"{data['primary']['description']}, so no number is compared with them.", ""], []
+        return Section(title, ["The paper's accuracies are on the balanced 140k test set; this run's primary set "
+                               f"is {data['primary']['description']}, so no number is compared with them.", ""])
     run = data["run"]
     setting = (run.get("arch"), run.get("image_size"))
     caveat = "" if setting == ("resnet50", 224) else (
         f" This run is {setting[0]} at {setting[1]} px, not the paper's ResNet-50 at 224 px: the columns show the "
         "gap, not a replication.")
-    rows = []
+    rows, base = [], baseline(data["models"])
     for m in data["models"]:
         if m["name"] not in PAPER_TABLE5:
             continue
         iv = ((m.get("intervals") or {}).get("faces140k") or {}).get("accuracy") or {}
-        paper = None if m["name"] == "baseline" else PAPER_TABLE5[m["name"]]
+        paper = None if m is base else PAPER_TABLE5[m["name"]]
         inside = None if paper is None or iv.get("low") is None else iv["low"] <= paper <= iv["high"]
         rows.append({"model": m["name"], "paper": paper, "run": m["metrics"]["faces140k"]["accuracy"],
                      "paper_text": (f"{100 * PAPER_TABLE3_BASELINE:.2f}% (Table 3) or {100 * PAPER_TABLE5['baseline']:.2f}% "
@@ -235,11 +244,11 @@ def paper_section(data: dict[str, Any]) -> Section:
         Column("model", "Model"), Column("paper_text", "Paper (Table 5)"), Column("run", "This run (faces140k)", pct),
         Column("low", "95 % CI low", pct), Column("high", "95 % CI high", pct),
         Column("within", "Paper's value within this run's interval")], extra_csv=("paper",))
-    md += [_show(table),
-           f"The paper's baseline has two accuracies on the same test set: {100 * PAPER_TABLE3_BASELINE:.2f} % in "
-           f"Table 3 and {100 * PAPER_TABLE5['baseline']:.2f} % in Table 5, Table 7 and the abstract; its Fig 5 "
-           f"counts ({PAPER_FIG5_BASELINE['fake predicted real']} fakes predicted real and "
-           f"{PAPER_FIG5_BASELINE['real predicted fake']} reals predicted fake of {PAPER_TEST_IMAGES:,}) give the "
-           "latter. Since they disagree, the baseline is not compared with either (docs/protocol.md). The pruned "
-           "models' values agree across Tables 5 and 7 and are compared." + caveat, ""]
-    return md, [table]
+    return Section(title, [
+        table.markdown(),
+        f"The paper's baseline has two accuracies on the same test set: {100 * PAPER_TABLE3_BASELINE:.2f} % in "
+        f"Table 3 and {100 * PAPER_TABLE5['baseline']:.2f} % in Table 5, Table 7 and the abstract; its Fig 5 "
+        f"counts ({PAPER_FIG5_BASELINE['fake predicted real']} fakes predicted real and "
+        f"{PAPER_FIG5_BASELINE['real predicted fake']} reals predicted fake of {PAPER_TEST_IMAGES:,}) give the "
+        "latter. Since they disagree, the baseline is not compared with either (docs/protocol.md). The pruned "
+        "models' values agree across Tables 5 and 7 and are compared." + caveat, ""], [table])

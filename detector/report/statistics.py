@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from detector.evaluate.statistics import DIFFERENCE_METHOD, MCNEMAR_METHOD, compare_models, compare_robustness
-from detector.report.tables import Column, markdown
+from detector.report.roles import baseline, pruned_models
+from detector.report.tables import Column, Section, Table, markdown
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ def add_statistics(models: list[dict[str, Any]], *, resamples: int, primary: str
             predictions[m["name"]] = json.loads(path.read_text())
         else:
             missing.append(m["name"])
-    baseline = next((m["name"] for m in models if m["sparsity"] == 0), None)
-    reference = baseline if baseline in predictions else None
+    base = baseline(models)
+    reference = base["name"] if base is not None and base["name"] in predictions else None
     log.info("statistics: %d models, %d bootstrap resamples, reference %s", len(predictions), resamples, reference)
     results = compare_models(predictions, reference=reference, resamples=resamples, confidence=CONFIDENCE,
                              seed=SEED, alpha=ALPHA) if predictions else {}
@@ -102,14 +103,13 @@ def statistics_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def statistics_section(data: dict[str, Any]) -> list[str]:
-    """report.md lines for the statistics (the CSV is ``statistics_rows``)."""
+def statistics_section(data: dict[str, Any]) -> Section:
+    """The intervals and tests in report.md, every one of them in statistics.csv (``statistics_rows``)."""
     stats, models = data.get("statistics") or {}, data["models"]
     if not any(m.get("intervals") for m in models):
-        return []
+        return Section()
     pct = f"{round(100 * stats['confidence'])} %"
-    md = [f"## Uncertainty: {pct} confidence intervals and paired tests against the baseline", "",
-          f"Each model's own accuracy, F1 and AUC: {stats['interval_method']}, {stats['bootstrap_resamples']} "
+    md = [f"Each model's own accuracy, F1 and AUC: {stats['interval_method']}, {stats['bootstrap_resamples']} "
           f"resamples (`evaluate.bootstrap`), seed {stats['seed']}. A pruned model against the baseline, on the "
           f"same test images ({stats['pairing']}): {stats['paired_test']}; the interval of the accuracy "
           f"difference is {stats['difference_interval']}, so it excludes 0 exactly when p < {stats['alpha']}: "
@@ -139,7 +139,8 @@ def statistics_section(data: dict[str, Any]) -> list[str]:
             Column("difference", f"Accuracy difference (pp, {pct} CI)", lambda x: _ci(x, unit="", signed=True)),
             Column("b", "Baseline right, model wrong"), Column("c", "Baseline wrong, model right"),
             Column("p", "McNemar p", lambda p: f"{p:.3g}"), Column("conclusion", "Conclusion")])]
-    return md
+    return Section(f"Uncertainty: {pct} confidence intervals and paired tests against the baseline", md,
+                   [Table("statistics.csv", statistics_rows(models), STATISTICS_COLUMNS)])
 
 
 def _pp(x: float) -> str:
@@ -235,7 +236,7 @@ def _devices(models: list[dict[str, Any]]) -> str:
 
 def efficiency_note(models: list[dict[str, Any]]) -> str:
     """What Table 6's columns measure, and what its numbers show about size and speed, in words that follow them."""
-    base = next((m for m in models if m["sparsity"] == 0), None)
+    base = baseline(models)
     e0 = (base or models[0])["efficiency"]
     text = ("State dict: the bytes of the model's dense saved state dict (masks made permanent) / 2^20, the "
             "paper's \"size\". Model file: `models/<model>.pt` as it lies on disk; an unstructured model's file "
@@ -247,7 +248,7 @@ def efficiency_note(models: list[dict[str, Any]]) -> str:
             f"another on {_devices(models)}; a timing counts as different from the baseline's only where the "
             "two spreads do not overlap (\"within noise\" otherwise); on a CPU shared with other work even that is "
             "weak evidence.")
-    pruned = [m for m in models if m["sparsity"] > 0]
+    pruned = pruned_models(models)
     if base is None or not pruned:
         return text
     top = max(pruned, key=lambda m: m["sparsity"])
@@ -267,22 +268,22 @@ def efficiency_note(models: list[dict[str, Any]]) -> str:
     return text
 
 
-def semistructured_section(models: list[dict[str, Any]]) -> list[str]:
+def semistructured_section(data: dict[str, Any]) -> Section:
     """The 2:4 sparsity measurement of the baseline, or the reason it was skipped."""
-    base = next((m for m in models if m["sparsity"] == 0 and m.get("semistructured")), None)
-    if base is None:
-        return []
+    base = baseline(data["models"])
+    if base is None or not base.get("semistructured"):
+        return Section()
     s = base["semistructured"]
-    md = ["## 2:4 semi-structured sparsity (GPU)", ""]
+    title = "2:4 semi-structured sparsity (GPU)"
     if s["status"] != "measured":
-        return md + [f"2:4 variant of the baseline: {s['status']}.", ""]
+        return Section(title, [f"2:4 variant of the baseline: {s['status']}.", ""])
     rows = [{"batch": batch, "dense": t["dense"], "sparse": t["2:4"], "speedup": s["speedup"][batch]}
             for batch, t in s["latency_ms"].items()]
-    md += [f"The baseline with 2 of every 4 weights zeroed in {s['layers_2_4']} layers "
-           f"({100 * s['weights_covered']:.1f} % of the prunable weights; {s['unsupported_layers']} layers stay "
-           f"dense), {s['dtype']} on {s['device']}, image size {s['image_size']}. Latency only: this variant is "
-           "not fine-tuned, so no accuracy is claimed for it.", "",
-           markdown(rows, [Column("batch", "Batch"), Column("dense", "Dense (ms)", lambda x: f"{x:.3f}"),
-                           Column("sparse", "2:4 (ms)", lambda x: f"{x:.3f}"),
-                           Column("speedup", "Speed-up", lambda x: f"{x:.2f}x")])]
-    return md
+    md = [f"The baseline with 2 of every 4 weights zeroed in {s['layers_2_4']} layers "
+          f"({100 * s['weights_covered']:.1f} % of the prunable weights; {s['unsupported_layers']} layers stay "
+          f"dense), {s['dtype']} on {s['device']}, image size {s['image_size']}. Latency only: this variant is "
+          "not fine-tuned, so no accuracy is claimed for it.", "",
+          markdown(rows, [Column("batch", "Batch"), Column("dense", "Dense (ms)", lambda x: f"{x:.3f}"),
+                          Column("sparse", "2:4 (ms)", lambda x: f"{x:.3f}"),
+                          Column("speedup", "Speed-up", lambda x: f"{x:.2f}x")])]
+    return Section(title, md)

@@ -1,4 +1,5 @@
-"""Tables: a list of flat dict rows and the columns to show, written as Markdown and as CSV by one writer.
+"""Tables: a list of flat dict rows and the columns to show, written as Markdown and as CSV by one writer;
+and the report's sections, which show tables and say what they mean.
 
 A column exists once, by name: the row's key is the CSV header and holds the raw value (a number stays a
 number in the CSV), and the column's ``fmt`` turns it into the Markdown cell. Every table of the report,
@@ -70,6 +71,27 @@ class Table:
     @property
     def csv_columns(self) -> list[Column]:
         return self.columns + [Column(k) for k in self.extra_csv if k not in {c.key for c in self.columns}]
+
+    def markdown(self) -> str:
+        return markdown(self.rows, self.columns)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of report.md: its heading, its Markdown lines (a table shown as ``Table.markdown()`` in
+    place), and the tables whose CSV it puts beside report.md, shown or not: a table with no rows still
+    gets its header row, so scripts find the same files in every report. ``Section()`` shows nothing.
+
+    >>> Section("Results", ["No model yet.", ""]).markdown()
+    ['## Results', '', 'No model yet.', '']
+    """
+
+    title: str | None = None  # None: lines that go on under the heading before them
+    lines: Sequence[str] = ()
+    tables: Sequence[Table] = ()
+
+    def markdown(self) -> list[str]:
+        return [f"## {self.title}", "", *self.lines] if self.title is not None else list(self.lines)
 
 
 def _columns(columns: Sequence[Column | str]) -> list[Column]:

@@ -7,7 +7,8 @@ it can be rewritten at any time, on any machine, without Ray or a GPU::
     detector report RUN
 
 Every table is a list of flat dict rows and its columns (``detector.report.tables``): the same rows give
-the Markdown table in report.md and the CSV file beside it.
+the Markdown table in report.md and the CSV file beside it. Every part of report.md is a ``Section`` (a
+heading, its lines, its tables); ``SECTIONS`` lists them in order.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from detector.io import atomic_write_json, atomic_write_text
 from detector.job.runfolder import RunFolder
@@ -25,11 +26,11 @@ from detector.report.figures import write_figures
 from detector.report.frontier import frontier_section
 from detector.report.pareto import pareto_section
 from detector.report.robustness import robustness_section
-from detector.report.sections import (audit_section, errors_section, generator_section, paper_section, primary_lines,
-                                      threshold_section, video_section)
-from detector.report.statistics import (STATISTICS_COLUMNS, efficiency_note, semistructured_section,
-                                        statistics_rows, statistics_section, timing_flag)
-from detector.report.tables import Column, Table, csv_text, fixed, markdown, pct, thousands
+from detector.report.roles import baseline, pruned_models
+from detector.report.sections import (audit_section, errors_section, generator_section, paper_section,
+                                      primary_section, threshold_section, video_section)
+from detector.report.statistics import efficiency_note, semistructured_section, statistics_section, timing_flag
+from detector.report.tables import Column, Section, Table, csv_text, fixed, markdown, pct, thousands
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,18 @@ def _epochs(training: dict[str, Any] | None) -> str:
 
 # -- what the run ran on ---------------------------------------------------------------------------------
 
-def header_section(data: dict[str, Any]) -> list[str]:
+def title_section(data: dict[str, Any]) -> Section:
+    run_dir = Path(data["run_dir"])
+    return Section(lines=[f"# Report: {run_dir.name}", "",
+                          f"Run folder: `{run_dir}`. Every number below is read from the run folder's "
+                          "`experiment.yaml`, `eval/`, `search/` and `models/` files; `detector report RUN` "
+                          "rewrites this page.", ""])
+
+
+def header_section(data: dict[str, Any]) -> Section:
     """The run's configuration and data, before any result."""
     run, models, trials = data["run"], data["models"], data["trials"]
-    md = ["## The run", ""]
+    md: list[str] = []
     if run.get("config") is None:
         md += ["This run folder has no `experiment.yaml`: its configuration is unknown.", ""]
     else:
@@ -93,13 +102,13 @@ def header_section(data: dict[str, Any]) -> list[str]:
         paper = "" if (arch, size) == PAPER_SETTING else \
             f" (the paper's setting is {PAPER_SETTING[0]} at {PAPER_SETTING[1]} px: this run is not that)"
         md += [f"Configuration `{run['config']}` (name `{run['name']}`): **{arch} at {size}x{size} px**{paper}.", ""]
-        base = next((m for m in models if m["sparsity"] == 0), None)
-        pruned = [m for m in models if m["sparsity"] > 0]
+        base = baseline(models)
         run_epochs = {
             "baseline": _epochs(base["training"]) if base else "not evaluated",
             "search trial": (f"{', '.join(sorted({str(t['epochs']) for t in trials}))} per trial, {len(trials)} "
                              "trials" if trials else "no trials recorded"),
-            "fine-tune": "; ".join(f"{m['name']}: {_epochs(m['training'])}" for m in pruned) or "none evaluated",
+            "fine-tune": "; ".join(f"{m['name']}: {_epochs(m['training'])}" for m in pruned_models(models))
+                         or "none evaluated",
         }
         rows = [{"stage": stage, **cfg, "epochs_run": run_epochs[stage]} for stage, cfg in run["stages"].items()]
         md += [markdown(rows, [Column("stage", "Stage"), Column("max_epochs", "Max epochs"),
@@ -119,7 +128,7 @@ def header_section(data: dict[str, Any]) -> list[str]:
                f"validation set ({run['evaluate'].get('threshold_calibration', 'eer')}) beside 0.5; robustness "
                f"{'on' if run['evaluate'].get('robustness') else 'off'} (`evaluate.robustness`).", ""]
     md += _data_lines(run)
-    return md
+    return Section("The run", md)
 
 
 def _data_lines(run: dict[str, Any]) -> list[str]:
@@ -138,13 +147,24 @@ def _data_lines(run: dict[str, Any]) -> list[str]:
 
 # -- the paper's tables ----------------------------------------------------------------------------------
 
-def table3(baseline: dict[str, Any] | None, primary: str = "combined_test") -> Table:
-    """The baseline on every data set (not per generator), the primary set first."""
-    rows = [] if baseline is None else [
-        {"dataset": name, "role": "primary" if name == primary else "", **metric_row(baseline["metrics"][name])}
-        for name in ordered_sets(list(baseline["metrics"]), primary) if "/" not in name]
+def table3(base: dict[str, Any] | None, primary: str = "combined_test") -> Table:
+    """The baseline (``base``) on every data set (not per generator), the primary set first."""
+    rows = [] if base is None else [
+        {"dataset": name, "role": "primary" if name == primary else "", **metric_row(base["metrics"][name])}
+        for name in ordered_sets(list(base["metrics"]), primary) if "/" not in name]
     return Table("table3_baseline.csv", rows, [Column("dataset", "Dataset"), Column("role", "Role"),
                                                *_metric_columns(), Column("samples", "Samples")])
+
+
+def table3_section(data: dict[str, Any]) -> Section:
+    base = baseline(data["models"])
+    t3 = table3(base, data["primary"]["set"])
+    if base is None:
+        return Section(tables=[t3])
+    return Section("Table 3. Baseline performance on all data sets", [
+        "Precision, recall and F1 for each class and their macro mean; AUC, average precision and EER rank the "
+        "probability of real (positive class: real, except where a column says otherwise).", "", t3.markdown(),
+        *undefined_lines([base], {r["dataset"] for r in t3.rows})], [t3])
 
 
 def _objective_title(metric: str, objective: str = "last") -> str:
@@ -182,6 +202,13 @@ def table4(data: dict[str, Any]) -> Table:
                pct if "accuracy" in metric else fixed(4)),
         Column("trial_id", "Trial"), Column("tied_with", "Tied with (same objective)", lambda v: v or "none"),
         Column("trials", "Trials")])
+
+
+def table4_section(data: dict[str, Any]) -> Section:
+    t4 = table4(data)
+    if not t4.rows:
+        return Section(tables=[t4])
+    return Section(table4_title(data["run"]), [t4.markdown(), *_search_lines(data, t4)], [t4])
 
 
 def _search_lines(data: dict[str, Any], t4: Table) -> list[str]:
@@ -228,15 +255,21 @@ def _same_set_lines(data: dict[str, Any]) -> list[str]:
             f"`{same}` (its generators keep their own rows)." for src, same in data["same_sets"].items()]
 
 
+def table5_section(data: dict[str, Any]) -> Section:
+    models, primary = data["models"], data["primary"]["set"]
+    t5 = table5(models, primary)
+    if not models:
+        return Section(tables=[t5])
+    return Section(f"Table 5. Accuracy comparison on the test sets (first column: {primary}, the primary set)",
+                   [t5.markdown(), *_same_set_lines(data), ""], [t5])
+
+
 def pruning_table(models: list[dict[str, Any]], primary: str = "combined_test") -> Table:
     """Each pruned model right after pruning (no training) beside after fine-tuning, with its epochs: test
     accuracy on the primary set, validation accuracy on the combined validation set."""
-    base = next((m for m in models if m["sparsity"] == 0), None)
-    base_epochs = (base or {}).get("training") or {}
+    base_epochs = (baseline(models) or {}).get("training") or {}
     rows = []
-    for m in models:
-        if m["sparsity"] == 0:
-            continue
+    for m in pruned_models(models):
         before = m.get("before_finetune") or {}
         measured = before.get("status") == "measured"
         b = before.get("metrics", {}) if measured else {}
@@ -262,8 +295,17 @@ def pruning_table(models: list[dict[str, Any]], primary: str = "combined_test") 
         Column("note", "Note", lambda x: x or "")])
 
 
+def pruning_section(data: dict[str, Any]) -> Section:
+    models, primary = data["models"], data["primary"]["set"]
+    table = pruning_table(models, primary)
+    if not table.rows:
+        return Section(tables=[table])
+    return Section(f"Pruning alone, and after fine-tuning (test: {primary}; val: combined_val)",
+                   [table.markdown(), *_pruning_lines(models, table, primary)], [table])
+
+
 def _pruning_lines(models: list[dict[str, Any]], table: Table, primary: str = "combined_test") -> list[str]:
-    base = next((m for m in models if m["sparsity"] == 0), None)
+    base = baseline(models)
     be = (base or {}).get("training") or {}
     if not be.get("best_epoch"):
         return ["The baseline's epochs are not recorded (`models/baseline.json`).", ""]
@@ -282,7 +324,7 @@ def _pruning_lines(models: list[dict[str, Any]], table: Table, primary: str = "c
 
 
 def table6(models: list[dict[str, Any]]) -> Table:
-    base = next((m for m in models if m["sparsity"] == 0), None)
+    base = baseline(models)
     rows = []
     for m in models:
         e = m["efficiency"]
@@ -310,6 +352,15 @@ def table6(models: list[dict[str, Any]]) -> Table:
     return Table("table6_efficiency.csv", rows, columns, extra_csv=("throughput_batch", "device"))
 
 
+def table6_section(data: dict[str, Any]) -> Section:
+    models = data["models"]
+    t6 = table6(models)
+    if not models:
+        return Section(lines=["No model has been evaluated yet (the evaluate stage writes `eval/`): tables 3, 5 and "
+                              "6 follow once it has run.", ""], tables=[t6])
+    return Section("Table 6. Model efficiency", [t6.markdown(), efficiency_note(models), ""], [t6])
+
+
 def metrics_table(models: list[dict[str, Any]]) -> Table:
     """Every metric of every model on every data set, per-generator rows included; confusion cells by
     direction, at 0.5, and accuracy at the validation-calibrated threshold."""
@@ -319,6 +370,17 @@ def metrics_table(models: list[dict[str, Any]]) -> Table:
         *(Column(key, name) for name, key in CELL_KEYS.items()),
         Column("accuracy_calibrated", "Accuracy at calibrated threshold", pct),
         Column("threshold_calibrated", "Calibrated threshold", fixed(4))])
+
+
+def metrics_section(data: dict[str, Any]) -> Section:
+    models = data["models"]
+    table = metrics_table(models)
+    if not models:
+        return Section(tables=[table])
+    return Section("All metrics", [
+        "Positive class: real (label 1); every confusion cell is named by its direction (true class, then "
+        "predicted class), at 0.5, and accuracy is also given at the validation-calibrated threshold.", "",
+        table.markdown(), *undefined_lines(models)], [table])
 
 
 def undefined_lines(models: list[dict[str, Any]], sets: set[str] | None = None) -> list[str]:
@@ -360,83 +422,46 @@ def trials_table(trials: list[dict[str, Any]]) -> Table:
         Column("start", "Start (UTC)", _clock), Column("end", "End (UTC)", _clock), Column("status", "Status")])
 
 
+def trials_section(data: dict[str, Any]) -> Section:
+    if not data["trials"]:
+        return Section()
+    table = trials_table(data["trials"])
+    return Section("Search trials", [table.markdown()], [table])
+
+
+def figures_section(figures: list[Path]) -> Section:
+    return Section("Figures", [*(f"![{f.stem}]({f.name})" for f in figures), ""])
+
+
+# report.md from top to bottom. Each section reads the collected data and decides itself whether it has
+# anything to show (most need an evaluated model), so this list is the report's whole outline.
+SECTIONS: tuple[Callable[[dict[str, Any]], Section], ...] = (
+    title_section, header_section, frontier_section, pareto_section, primary_section, table3_section,
+    table4_section, table5_section, errors_section, threshold_section, pruning_section, statistics_section,
+    robustness_section, video_section, generator_section, audit_section, paper_section, table6_section,
+    semistructured_section, metrics_section, trials_section)
+
+
+def _csv_files(sections: list[Section]) -> dict[str, Table]:
+    out: dict[str, Table] = {}
+    for table in (t for s in sections for t in s.tables):
+        if table.csv in out:
+            raise ValueError(f"two tables of the report would write {table.csv}")
+        out[table.csv] = table
+    return out
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report/`` (report.md, report.json, *.csv, *.png); returns the report.md path."""
     run_dir = Path(run_dir)
     out = RunFolder(run_dir).report
     out.mkdir(parents=True, exist_ok=True)
     data = collect(run_dir)
-    models = data["models"]
-    baseline = next((m for m in models if m["sparsity"] == 0), None)
-    tables: list[Table] = []
-
-    def show(table: Table) -> str:
-        tables.append(table)
-        return markdown(table.rows, table.columns)
-
-    md: list[str] = [f"# Report: {run_dir.name}", ""]
-    md += [f"Run folder: `{run_dir}`. Every number below is read from the run folder's `experiment.yaml`, "
-           "`eval/`, `search/` and `models/` files; `detector report RUN` rewrites this page.", ""]
-    md += header_section(data)
-    md += frontier_section(data)
-    md += pareto_section(data)
-    primary = data["primary"]["set"]
-    if models:
-        md += primary_lines(data)
-    t3 = table3(baseline, primary)
-    if baseline:
-        md += ["## Table 3. Baseline performance on all data sets", "",
-               "Precision, recall and F1 for each class and their macro mean; AUC, average precision and EER rank "
-               "the probability of real (positive class: real, except where a column says otherwise).", "", show(t3)]
-        md += undefined_lines([baseline], {r["dataset"] for r in t3.rows})
-    t4 = table4(data)
-    if t4.rows:
-        md += [f"## {table4_title(data['run'])}", "", show(t4)]
-        md += _search_lines(data, t4)
-    pruning = pruning_table(models, primary)
-    if models:
-        md += [f"## Table 5. Accuracy comparison on the test sets (first column: {primary}, the primary set)", "",
-               show(table5(models, primary))]
-        md += _same_set_lines(data) + [""]
-        for section in (errors_section(models, primary), threshold_section(models, primary)):
-            md += section[0]
-            tables.extend(section[1])
-        if pruning.rows:
-            md += [f"## Pruning alone, and after fine-tuning (test: {primary}; val: combined_val)", "", show(pruning)]
-            md += _pruning_lines(models, pruning, primary)
-        md += statistics_section(data)
-        for section in (robustness_section(data), video_section(models, data), generator_section(models)):
-            md += section[0]
-            tables.extend(section[1])
-    for section in (audit_section(data), paper_section(data) if models else ([], [])):
-        md += section[0]
-        tables.extend(section[1])
-    if models:
-        md += ["## Table 6. Model efficiency", "", show(table6(models))]
-        md += [efficiency_note(models), ""]
-    else:
-        md += ["No model has been evaluated yet (the evaluate stage writes `eval/`): tables 3, 5 and 6 follow "
-               "once it has run.", ""]
-    md += semistructured_section(models)
-    if models:
-        md += ["## All metrics", "", "Positive class: real (label 1); every confusion cell is named by its direction "
-               "(true class, then predicted class), at 0.5, and accuracy is also given at the validation-calibrated "
-               "threshold.", "", show(metrics_table(models))]
-        md += undefined_lines(models)
-    if data["trials"]:
-        md += ["## Search trials", "", show(trials_table(data["trials"]))]
-
-    figures = write_figures(data, out)
-    md += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
-
-    # Empty tables still get their CSV (a header row), so scripts find every file in every report.
-    for table in {t.csv: t for t in [t3, t4, table5(models), pruning, table6(models), metrics_table(models),
-                                     *tables]}.values():
-        atomic_write_text(out / table.csv, csv_text(table.rows, table.csv_columns))
-    stats = statistics_rows(models)
-    if stats:
-        atomic_write_text(out / "statistics.csv", csv_text(stats, STATISTICS_COLUMNS))
+    sections = [section(data) for section in SECTIONS]
+    sections.append(figures_section(write_figures(data, out)))
+    for name, table in _csv_files(sections).items():
+        atomic_write_text(out / name, csv_text(table.rows, table.csv_columns))
     atomic_write_json(out / "report.json", data)
-    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.md", "\n".join(line for s in sections for line in s.markdown()))
     log.info("report: %s", out / "report.md")
     return out / "report.md"
