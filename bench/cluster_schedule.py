@@ -54,9 +54,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "jobs" / "configs" / "paper.yaml"
-# What each stage's trials are, in the pipeline's order.
-STAGE_TRAINABLES = {"baseline": "detector_baseline", "search": "detector_search", "finetune": "detector_finetune",
-                    "evaluate": "detector_evaluate"}
+# The stages whose trials are modelled, in the pipeline's order.
+MODELLED_STAGES = ("baseline", "search", "finetune", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -218,18 +217,8 @@ def modelled_work(work: WorkModel, timeline: Path) -> Iterator[Any]:
     """``detector.job.tune`` with each stage's trainable swapped for a modelled one, for the duration."""
     from detector.job import tune as dtune
 
-    missing = [name for name in STAGE_TRAINABLES.values() if not callable(getattr(dtune, name, None))]
-    if missing:
-        raise RuntimeError(f"detector.job.tune has no {', '.join(missing)}: this benchmark swaps the stages' "
-                           "trainables by those names; update STAGE_TRAINABLES to the module's trainables")
-    saved = {name: getattr(dtune, name) for name in STAGE_TRAINABLES.values()}
-    try:
-        for stage, name in STAGE_TRAINABLES.items():
-            setattr(dtune, name, modelled_trial(stage, work, timeline))
+    with dtune.replaced_trainables({stage: modelled_trial(stage, work, timeline) for stage in MODELLED_STAGES}):
         yield dtune
-    finally:
-        for name, fn in saved.items():
-            setattr(dtune, name, fn)
 
 
 # --------------------------------------------------------------------------------------------------

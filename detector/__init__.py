@@ -9,7 +9,7 @@ A library of plain functions and small dataclasses, one folder per stage:
 - ``detector.evaluate``  metrics, statistics, efficiency (Table 6), predict
 - ``detector.report``    the run's report, from the run folder alone
 - ``detector.job``       the experiment: config, run folder, stages, pipeline; ``job.tune`` is the only
-                         module that talks to Ray
+                         package that talks to Ray
 - ``detector.commands``  the ``detector`` command, one module per subcommand
 """
 

@@ -3,7 +3,7 @@
 import pytest
 from ray import tune
 
-from detector.job.tune import SparsitySearcher
+from detector.job.tune import SparsitySearcher, private_api
 
 SPACE = {"optimizer": tune.choice(["adam", "sgd"]), "lr": tune.loguniform(1e-6, 1e-4)}
 
@@ -31,7 +31,7 @@ def test_each_study_sees_only_its_own_trials():
     for i, acc in enumerate([0.6, 0.7, 0.8, 0.9]):
         s.on_trial_complete(f"t{i}", {"val_accuracy": acc, "training_iteration": 1})
     for sparsity, acc in zip([0.1, 0.2, 0.3, 0.4], [0.6, 0.7, 0.8, 0.9]):
-        study = s.studies[sparsity]._ot_study
+        study = private_api.study(s.studies[sparsity])
         assert [t.value for t in study.trials] == [acc]
         assert study.study_name == f"sparsity-{sparsity:g}"
 
@@ -41,7 +41,7 @@ def test_a_diverged_trial_is_a_failed_optuna_trial_not_a_value():
     s.suggest("t0")
     s.on_trial_result("t0", {"val_accuracy": float("nan"), "trial_failed": "loss became nan", "training_iteration": 1})
     s.on_trial_complete("t0", {"val_accuracy": float("nan"), "trial_failed": "loss became nan", "training_iteration": 1})
-    (trial,) = s.studies[0.1]._ot_study.trials
+    (trial,) = private_api.study(s.studies[0.1]).trials
     assert trial.value is None and trial.state.name == "FAIL"
 
 
@@ -103,15 +103,15 @@ def test_same_seed_same_suggestions():
 def test_the_pending_trials_setting_lasts_one_experiment_and_yields_to_the_users(monkeypatch):
     import os
 
-    from detector.job.tune import _env_default
+    from detector.job.tune import env_default
 
     monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
-    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):
+    with env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):
         assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "4"
     # gone again: a later search of 4 sparsities must not run with a 1-sparsity search's value
     assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
     monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "2")
-    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):
+    with env_default("TUNE_MAX_PENDING_TRIALS_PG", "4"):
         assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "2"
     assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "2"
 

@@ -173,17 +173,11 @@ def run(
 
 def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str], state: Any, stop: Any, *,
                 address: str | None, trust: bool) -> Any:
+    """The chosen ``stages`` in order, each skipped where its outputs exist; Ray's ``ClusterInfo``, or None
+    when no stage needed Ray."""
     run_dir = folder.root
-    data = folder.resolve(exp.data.path)
     t0 = time.time()
-    if "prepare" in stages:
-        state.stage("prepare", "running")
-        prepare_data(exp, data)
-    if exp.data.pixels and set(stages) - {"report"}:  # the report reads the run folder only
-        data = pixel_data(exp, folder, data, derive="prepare" in stages)
-    if "prepare" in stages:
-        state.stage("prepare", "done")
-
+    data = _prepare_stage(exp, folder, stages, state)
     todo = pending_work(exp, run_dir, stages)
     for stage, left in todo.items():
         if not left:
@@ -193,54 +187,10 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
     if any(todo.values()):
         from detector.job import tune as dtune
 
-        info = dtune.connect(address, exp, job_name=f"detector-{run_dir.name}")
-        stop.install()  # ray.init set a SIGTERM handler of its own; ours decides what a stop means
-        log.info("Ray: %s; resources %s", info.address, info.resources)
-        if info.dashboard_url:
-            log.info("Ray dashboard: %s", info.dashboard_url)
-        log.info("TensorBoard:   tensorboard --logdir %s", folder.tensorboard)
-        log.info("Status:        detector status %s --watch 10", run_dir)
+        info = _connect(exp, folder, stop, address)
         ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=data, trust_run_folder=trust)
         try:
-            if todo.get("baseline"):
-                state.stage("baseline", "running")
-                dtune.run_baseline(ctx, stop)
-                _drop(folder, exp, "baseline")
-                state.stage("baseline", "done")
-            if todo.get("search"):
-                _require(folder.model(0.0), "search", "baseline")
-                state.stage("search", "running")
-                if exp.search.mode == "frontier":
-                    _frontier_search(exp, folder, ctx, state, stop)
-                elif exp.search.mode == "pareto":
-                    atomic_write_json(folder.search_results, dtune.run_pareto(ctx, stop))
-                else:
-                    atomic_write_json(folder.search_results, dtune.run_search(ctx, stop))
-                    _drop(folder, exp, "search")
-                state.stage("search", "done")
-            if "finetune" in todo and exp.search.mode == "pareto":  # the front's picks are known only now
-                todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.model(s).exists()]
-            if todo.get("finetune"):
-                _require(folder.search_results, "finetune", "search")
-                best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.search_results)["best"].values()}
-                missing = [s for s in todo["finetune"] if s not in best]
-                if missing:
-                    raise ConfigError(f"finetune: {folder.search_results} has no best parameters for {missing}")
-                state.stage("finetune", "running")
-                rows = dtune.run_finetune(dataclasses.replace(ctx, best_params=best), todo["finetune"], stop)
-                atomic_write_json(folder.finetune_results, {"trials": rows})
-                _drop(folder, exp, "finetune")
-                state.stage("finetune", "done")
-            if "evaluate" in todo:  # a frontier's probes are known only now
-                todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)]
-                                    if not folder.evaluation(s).exists()]
-            if todo.get("evaluate"):
-                for s in todo["evaluate"]:
-                    _require(folder.model(s), "evaluate", "baseline" if s == 0 else "finetune")
-                state.stage("evaluate", "running")
-                dtune.run_evaluate(ctx, todo["evaluate"], stop)
-                _drop(folder, exp, "evaluate")
-                state.stage("evaluate", "done")
+            _ray_stages(exp, folder, ctx, todo, state, stop)
         finally:
             if info.embedded:
                 dtune.shutdown()
@@ -255,11 +205,86 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
     return info
 
 
+def _prepare_stage(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str], state: Any) -> str:
+    """The data the stages read: ``data.path`` (imported by the prepare stage where it is missing), or with
+    ``data.pixels`` its decode-once pixels."""
+    data = folder.resolve(exp.data.path)
+    if "prepare" in stages:
+        state.stage("prepare", "running")
+        prepare_data(exp, data)
+    if exp.data.pixels and set(stages) - {"report"}:  # the report reads the run folder only
+        data = pixel_data(exp, folder, data, derive="prepare" in stages)
+    if "prepare" in stages:
+        state.stage("prepare", "done")
+    return data
+
+
+def _connect(exp: ExperimentConfig, folder: RunFolder, stop: Any, address: str | None) -> Any:
+    """Start or join Ray for the stages that need it, and say where to watch the run."""
+    from detector.job import tune as dtune
+
+    info = dtune.connect(address, exp, job_name=f"detector-{folder.root.name}")
+    stop.install()  # ray.init set a SIGTERM handler of its own; ours decides what a stop means
+    log.info("Ray: %s; resources %s", info.address, info.resources)
+    if info.dashboard_url:
+        log.info("Ray dashboard: %s", info.dashboard_url)
+    log.info("TensorBoard:   tensorboard --logdir %s", folder.tensorboard)
+    log.info("Status:        detector status %s --watch 10", folder.root)
+    return info
+
+
+def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[str, list[float]], state: Any,
+                stop: Any) -> None:
+    """The stages that run as Tune experiments, those of ``todo`` with work left, in order."""
+    from detector.job import tune as dtune
+
+    if todo.get("baseline"):
+        state.stage("baseline", "running")
+        dtune.run_baseline(ctx, stop)
+        _drop(folder, exp, "baseline")
+        state.stage("baseline", "done")
+    if todo.get("search"):
+        _require(folder.model(0.0), "search", "baseline")
+        state.stage("search", "running")
+        if exp.search.mode == "frontier":
+            _frontier_search(exp, folder, ctx, state, stop)
+        elif exp.search.mode == "pareto":
+            atomic_write_json(folder.search_results, dtune.run_pareto(ctx, stop))
+        else:
+            atomic_write_json(folder.search_results, dtune.run_search(ctx, stop))
+            _drop(folder, exp, "search")
+        state.stage("search", "done")
+    if "finetune" in todo and exp.search.mode == "pareto":  # the front's picks are known only now
+        todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.model(s).exists()]
+    if todo.get("finetune"):
+        _require(folder.search_results, "finetune", "search")
+        best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.search_results)["best"].values()}
+        missing = [s for s in todo["finetune"] if s not in best]
+        if missing:
+            raise ConfigError(f"finetune: {folder.search_results} has no best parameters for {missing}")
+        state.stage("finetune", "running")
+        rows = dtune.run_finetune(dataclasses.replace(ctx, best_params=best), todo["finetune"], stop)
+        atomic_write_json(folder.finetune_results, {"trials": rows})
+        _drop(folder, exp, "finetune")
+        state.stage("finetune", "done")
+    if "evaluate" in todo:  # a frontier's probes are known only now
+        todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)] if not folder.evaluation(s).exists()]
+    if todo.get("evaluate"):
+        for s in todo["evaluate"]:
+            _require(folder.model(s), "evaluate", "baseline" if s == 0 else "finetune")
+        state.stage("evaluate", "running")
+        dtune.run_evaluate(ctx, todo["evaluate"], stop)
+        _drop(folder, exp, "evaluate")
+        state.stage("evaluate", "done")
+
+
 def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: Any, stop: Any) -> None:
     """The frontier search (``search.mode: frontier``), round by round: each round's probes get their Optuna
     searches (one Tune experiment, ``search-rN``) and their fine-tunes (``finetune-rN``), then the rule decides
     on their val accuracy. Every step is recorded (``search/round-N.json``, ``search/frontier.json``, the
     models), so a resumed run repeats no finished probe. Test data is never read here."""
+    # The runners are looked up on the package when called: bench/cluster_schedule.py times each round by
+    # wrapping the package's run_search and run_finetune.
     from detector.job import tune as dtune
     from detector.job.frontier import FrontierRecord, FrontierRule
 

@@ -1,0 +1,127 @@
+"""Every use of Optuna's, ``OptunaSearch``'s and Ray's private state in the job, and nowhere else.
+
+Saving a search as data (``detector.job.tune.searchers``) needs what ``OptunaSearch`` and Optuna keep to
+themselves: which Tune trial is which Optuna trial, which trials are complete, the TPE sampler's random
+states, an Optuna trial's storage id. Connecting keeps an embedded Ray on the loopback through one of Ray's
+private flags, and a data-parallel trial asks Ray Train's internals whether V2 is on. No release promises
+any of these: each is read here through ``_attr``, which names what moved, and tests/test_private_api.py reads
+every one on the pinned versions, so an upgrade that moves one fails there, by name, instead of in the middle
+of a resumed search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from types import ModuleType
+from typing import Any, Iterator
+
+import optuna
+import ray
+from ray.tune.search.optuna import OptunaSearch
+
+
+class PrivateApiMoved(RuntimeError):
+    """A private attribute or module the job reads is gone: Optuna or Ray was upgraded past what
+    ``detector.job.tune.private_api`` was written for."""
+
+
+def _moved(what: str) -> PrivateApiMoved:
+    return PrivateApiMoved(
+        f"{what} is gone in this release (optuna {optuna.__version__}, ray {ray.__version__}); "
+        "detector/job/tune/private_api.py reads it: update it for this release, or install the versions "
+        "pyproject.toml pins")
+
+
+def _owner(obj: Any) -> str:
+    return obj.__name__ if isinstance(obj, ModuleType) else type(obj).__name__
+
+
+def _attr(obj: Any, path: str) -> Any:
+    """``obj.<path>`` (dotted), or ``PrivateApiMoved`` naming the owner and the whole path."""
+    value = obj
+    for part in path.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise _moved(f"{_owner(obj)}.{path}") from None
+    return value
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    _attr(obj, name)  # setattr alone would create a moved attribute silently, and nothing would read it
+    setattr(obj, name, value)
+
+
+def _module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise _moved(f"the module {name}") from None
+
+
+# -- OptunaSearch and Optuna ---------------------------------------------------------------------------
+
+def study(search: OptunaSearch) -> optuna.Study:
+    """The Optuna study behind an ``OptunaSearch``."""
+    return _attr(search, "_ot_study")
+
+
+def trial_map(search: OptunaSearch) -> dict[str, optuna.trial.Trial]:
+    """Tune trial id -> the Optuna trial ``search`` asked its study for."""
+    return _attr(search, "_ot_trials")
+
+
+def completed(search: OptunaSearch) -> set[str]:
+    """The Tune trial ids whose results ``search`` has told its study."""
+    return _attr(search, "_completed_trials")
+
+
+def set_trial_state(search: OptunaSearch, trials: dict[str, optuna.trial.Trial], done: set[str]) -> None:
+    """Give a new ``search`` the ``trial_map`` and ``completed`` trials of the one it resumes."""
+    _set(search, "_ot_trials", trials)
+    _set(search, "_completed_trials", done)
+
+
+def sampler_rngs(search: OptunaSearch) -> dict[str, Any]:
+    """The TPE sampler's ``numpy.random.RandomState``s, by name: its own (``tpe``) and that of the random
+    sampler it uses for its start-up trials (``random``)."""
+    sampler = _attr(search, "_sampler")
+    return {"tpe": _attr(sampler, "_rng.rng"), "random": _attr(sampler, "_random_sampler._rng.rng")}
+
+
+def trial_handle(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.Trial:
+    """A live ``optuna.trial.Trial`` (what ``tell`` takes) for a trial read back from the storage."""
+    return optuna.trial.Trial(study_, _attr(trial, "_trial_id"))
+
+
+# -- Ray ---------------------------------------------------------------------------------------------------
+
+def train_v2() -> tuple[bool, str]:
+    """Whether Ray Train's V2 API is on, and the environment variable that turns it off."""
+    constants = _module("ray.train.v2._internal.constants")
+    return bool(_attr(constants, "is_v2_enabled")()), _attr(constants, "V2_ENABLED_ENV_VAR")
+
+
+@contextlib.contextmanager
+def single_node_ray() -> Iterator[None]:
+    """Ray with multi-node clusters off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), for a ``ray.init`` that
+    starts one: its servers then take 127.0.0.1 for the node's address.
+
+    The processes ``ray.init`` starts read the variable at start (and the workers the raylet starts later
+    inherit it); this process imported Ray already, so its own copy of the flag is set too, for the start
+    only.
+    """
+    constants = _module("ray._private.ray_constants")
+    name = _attr(constants, "ENABLE_RAY_CLUSTERS_ENV_VAR")
+    saved_env, saved_flag = os.environ.get(name), _attr(constants, "ENABLE_RAY_CLUSTER")
+    os.environ[name], constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env

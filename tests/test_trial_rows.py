@@ -1,0 +1,42 @@
+"""A trial's rows: the status table's (from Tune's trial), the search results' (from the status row), the pick."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from detector.job.tune.trial_rows import best_entry, error_line, status_row, trial_row
+
+
+def tune_trial(status="TERMINATED", error_file=None, **last):
+    return SimpleNamespace(trial_id="a1", status=status, config={"sparsity": 0.4, "trial": 3, "lr": 1e-5},
+                           last_result=last, num_failures=1, error_file=error_file)
+
+
+def test_a_failed_trial_shows_the_exception_it_failed_with(tmp_path):
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad lr\n\n")
+    assert error_line(str(error)) == "ValueError: bad lr"
+    error.write_text("E" * 400)
+    assert error_line(str(error)) == "E" * 300
+    assert error_line(str(tmp_path / "gone.txt")) == "error (see the trial's error.txt)"
+    assert error_line(None) is None
+
+
+def test_a_status_row_becomes_a_results_row_and_a_pick():
+    row = status_row(tune_trial(epoch=2, val_accuracy=0.9, best_val_accuracy=0.95, trial_start=1.0, time_now=5.0),
+                     "search", finished=True, epochs_planned=4, objective="best_val_accuracy", objectives=())
+    assert row["name"] == "search/s40-t3" and row["state"] == "done" and row["objective"] == 0.95
+    assert row["params"] == {"lr": 1e-5} and row["epochs"] == 2 and row["restarts"] == 1
+    result = trial_row(row)
+    assert result["status"] == "completed" and (result["start"], result["end"]) == (1.0, 5.0)
+    assert best_entry(result) == {"sparsity": 0.4, "params": {"lr": 1e-5}, "objective": 0.95, "val_accuracy": 0.9,
+                                  "trial_id": "a1", "name": "search/s40-t3"}
+
+
+def test_an_errored_trial_is_failed_with_its_reason(tmp_path):
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback\nRuntimeError: worker died\n")
+    row = status_row(tune_trial(status="ERROR", error_file=str(error), val_accuracy=float("nan")), "search",
+                     finished=False, epochs_planned=4, objective="val_accuracy", objectives=())
+    assert row["state"] == "error" and row["reason"] == "RuntimeError: worker died" and row["val_accuracy"] is None
+    assert trial_row(row)["status"] == "failed: RuntimeError: worker died"
