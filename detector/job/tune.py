@@ -549,7 +549,7 @@ def _size_objectives(ctx: StageContext, run: RunFolder, sparsity: float) -> dict
     from detector.job.pareto import SIZE_OBJECTIVES, size_objectives
     from detector.prune import prune
 
-    wanted = [o for o in ctx.experiment.search.objectives if o in SIZE_OBJECTIVES]
+    wanted = [o for o in ctx.experiment.search.pareto.objectives if o in SIZE_OBJECTIVES]
     if not wanted:
         return {}
     model, meta = load_model(run.model(0.0))
@@ -795,7 +795,7 @@ def run_experiment(
                              _resources(exp.resources.stage(tune_stage(name))))
     sink = _Sink(run, name, exp.search.metric, _epochs_planned(exp, name),
                  objective=objective_key(exp.search.metric, exp.search.objective),
-                 objectives=tuple(exp.search.objectives) if exp.search.mode == "pareto" and
+                 objectives=tuple(exp.search.pareto.objectives) if exp.search.mode == "pareto" and
                  tune_stage(name) == "search" else ())
     _SINKS[name] = sink
     try:
@@ -886,7 +886,7 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
             metric=key, mode=s.direction, time_attr="training_iteration", max_t=max_epochs,
-            grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
+            grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor,
         )
     budget = len(sparsities) * s.trials_per_sparsity
     # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
@@ -931,31 +931,31 @@ def run_pareto(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
     exp, s = ctx.experiment, ctx.experiment.search
     run = RunFolder(Path(ctx.run_dir))
     space = {name: _tune_domain(domain) for name, domain in search_space(s).items()}
-    space["sparsity"] = tune.quniform(s.pareto_sparsity_min, s.pareto_sparsity_max, SPARSITY_STEP)
-    searcher = ParetoSearcher(trials=s.pareto_trials, space=space, objectives=s.objectives, seed=s.seed,
+    space["sparsity"] = tune.quniform(s.pareto.sparsity_min, s.pareto.sparsity_max, SPARSITY_STEP)
+    searcher = ParetoSearcher(trials=s.pareto.trials, space=space, objectives=s.pareto.objectives, seed=s.seed,
                               tpe_startup_trials=s.tpe_startup_trials, storage=s.storage or str(run.optuna_journal),
                               study_name=f"{run.root.name}/pareto" if s.storage else "pareto")
     res = exp.resources.stage("search")
-    pending = max(1, min(s.pareto_trials, _trials_that_fit(res)))
+    pending = max(1, min(s.pareto.trials, _trials_that_fit(res)))
     with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(pending)):
-        rows = run_experiment("search", detector_search, ctx, stop=stop, expected=s.pareto_trials,
-                              search_alg=searcher, num_samples=s.pareto_trials,
+        rows = run_experiment("search", detector_search, ctx, stop=stop, expected=s.pareto.trials,
+                              search_alg=searcher, num_samples=s.pareto.trials,
                               max_concurrent_trials=_data_parallel_trials(res, pending))
     trials = sorted((trial_row(r) for r in rows), key=lambda t: t["trial"])
     done = [t for t in trials if t["status"] == "completed"]
     if not done:
         raise StageIncomplete("search: no Pareto trial completed")
-    front = non_dominated(done, s.objectives)
-    picks = pick_models(front, s.pareto_models)
+    front = non_dominated(done, s.pareto.objectives)
+    picks = pick_models(front, s.pareto.models)
     return {
         "mode": "pareto",
         "metric": s.metric,
-        "objectives": list(s.objectives),
+        "objectives": list(s.pareto.objectives),
         "objective": "each objective at the trial's last epoch (sizes: the pruned model's)",
         "direction": s.direction,
         "scheduler": "none",
         "epochs_run": sum(t["epochs"] for t in trials),
-        "epochs_budget": s.pareto_trials * exp.stage_train("search_train").max_epochs,
+        "epochs_budget": s.pareto.trials * exp.stage_train("search_train").max_epochs,
         "trials": trials,
         "front": [t["trial_id"] for t in front],
         "best": {f"{t['sparsity']:g}": {"sparsity": t["sparsity"], "params": t["params"], "objective": t["objective"],
