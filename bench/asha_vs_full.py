@@ -42,8 +42,8 @@ def main() -> int:
     search = {"trials_per_sparsity": args.trials, "tpe_startup_trials": args.trials, "lr_min": 1e-5, "lr_max": 1e-2}
     full = tiny_experiment(data, search=search, search_train={"max_epochs": args.epochs},
                            train={"batch_size": 32, "max_epochs": 3})
-    asha = tiny_experiment(data, search={**search, "scheduler": "asha", "asha_grace_period": 1,
-                                         "asha_reduction_factor": 2},
+    asha = tiny_experiment(data, search={**search, "scheduler": "asha",
+                                         "asha": {"grace_period": 1, "reduction_factor": 2}},
                            search_train={"max_epochs": args.epochs}, train={"batch_size": 32, "max_epochs": 3})
     shared = args.out / "baseline"
     if not RunFolder(shared).model(0.0).exists():

@@ -230,8 +230,8 @@ def experiment(scheduler: str, gpus: int, eval_concurrency: int | None):
     over 50/70/80/90/95 %, then as many probes per round as the cluster holds searches (GPUs / 5 trials)."""
     from detector.job.experiment import load_experiment
 
-    mode = ["search.mode=frontier", "search.sparsities=[0.5,0.7,0.8,0.9,0.95]", "search.frontier_resolution=0.025",
-            f"search.frontier_parallel={max(1, gpus // 5)}", "search.scheduler=none"] if scheduler == "frontier" \
+    mode = ["search.mode=frontier", "search.sparsities=[0.5,0.7,0.8,0.9,0.95]", "search.frontier.resolution=0.025",
+            f"search.frontier.parallel={max(1, gpus // 5)}", "search.scheduler=none"] if scheduler == "frontier" \
         else [f"search.scheduler={scheduler}"]
     return load_experiment(PAPER_CONFIG, [
         "data.path=/nonexistent",  # never read: the modelled trials touch no data

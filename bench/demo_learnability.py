@@ -46,11 +46,11 @@ def global_stats_probe(data: str) -> float:
     from sklearn.linear_model import LogisticRegression
 
     from detector.data.demo import DEMO_IMAGE_SIZE
-    from detector.data.loader import ShardDataset
+    from detector.data.loader import ReadSpec, ShardDataset
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
-        for x, y in ShardDataset(data, split, image_size=DEMO_IMAGE_SIZE):
+        for x, y in ShardDataset(data, split, ReadSpec(image_size=DEMO_IMAGE_SIZE)):
             grad = x[..., 1:] - x[..., :-1]
             xs.append(torch.cat([x.mean((1, 2)), x.std((1, 2)), grad.std((1, 2))]).numpy())
             ys.append(y)
@@ -63,7 +63,7 @@ def global_stats_probe(data: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from detector.data.demo import DEMO_IMAGE_SIZE
-    from detector.data.loader import build_loader
+    from detector.data.loader import ReadSpec, build_loader
     from detector.data.prepare import prepare
 
     torch.set_num_threads(2)
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         model = torchvision.models.resnet18(num_classes=1)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        train = build_loader(str(data), "train", batch_size=args.batch_size, image_size=DEMO_IMAGE_SIZE, train=True,
-                             num_workers=0, seed=seed)
-        test = build_loader(str(data), "test", batch_size=100, image_size=DEMO_IMAGE_SIZE, num_workers=0,
-                            with_meta=True)
+        train = build_loader(str(data), "train", ReadSpec(image_size=DEMO_IMAGE_SIZE, train=True, seed=seed),
+                             batch_size=args.batch_size, num_workers=0)
+        test = build_loader(str(data), "test", ReadSpec(image_size=DEMO_IMAGE_SIZE, with_meta=True), batch_size=100,
+                            num_workers=0)
         t0 = time.perf_counter()
         for epoch in range(args.epochs):
             model.train()

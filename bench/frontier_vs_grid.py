@@ -43,7 +43,7 @@ def main() -> int:
     args = p.parse_args()
     grid = "[" + ",".join(f"{s:g}" for s in GRID) + "]"
     frontier = load_experiment(demo_config(), [
-        "search.mode=frontier", f"search.sparsities={grid}", f"search.frontier_resolution={args.resolution}",
+        "search.mode=frontier", f"search.sparsities={grid}", f"search.frontier.resolution={args.resolution}",
         "data.path=" + str(args.out / "data")])
     t0 = time.perf_counter()
     run(frontier, args.out / "frontier", stages=["prepare", "baseline", "search"])

@@ -9,7 +9,7 @@ Both sides read the same files, decode with Pillow, apply the training preset
 batches of ``--batch-size`` float tensors through a ``DataLoader`` with the same number of worker
 processes, each limited to one torch thread. The baseline reads the image files (``ImageFolder``, the
 default PIL loader, ``RandomSampler``, ``default_collate``); ours reads the shards ``detector prepare``
-wrote from the same folder (``build_loader(..., train=True)``). Variants of ours: uint8 batches
+wrote from the same folder (``build_loader(..., ReadSpec(train=True))``). Variants of ours: uint8 batches
 (``normalize=False``; the trainer normalises them on the device), JPEG draft decoding, and the
 decode-once dataset ``detector pixels`` derives from the shards (its one-time cost is printed too).
 After one untimed warm-up epoch each, the loaders take turns for ``--epochs`` epochs and the best epoch
@@ -20,6 +20,7 @@ does not favour any of them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import platform
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from torchvision.datasets import ImageFolder
 
-    from detector.data.loader import build_loader
+    from detector.data.loader import ReadSpec, build_loader
     from detector.data.pixels import derive_pixels
     from detector.data.prepare import prepare
     from detector.data.transforms import ClassificationPresetTrain
@@ -145,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     shard_bytes = {name: sum(s["bytes"] for s in m["shards"]) / n_images
                    for name, m in (("shards", manifest), ("pixels", pixel_manifest))}
 
+    train = ReadSpec(image_size=args.image_size, train=True)
     variants = {
         "shards": (data, {}),
         "shards, uint8 out": (data, {"normalize": False}),
-        "shards, JPEG draft": (data, {"jpeg_draft": True}),
+        "shards, JPEG draft": (data, {"spec": dataclasses.replace(train, jpeg_draft=True)}),
         "pixels": (pixels, {}),
         "pixels, uint8 out": (pixels, {"normalize": False}),
     }
@@ -159,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             baseline_ds, batch_size=args.batch_size, shuffle=True, num_workers=workers,
             worker_init_fn=_one_thread if workers else None)}
         for name, (path, extra) in variants.items():
-            loaders[name] = build_loader(str(path), "train", batch_size=args.batch_size, image_size=args.image_size,
-                                         train=True, num_workers=workers, **extra)
+            loaders[name] = build_loader(str(path), "train", **{"spec": train, **extra}, batch_size=args.batch_size,
+                                         num_workers=workers)
         rates, n = compare(loaders, args.epochs)
         assert n == n_images, (n, n_images)
         results.append((workers, rates))

@@ -83,13 +83,13 @@ def make_data(root: Path, n: int, size: int) -> Path:
 
 
 def loader(data: str, variant: str, args: argparse.Namespace, device: torch.device):
-    from detector.data.loader import build_loader
+    from detector.data.loader import ReadSpec, build_loader
     from detector.evaluate.robustness import Perturbation, perturbed_loader
 
     pin = device.type == "cuda"
     if variant == "clean":
-        return build_loader(data, "test", batch_size=args.batch_size, image_size=args.image_size, with_meta=True,
-                            normalize=False, num_workers=args.workers, pin_memory=pin)
+        return build_loader(data, "test", ReadSpec(image_size=args.image_size, with_meta=True),
+                            batch_size=args.batch_size, normalize=False, num_workers=args.workers, pin_memory=pin)
     family, severity = variant.split("-")[0], float(variant.rsplit("-", 1)[1].lstrip("qsx"))
     return perturbed_loader(data, Perturbation(family, severity), image_size=args.image_size,
                             batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin)
@@ -140,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         """CPU time of decode, perturb and resize per image in this process (one thread): steadier than wall
         time on a shared machine, and what each DataLoader worker spends."""
         from detector.data.images import decode_image
-        from detector.data.loader import ShardDataset
+        from detector.data.loader import ReadSpec, ShardDataset
         from detector.evaluate.robustness import Perturbation
 
         torch.set_num_threads(1)
-        ds = ShardDataset(data, "test", image_size=args.image_size)
+        ds = ShardDataset(data, "test", ReadSpec(image_size=args.image_size))
         rows = list(ds.iter_rows())
         perturb = (lambda im: im) if variant == "clean" else Perturbation(
             variant.split("-")[0], float(variant.rsplit("-", 1)[1].lstrip("qsx")))

@@ -5,7 +5,7 @@
     python bench/train_step.py --device cpu --batch-size 8 --steps 3 --warmup 1 --data DATA
 
 Synthetic = one batch already on the device, reused: the ceiling of model + optimizer. Loader = batches
-from ``build_loader(DATA, "train", train=True, normalize=False)`` (decode, resize, flip, uint8 batch,
+from ``build_loader(DATA, "train", ReadSpec(train=True), normalize=False)`` (decode, resize, flip, uint8 batch,
 pinned copy; normalised on the device by ``to_device``, as in training): the difference is the input
 pipeline's cost. No Ray. Results are recorded in docs/benchmarks.md.
 """
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"input": "synthetic", **common, "images_per_s": synthetic, "data_wait_share": 0.0}]
 
     if args.data:
-        from detector.data.loader import build_loader
+        from detector.data.loader import ReadSpec, build_loader
 
-        loader = build_loader(args.data, "train", batch_size=cfg.batch_size, image_size=cfg.image_size, train=True,
-                              num_workers=args.num_workers, seed=0, pin_memory=device.type == "cuda", drop_last=True,
-                              normalize=False)
+        loader = build_loader(args.data, "train", ReadSpec(image_size=cfg.image_size, train=True, seed=0),
+                              batch_size=cfg.batch_size, num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                              drop_last=True, normalize=False)
         if len(loader) == 0:
             print(f"{args.data}: fewer train images than one batch of {cfg.batch_size}", file=sys.stderr)
             return 2

@@ -3,7 +3,13 @@
 Unknown keys are an error that names the key and the keys that would be right; values are checked
 against the field's type and the constraints declared on it (``Annotated[int, Range(1)]``: the range of
 every field is stated once, beside the field), so a typo or an out-of-range value in a YAML file or a
-``--set`` fails before any work starts, naming the key and where the value came from.
+``--set`` fails before any work starts, naming the key and where the value came from. A rule across fields
+(lr_min < lr_max) is the dataclass's ``validate()`` method, which ``check_fields`` calls after the fields'
+own checks: one way to validate a section, whether it is read from YAML or built in code.
+
+A section that has moved keys into a section of its own names them in ``MOVED_KEYS`` (``{"frontier_margin":
+"frontier.margin"}``): the old spelling is still read, as the new key, so older files and saved run folders
+load; an error about such a key names it as it was written.
 """
 
 from __future__ import annotations
@@ -69,6 +75,22 @@ class Match:
 
     def reason(self, value: Any) -> str | None:
         return None if re.fullmatch(self.pattern, value) else f"{value!r} is not {self.what}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Items:
+    """A list with at least ``at_least`` values, each given once when ``unique``."""
+
+    at_least: int = 0
+    unique: bool = False
+
+    def reason(self, value: Any) -> str | None:
+        values = list(value)
+        if len(values) < self.at_least:
+            return f"needs at least {self.at_least} value{'s' if self.at_least > 1 else ''}, got {values}"
+        if self.unique and len(set(values)) != len(values):
+            return f"duplicates in {values}; give each value once"
+        return None
 
 
 # Seeds: NumPy takes seeds below 2**32; searchers add small offsets (one per sparsity) to a seed.
@@ -162,18 +184,70 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
-def check_fields(obj: Any) -> None:
-    """Check every field of the dataclass instance ``obj`` against its type and declared constraints
-    (call it from ``__post_init__``, so that a config built in code is held to the same rules as one
-    read from YAML). Raises ConfigError naming the field."""
+def check_fields(obj: Any, *, where: str = "") -> None:
+    """Check every field of the dataclass instance ``obj`` against its type and declared constraints, then
+    the rules across its fields: ``obj.validate()``, where the class has one. Call it from ``__post_init__``,
+    so that a config built in code is held to the same rules as one read from YAML. Raises ConfigError
+    naming the field (after ``where``, the section's key, when given).
+
+    ``validate()`` raises ConfigError naming its keys: in full (``search.lr_min/lr_max: ...``), or relative
+    to a section that may stand in several places (``rewind_epoch: ...``), which ``from_dict`` then prefixes
+    with the section's key."""
     hints = _hints(type(obj))
+    prefix = f"{where}." if where else ""
     for f in dataclasses.fields(obj):
-        _check_value(f.name, getattr(obj, f.name), hints[f.name])
+        _check_value(prefix + f.name, getattr(obj, f.name), hints[f.name])
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+
+
+def _section_type(cls: type, name: str) -> type | None:
+    """The dataclass that field ``name`` of ``cls`` holds (a section inside the section), else None."""
+    tp = _hints(cls).get(name) if name in {f.name for f in dataclasses.fields(cls)} else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _moved_keys(cls: type) -> Mapping[str, str]:
+    return getattr(cls, "MOVED_KEYS", {})
+
+
+def _respell(cls: type, data: Mapping[str, Any], where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``data`` with every key in an old spelling (a section's ``MOVED_KEYS``, here and in the sections
+    inside) moved to where it is now; and {key now: key as written}, to name it in errors as written."""
+    out = dict(data)
+    prefix = f"{where}." if where else ""
+    written: dict[str, str] = {}
+    for old, new in _moved_keys(cls).items():
+        if old not in out:
+            continue
+        section, _, key = new.partition(".")
+        inner = out.get(section, {})
+        if not isinstance(inner, Mapping):
+            raise ConfigError(f"{prefix}{section}: expected a mapping, got {inner!r}")
+        if key in inner:
+            raise ConfigError(f"{prefix}{old} and {prefix}{new} are one key, in its old and its new spelling; "
+                              f"give it once, as {prefix}{new}")
+        out[section] = {**inner, key: out.pop(old)}
+        written[prefix + new] = prefix + old
+    for name, value in out.items():
+        inner_cls = _section_type(cls, name)
+        if inner_cls is not None and isinstance(value, Mapping):
+            out[name], inner_written = _respell(inner_cls, value, prefix + name)
+            written.update(inner_written)
+    return out, written
+
+
+def _as_written(message: str, written: Mapping[str, str]) -> str:
+    for now, old in written.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(now)}(?!\w)", old, message)
+    return message
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     """Build the dataclass ``cls`` from ``data``; unknown keys, wrong types and values out of their
-    declared range raise ConfigError naming the key.
+    declared range raise ConfigError naming the key. A key in the old spelling a section's ``MOVED_KEYS``
+    names is read as the key it is now, and named as written in an error.
 
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
@@ -184,6 +258,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    data, written = _respell(cls, data, where)
+    try:
+        return _build(cls, data, where)
+    except ConfigError as e:
+        if not written:
+            raise
+        raise ConfigError(_as_written(str(e), written)) from None
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -207,8 +291,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
         raise ConfigError(f"missing key(s): {', '.join(prefix + m for m in missing)}")
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise  # a check in __post_init__: its message names its keys
+    except ConfigError as e:  # validate(): its keys named in full, or within this section
+        message = str(e)
+        if not where or message.startswith(where):
+            raise
+        raise ConfigError(f"{where}: {message}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from e
 
@@ -221,10 +308,14 @@ def from_dict_with_overrides(cls: type[T], data: Mapping[str, Any], overrides: S
     The culprit is found by building again from the file alone, then after each override in turn: the
     first of those that fails with the same error is where it came from (so a check across fields, such
     as lr_min < lr_max, blames the override that broke it, and an override may repair a file).
+
+    A ``--set`` replaces its key in whichever spelling the file has it (``MOVED_KEYS``); two ``--set`` of
+    one key in its two spellings are an error naming both.
     """
+    _check_spellings(cls, overrides)
     final = copy.deepcopy(dict(data))
     for item in overrides:  # an ill-formed --set is its own error
-        apply_override(final, item)
+        _override(cls, final, item)
     try:
         return from_dict(cls, final)
     except ConfigError as e:
@@ -232,7 +323,7 @@ def from_dict_with_overrides(cls: type[T], data: Mapping[str, Any], overrides: S
     partial = copy.deepcopy(dict(data))
     for n in range(len(overrides) + 1):
         if n:
-            apply_override(partial, overrides[n - 1])
+            _override(cls, partial, overrides[n - 1])
         try:
             from_dict(cls, partial)
         except ConfigError as e:
@@ -240,6 +331,40 @@ def from_dict_with_overrides(cls: type[T], data: Mapping[str, Any], overrides: S
                 origin = source if n == 0 else f"--set {overrides[n - 1]}"
                 raise ConfigError(f"{origin}: {message}") from None
     raise ConfigError(f"{source} with --set {' '.join(overrides)}: {message}")
+
+
+def _other_spellings(cls: type, parts: Sequence[str]) -> list[list[str]]:
+    """The other paths that name the key ``parts`` names in ``cls``: its old or its new spelling."""
+    key = ".".join(parts)
+    moved = _moved_keys(cls)
+    out = [new.split(".") for old, new in moved.items() if old == key]
+    out += [[old] for old, new in moved.items() if new == key]
+    inner_cls = _section_type(cls, parts[0]) if len(parts) > 1 else None
+    if inner_cls is not None:
+        out += [[parts[0], *p] for p in _other_spellings(inner_cls, parts[1:])]
+    return out
+
+
+def _check_spellings(cls: type, overrides: Sequence[str]) -> None:
+    given: dict[str, str] = {}
+    for item in overrides:
+        key = item.partition("=")[0]
+        for other in _other_spellings(cls, key.split(".")):
+            if ".".join(other) in given:
+                raise ConfigError(f"--set {given['.'.join(other)]} and --set {item}: one key, in its old and its "
+                                  f"new spelling; give it once")
+        given[key] = item
+
+
+def _override(cls: type, data: dict[str, Any], item: str) -> None:
+    """``apply_override``, after removing the key's other spelling from ``data``: the --set replaces it."""
+    for path in _other_spellings(cls, item.partition("=")[0].split(".")):
+        node: Any = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    apply_override(data, item)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

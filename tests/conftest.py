@@ -126,9 +126,9 @@ def make_celebdf(root: Path, n_real: int, n_fake: int, n_youtube: int = 0, test:
 def demo_shards(tmp_path_factory) -> Path:
     """A small demo dataset cut into several shards and row groups, so the loader's partitioning is exercised."""
     from detector.data.demo import DemoConfig
-    from detector.data.prepare import prepare
+    from detector.data.prepare import ImportOptions, prepare
 
     out = tmp_path_factory.mktemp("demo") / "data"
-    prepare(out, demo=DemoConfig(image_size=16, train=53, val=12, test=10), workers=1, shard_rows=20,
-            row_group_rows=6, progress=False)
+    prepare(out, demo=DemoConfig(image_size=16, train=53, val=12, test=10),
+            options=ImportOptions(shard_rows=20, row_group_rows=6), workers=1, progress=False)
     return out

@@ -11,7 +11,7 @@ import torch
 
 from detector import distributed
 from detector.checkpoint import load_model
-from detector.data.loader import build_loader
+from detector.data.loader import ReadSpec, build_loader
 from detector.job.stages import train_stage
 from detector.prune.schedule import PruningSchedule
 from detector.train import TrainConfig, evaluate, fit
@@ -32,7 +32,7 @@ def first_epoch(data: str, out: str, init: str) -> dict[str, Any]:
     as the job's baseline stage does (``train_stage``). Rank r writes into ``out/rank<r>``."""
     folder = Path(out) / f"rank{distributed.rank_and_world()[0]}"
     model, _ = load_model(init)
-    scored = evaluate(model, build_loader(data, "val", batch_size=8, image_size=16, num_workers=0, pad=False),
+    scored = evaluate(model, build_loader(data, "val", ReadSpec(image_size=16, pad=False), batch_size=8, num_workers=0),
                       device="cpu")
     baseline = train_stage(CONFIG, data=data, out_dir=folder / "baseline", tb_dir=folder / "baseline-tb")
     return {"val": scored, "baseline": baseline["history"][0]}
@@ -59,8 +59,9 @@ def _fit_recording(data: str, out_dir: Path, init: str, schedule: PruningSchedul
     model, _ = load_model(init)
     hook = schedule.hook(0.5, method=method, arch=CONFIG.arch)
     batch = distributed.per_rank_batch(CONFIG.batch_size, distributed.rank_and_world()[1])
-    train = build_loader(data, "train", batch_size=batch, image_size=16, train=True, num_workers=0, drop_last=True)
-    val = build_loader(data, "val", batch_size=batch, image_size=16, num_workers=0, pad=False)
+    train = build_loader(data, "train", ReadSpec(image_size=16, train=True), batch_size=batch, num_workers=0,
+                         drop_last=True)
+    val = build_loader(data, "val", ReadSpec(image_size=16, pad=False), batch_size=batch, num_workers=0)
     seen: list[dict[str, str]] = []
     fit(model, train, val, dataclasses.replace(CONFIG, max_epochs=2), out_dir=out_dir, schedule=hook,
         on_epoch=lambda metrics, checkpoint: seen.append(distributed.fingerprints(model.state_dict())))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import image_bytes, make_celebdf, make_faces140k, write_file
 from detector.cli import main as cli
-from detector.data.loader import ShardDataset
+from detector.data.loader import ReadSpec, ShardDataset
 from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from test_data_images import _png_claiming
 
@@ -109,7 +109,7 @@ def test_every_bad_input_is_converted_or_rejected_with_its_reason(bad_layouts, c
     for split in ("train", "val", "test"):
         if not sum(manifest["splits"][split]["folder"].values()):
             continue  # a split with no rows of a source cannot be read for that source alone
-        for x, _, meta in ShardDataset(str(out), split, image_size=8, sources=["folder"], with_meta=True):
+        for x, _, meta in ShardDataset(str(out), split, ReadSpec(image_size=8, sources=["folder"], with_meta=True)):
             rgb = np.rint(((x[:, 0, 0].numpy() * std) + mean) * 255).astype(int)
             imported[meta["original_path"]] = tuple(int(v) for v in rgb)
     assert set(imported) == set(CONVERTED)
@@ -148,10 +148,10 @@ def test_a_shard_of_only_rejected_inputs_is_empty_and_skipped_by_the_loader(tmp_
     for i in range(3):
         write_file(tmp_path / "raw" / "train" / "fake" / f"ok{i}.png", image_bytes("PNG", (8, 8), (i, 2, 3)))
     from detector.data.loader import build_loader
-    from detector.data.prepare import prepare
+    from detector.data.prepare import ImportOptions, prepare
 
-    manifest = prepare(tmp_path / "data", sources={"folder": tmp_path / "raw"}, fmt=fmt, workers=1, shard_rows=1,
-                       progress=False)
+    manifest = prepare(tmp_path / "data", sources={"folder": tmp_path / "raw"},
+                       options=ImportOptions(fmt=fmt, shard_rows=1), workers=1, progress=False)
     assert sorted(s["rows"] for s in manifest["shards"]) == [0, 0, 0, 0, 1, 1, 1]
-    loader = build_loader(str(tmp_path / "data"), "train", batch_size=2, image_size=8, num_workers=0)
+    loader = build_loader(str(tmp_path / "data"), "train", ReadSpec(image_size=8), batch_size=2, num_workers=0)
     assert len(loader.dataset) == 3 and sum(len(y) for _, y in loader) == 3

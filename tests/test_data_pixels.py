@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from detector.cli import main as cli
-from detector.data.loader import ShardChecksumError, build_loader, manifest_sha256, read_manifest
+from detector.data.loader import ReadSpec, ShardChecksumError, build_loader, manifest_sha256, read_manifest
 from detector.data.pixels import derive_pixels
 
 
@@ -24,7 +24,7 @@ def pixels16(demo_shards, tmp_path_factory) -> Path:
 
 
 def batches(data: Path, split: str, **kwargs) -> list[tuple]:
-    return list(build_loader(str(data), split, batch_size=8, image_size=16, with_meta=True, **kwargs))
+    return list(build_loader(str(data), split, ReadSpec(image_size=16, with_meta=True), batch_size=8, **kwargs))
 
 
 def same(a: list[tuple], b: list[tuple]) -> bool:
@@ -35,10 +35,9 @@ def same(a: list[tuple], b: list[tuple]) -> bool:
 def test_the_pixel_dataset_gives_the_same_batches_as_its_source(demo_shards, pixels16):
     assert same(batches(pixels16, "test", num_workers=0), batches(demo_shards, "test", num_workers=0))
     for epoch in (0, 1):  # training: same shuffle and the same random flips, in workers too
-        src = build_loader(str(demo_shards), "train", batch_size=8, image_size=16, train=True, num_workers=2,
-                           with_meta=True, normalize=False)
-        px = build_loader(str(pixels16), "train", batch_size=8, image_size=16, train=True, num_workers=2,
-                          with_meta=True, normalize=False)
+        spec = ReadSpec(image_size=16, train=True, with_meta=True)
+        src = build_loader(str(demo_shards), "train", spec, batch_size=8, num_workers=2, normalize=False)
+        px = build_loader(str(pixels16), "train", spec, batch_size=8, num_workers=2, normalize=False)
         src.set_epoch(epoch), px.set_epoch(epoch)
         a, b = list(px), list(src)
         assert same(a, b) and a[0][0].dtype == torch.uint8
@@ -58,7 +57,7 @@ def test_its_manifest_is_the_sources_with_new_checksums_and_where_it_came_from(d
 def test_it_refuses_another_image_size_and_a_second_derivation(pixels16, tmp_path):
     with pytest.raises(ValueError, match=r"manifest.json: holds images decoded at 16x16 \(pixels.size\), not the "
                                          r"32x32.*--size 32"):
-        build_loader(str(pixels16), "val", batch_size=4, image_size=32)
+        build_loader(str(pixels16), "val", ReadSpec(image_size=32), batch_size=4)
     with pytest.raises(ValueError, match="already a pixel dataset"):
         derive_pixels(str(pixels16), tmp_path / "again", size=16)
 
@@ -111,11 +110,12 @@ def test_the_command_names_a_missing_dataset(tmp_path, capsys):
 
 def test_webdataset_shards_convert_too(tmp_path):
     from detector.data.demo import DemoConfig
-    from detector.data.prepare import prepare
+    from detector.data.prepare import ImportOptions, prepare
 
-    prepare(tmp_path / "wds", demo=DemoConfig(image_size=16, train=20, val=6, test=6), fmt="webdataset", workers=1,
-            shard_rows=8, progress=False)
+    prepare(tmp_path / "wds", demo=DemoConfig(image_size=16, train=20, val=6, test=6),
+            options=ImportOptions(fmt="webdataset", shard_rows=8), workers=1, progress=False)
     derive_pixels(str(tmp_path / "wds"), tmp_path / "px", size=12, workers=2, progress=False)
-    src = list(build_loader(str(tmp_path / "wds"), "train", batch_size=4, image_size=12, train=True, num_workers=0))
-    px = list(build_loader(str(tmp_path / "px"), "train", batch_size=4, image_size=12, train=True, num_workers=0))
+    spec = ReadSpec(image_size=12, train=True)
+    src = list(build_loader(str(tmp_path / "wds"), "train", spec, batch_size=4, num_workers=0))
+    px = list(build_loader(str(tmp_path / "px"), "train", spec, batch_size=4, num_workers=0))
     assert same([(*b, None) for b in px], [(*b, None) for b in src])

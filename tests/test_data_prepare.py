@@ -20,8 +20,8 @@ import torch
 from conftest import image_bytes, make_celebdf, make_faces140k, make_synthbuster, write_file, write_video
 from detector.cli import main as cli
 from detector.data.demo import DemoConfig
-from detector.data.loader import ShardDataset
-from detector.data.prepare import prepare
+from detector.data.loader import ReadSpec, ShardDataset
+from detector.data.prepare import ImportOptions, prepare
 from detector.data.sources import SYNTHBUSTER_GENERATORS, CelebDFSource
 
 
@@ -136,22 +136,22 @@ def test_a_killed_import_leaves_no_complete_looking_shard_and_a_rerun_finishes(t
     after = {n: (out / "shards" / n.split("-")[0] / n).stat().st_mtime_ns for n in finished}
     assert after == before  # finished shards were kept, not rewritten
     fresh = tmp_path / "fresh"
-    prepare(fresh, demo=DemoConfig(image_size=32, train=300, val=60, test=60), workers=2, shard_rows=30,
-            progress=False)
+    prepare(fresh, demo=DemoConfig(image_size=32, train=300, val=60, test=60), options=ImportOptions(shard_rows=30),
+            workers=2, progress=False)
     assert (fresh / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
 
 
 def test_webdataset_holds_the_same_rows_as_parquet(tmp_path):
     demo = DemoConfig(image_size=16, train=12, val=4, test=4)
     prepare(tmp_path / "pq", demo=demo, workers=1, progress=False)
-    manifest = prepare(tmp_path / "wds", demo=demo, fmt="webdataset", workers=1, progress=False)
+    manifest = prepare(tmp_path / "wds", demo=demo, options=ImportOptions(fmt="webdataset"), workers=1, progress=False)
     tar_path = tmp_path / "wds" / manifest["shards"][0]["path"]
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
     assert names[0].endswith(".json") and names[1].endswith(".png") and len(names) == 2 * 12
 
     def rows(data):
-        ds = ShardDataset(str(data), "train", image_size=16, with_meta=True)
+        ds = ShardDataset(str(data), "train", ReadSpec(image_size=16, with_meta=True))
         return sorted((m["sha256"], label, m["original_path"], m["generator"]) for _, label, m in ds)
 
     assert rows(tmp_path / "pq") == rows(tmp_path / "wds")
@@ -163,7 +163,8 @@ def test_max_size_shrinks_large_images_losslessly_and_keeps_the_rest(tmp_path):
     for i in range(5):
         write_file(tmp_path / "raw" / "real" / f"big{i}.jpg", big[:-2] + bytes([i]) + big[-2:])
         write_file(tmp_path / "raw" / "fake" / f"small{i}.jpg", small[:-2] + bytes([i]) + small[-2:])
-    prepare(tmp_path / "data", sources={"folder": tmp_path / "raw"}, workers=1, max_size=100, progress=False)
+    prepare(tmp_path / "data", sources={"folder": tmp_path / "raw"}, options=ImportOptions(max_size=100), workers=1,
+            progress=False)
     rows = shard_rows(tmp_path / "data", columns=("original_path", "format", "width", "height", "resized", "sha256"))
     for r in rows:
         original = (tmp_path / "raw" / r["original_path"]).read_bytes()
@@ -195,7 +196,7 @@ def test_realorfake_samples_import_completely(tmp_path, realorfake):
     assert {n["path"] for n in manifest["notes"]} == {"SOURCE.md", "md5sums.txt"}  # not images: said, not imported
     # the JPEGs are stored byte for byte
     md5 = dict(line.split()[::-1] for line in (realorfake / "md5sums.txt").read_text().splitlines() if line.strip())
-    rows = ShardDataset(str(tmp_path / "data"), "val", image_size=32, with_meta=True)
+    rows = ShardDataset(str(tmp_path / "data"), "val", ReadSpec(image_size=32, with_meta=True))
     paths = [m["original_path"] for _, _, m in rows]
     assert len(paths) == 18
     table = pq.read_table(tmp_path / "data" / manifest["shards"][1]["path"], columns=["image", "original_path"])
@@ -229,15 +230,16 @@ def test_a_resnet18_learns_the_demo_data_clearly_above_chance(tmp_path):
     import torchvision
 
     from detector.data.demo import DEMO_IMAGE_SIZE
-    from detector.data.loader import build_loader
+    from detector.data.loader import ReadSpec, build_loader
 
     torch.manual_seed(0)
     prepare(tmp_path / "data", demo=True, workers=2, progress=False)
     model = torchvision.models.resnet18(num_classes=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # jobs/configs/demo.yaml's settings
-    train = build_loader(str(tmp_path / "data"), "train", batch_size=32, image_size=DEMO_IMAGE_SIZE, train=True,
-                         num_workers=0)
-    test = build_loader(str(tmp_path / "data"), "test", batch_size=100, image_size=DEMO_IMAGE_SIZE, num_workers=0)
+    train = build_loader(str(tmp_path / "data"), "train", ReadSpec(image_size=DEMO_IMAGE_SIZE, train=True),
+                         batch_size=32, num_workers=0)
+    test = build_loader(str(tmp_path / "data"), "test", ReadSpec(image_size=DEMO_IMAGE_SIZE), batch_size=100,
+                        num_workers=0)
     accuracies = []
     for _ in range(4):
         model.train()

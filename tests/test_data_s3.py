@@ -11,7 +11,7 @@ import pytest
 import torch
 from pyarrow import fs as pafs
 
-from detector.data.loader import ShardChecksumError, ShardDataset, build_loader, read_manifest
+from detector.data.loader import ReadSpec, ShardChecksumError, ShardDataset, build_loader, read_manifest
 from detector.data.pixels import derive_pixels
 from detector.paths import UnsafePathError
 
@@ -45,10 +45,9 @@ def test_the_loader_reads_a_bucket_like_a_folder(bucket, demo_shards):
     uri, _, _ = bucket
     assert read_manifest(uri) == read_manifest(str(demo_shards))
     for split, train in (("train", True), ("val", False)):
-        remote = list(build_loader(uri, split, batch_size=8, image_size=16, train=train, num_workers=2,
-                                   with_meta=True))
-        local = list(build_loader(str(demo_shards), split, batch_size=8, image_size=16, train=train, num_workers=2,
-                                  with_meta=True))
+        spec = ReadSpec(image_size=16, train=train, with_meta=True)
+        remote = list(build_loader(uri, split, spec, batch_size=8, num_workers=2))
+        local = list(build_loader(str(demo_shards), split, spec, batch_size=8, num_workers=2))
         assert len(remote) == len(local) > 0
         assert all(torch.equal(r[0], l[0]) and r[2] == l[2] for r, l in zip(remote, local))
 
@@ -61,7 +60,7 @@ def test_a_damaged_object_fails_its_checksum(bucket, demo_shards):
         f.write(original[:-1])  # S3 times have 1 s resolution: a new size marks it changed at once
     try:
         with pytest.raises(ShardChecksumError, match=Path(shard).name):
-            ShardDataset(uri, "train", image_size=16)
+            ShardDataset(uri, "train", ReadSpec(image_size=16))
     finally:
         with s3.open_output_stream(f"{prefix}/{shard}") as f:
             f.write(original)
@@ -76,7 +75,7 @@ def test_a_manifest_in_a_bucket_cannot_point_at_another_prefix(bucket):
         f.write(json.dumps(manifest).encode())
     planted = uri.replace("detector/data?", "detector/planted?")
     with pytest.raises(UnsafePathError, match=r"s3://detector/planted/manifest\.json\?\S+: shards\[0\]\.path '\.\./data/"):
-        ShardDataset(planted, manifest["shards"][0]["split"], image_size=16)
+        ShardDataset(planted, manifest["shards"][0]["split"], ReadSpec(image_size=16))
 
 
 def test_pixels_derive_from_a_bucket_byte_for_byte(bucket, demo_shards, tmp_path):

@@ -135,3 +135,114 @@ def test_a_run_folder_started_before_a_key_existed_still_resumes(tmp_path):
     save_yaml(older, run.config)
     with pytest.raises(ConfigError, match=r"different config \(sections that differ: resources\)"):
         check_run_config(exp, run)
+
+
+# Each mode's keys were flat in the search section before they had sections of their own; a value for each.
+FLAT_KEYS = {
+    "frontier_margin": ("frontier", "margin", 0.01), "frontier_resolution": ("frontier", "resolution", 0.05),
+    "frontier_parallel": ("frontier", "parallel", 3),
+    "objectives": ("pareto", "objectives", ["val_accuracy", "model_bytes"]),
+    "pareto_trials": ("pareto", "trials", 8), "pareto_sparsity_min": ("pareto", "sparsity_min", 0.2),
+    "pareto_sparsity_max": ("pareto", "sparsity_max", 0.8), "pareto_models": ("pareto", "models", 2),
+    "asha_grace_period": ("asha", "grace_period", 3), "asha_reduction_factor": ("asha", "reduction_factor", 3),
+}
+
+
+def paper_with_search(tmp_path, search: dict) -> Path:
+    import yaml
+
+    data = yaml.safe_load((CONFIGS / "paper.yaml").read_text())
+    data["search"].update(search)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_every_flat_key_is_read_as_its_nested_key(tmp_path):
+    assert set(FLAT_KEYS) == set(ExperimentConfig().search.MOVED_KEYS)
+    flat = {old: value for old, (_, _, value) in FLAT_KEYS.items()}
+    nested: dict = {}
+    for section, key, value in FLAT_KEYS.values():
+        nested.setdefault(section, {})[key] = value
+    exp = load_experiment(paper_with_search(tmp_path, flat))
+    assert exp == load_experiment(paper_with_search(tmp_path, nested))
+    assert (exp.search.frontier.margin, exp.search.pareto.objectives, exp.search.asha.grace_period) == (
+        0.01, ("val_accuracy", "model_bytes"), 3)
+    sets = [f"search.{old}={value}" for old, value in flat.items()]
+    assert load_experiment(CONFIGS / "paper.yaml", sets) == exp
+
+
+def test_a_key_in_both_spellings_is_an_error_naming_both(tmp_path):
+    config = paper_with_search(tmp_path, {"frontier_margin": 0.01, "frontier": {"margin": 0.02}})
+    with pytest.raises(ConfigError, match=rf"^{config}: search\.frontier_margin and search\.frontier\.margin are one "
+                                          r"key, in its old and its new spelling; give it once"):
+        load_experiment(config)
+    with pytest.raises(ConfigError, match=r"^--set search\.pareto_trials=4 and --set search\.pareto\.trials=6: one key"):
+        load_experiment(CONFIGS / "paper.yaml", ["search.pareto_trials=4", "search.pareto.trials=6"])
+
+
+def test_a_set_replaces_a_key_in_either_spelling(tmp_path):
+    nested = paper_with_search(tmp_path, {"frontier": {"margin": 0.02}})
+    assert load_experiment(nested, ["search.frontier_margin=0.01"]).search.frontier.margin == 0.01
+    flat = paper_with_search(tmp_path, {"asha_grace_period": 4})
+    assert load_experiment(flat, ["search.asha.grace_period=5"]).search.asha.grace_period == 5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.frontier_margin=abc", "search.frontier_margin: expected a number, got 'abc'"),
+    ("search.frontier.margin=abc", "search.frontier.margin: expected a number, got 'abc'"),
+    ("search.pareto_trials=1", "search.pareto_trials: 1 is not in [2, inf)"),
+    ("search.objectives=[val_accuracy, size]", "search.objectives[1]: 'size' is not one of val_accuracy, val_loss"),
+    ("search.pareto.objectives=[val_accuracy]", "search.pareto.objectives: needs at least 2 values"),
+])
+def test_a_bad_mode_value_names_the_key_as_written_and_the_set(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_experiment(CONFIGS / "paper.yaml", [override])
+    assert str(e.value).startswith(f"--set {override}: {message}")
+
+
+def test_a_mode_s_rules_across_its_keys_apply_only_while_it_is_on():
+    """Values are checked against their declarations in every mode (pareto.trials: 1 is refused in grid mode
+    too); the rules between a mode's keys only in that mode: a grid search does not refuse a Pareto setting it
+    never reads."""
+    across = ["search.pareto.models=9", "search.pareto.trials=4"]
+    assert load_experiment(CONFIGS / "paper.yaml", across).search.pareto.models == 9  # mode: grid
+    with pytest.raises(ConfigError, match=r"^--set search\.mode=pareto: search\.pareto\.models: 9 is more than "
+                                          r"search\.pareto\.trials \(4\)"):
+        load_experiment(CONFIGS / "paper.yaml", [*across, "search.mode=pareto"])
+    with pytest.raises(ConfigError, match=r"search\.pareto_sparsity_min/sparsity_max: need min < max"):
+        load_experiment(CONFIGS / "paper.yaml", ["search.mode=pareto", "search.pareto_sparsity_min=0.9",
+                                                 "search.pareto.sparsity_max=0.5"])
+    assert load_experiment(CONFIGS / "paper.yaml", ["search.asha.grace_period=50"]).search.scheduler == "none"
+    with pytest.raises(ConfigError, match=r"search\.asha\.grace_period: 50 is more than search_train\.max_epochs"):
+        load_experiment(CONFIGS / "paper.yaml", ["search.asha.grace_period=50", "search.scheduler=asha"])
+
+
+def test_a_run_folder_saved_with_flat_search_keys_still_resumes(tmp_path):
+    """experiment.yaml of a run started before the modes had sections: flat keys. It loads as the same config and
+    the run resumes; the config saved now is the nested one."""
+    from detector.config import load_yaml, save_yaml
+    from detector.job.pipeline import check_run_config
+    from detector.job.runfolder import RunFolder
+
+    exp = load_experiment(CONFIGS / "demo.yaml", ["search.mode=frontier", "search.frontier.margin=0.01",
+                                                  "search.scheduler=asha", "search.asha.grace_period=1"])
+    run = RunFolder(tmp_path)
+    (tmp_path / "models").mkdir()  # it has results under its config
+    save_yaml(exp, run.config)
+    saved = load_yaml(run.config)["search"]
+    assert saved["frontier"]["margin"] == 0.01 and "frontier_margin" not in saved
+    older = load_yaml(run.config)
+    search = older["search"]
+    for old, (section, key, _) in FLAT_KEYS.items():
+        search[old] = search[section].pop(key)
+    for section in ("frontier", "pareto", "asha"):
+        del search[section]
+    save_yaml(older, run.config)
+    check_run_config(exp, run)
+    assert load_experiment(run.config) == exp  # what `detector run --resume` reads
+
+    search["frontier_margin"] = 0.02
+    save_yaml(older, run.config)
+    with pytest.raises(ConfigError, match=r"different config \(sections that differ: search\)"):
+        check_run_config(exp, run)

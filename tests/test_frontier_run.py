@@ -45,7 +45,7 @@ def test_a_frontier_search_decides_on_validation_resumes_and_reports(tmp_path):
     run_dir = tmp_path / "run"
     run = RunFolder(run_dir)
     exp = tiny_experiment(data, search={"mode": "frontier", "sparsities": [0.3, 0.6, 0.9], "trials_per_sparsity": 1,
-                                        "frontier_resolution": 0.15},
+                                        "frontier": {"resolution": 0.15}},
                           resources={"max_concurrent_trials": 1})  # fine-tunes one after another
     config = tmp_path / "frontier.yaml"
     save_yaml(exp, config)

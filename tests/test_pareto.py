@@ -44,9 +44,9 @@ def test_a_pareto_run_completes_with_its_front_in_the_report_and_the_study_in_op
 
     data = make_tiny_data(tmp_path / "data")
     run_dir = tmp_path / "run"
-    exp = tiny_experiment(data, search={"mode": "pareto", "pareto_trials": 4, "pareto_models": 2,
-                                        "pareto_sparsity_min": 0.2, "pareto_sparsity_max": 0.9,
-                                        "objectives": ["val_accuracy", "nonzero_params", "model_bytes"]})
+    exp = tiny_experiment(data, search={"mode": "pareto", "pareto": {
+        "trials": 4, "models": 2, "sparsity_min": 0.2, "sparsity_max": 0.9,
+        "objectives": ["val_accuracy", "nonzero_params", "model_bytes"]}})
     run(exp, run_dir)
     folder = RunFolder(run_dir)
     results = json.loads(folder.search_results.read_text())

@@ -157,7 +157,7 @@ def test_asha_stops_weak_trials_and_saves_trial_epochs(data, tmp_path):
     # val_loss, not val_accuracy: on tiny data accuracies tie at chance, and ASHA cannot rank ties.
     exp = tiny_experiment(data, search={"sparsities": [0.2], "trials_per_sparsity": 6, "scheduler": "asha",
                                         "metric": "val_loss", "direction": "min",
-                                        "asha_grace_period": 1, "asha_reduction_factor": 2},
+                                        "asha": {"grace_period": 1, "reduction_factor": 2}},
                           search_train={"max_epochs": 4})
     write_untrained_baseline(run_dir, exp)
     run(exp, run_dir, stages=["search", "report"])

@@ -54,7 +54,7 @@ def test_what_each_perturbation_does():
 
 
 def test_the_perturbed_loader_perturbs_before_the_resize_and_keeps_the_clean_order(demo_shards):
-    from detector.data.loader import build_loader
+    from detector.data.loader import ReadSpec, build_loader
 
     seen = []
 
@@ -63,8 +63,8 @@ def test_the_perturbed_loader_perturbs_before_the_resize_and_keeps_the_clean_ord
         return image
 
     perturbed = perturbed_loader(str(demo_shards), record, image_size=8, batch_size=4)
-    clean = build_loader(str(demo_shards), "test", batch_size=4, image_size=8, with_meta=True, normalize=False,
-                         num_workers=0)
+    clean = build_loader(str(demo_shards), "test", ReadSpec(image_size=8, with_meta=True), batch_size=4,
+                         normalize=False, num_workers=0)
     for (x, y, meta), (cx, cy, cmeta) in zip(perturbed, clean, strict=True):
         assert torch.equal(x, cx) and torch.equal(y, cy) and meta["sha256"] == cmeta["sha256"]  # identity: same batches
     assert set(seen) == {(16, 16)}  # the stored size, not the model's 8 px
@@ -107,8 +107,10 @@ def test_a_pixel_dataset_is_perturbed_from_its_original_images(demo_shards, tmp_
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"jpeg_quality": [0]}, "not a JPEG quality"), ({"downscale": [1.0]}, "not a factor in \\(0, 1\\)"),
-    ({"blur_sigma": [-1]}, "not a blur"), ({"jpeg_quality": [50, 50]}, "duplicates"),
+    ({"jpeg_quality": [0]}, r"jpeg_quality\[0\]: 0 is not in \[1, 100\] \(a JPEG quality\)"),
+    ({"downscale": [1.0]}, r"downscale\[0\]: 1.0 is not in \(0, 1\) \(a factor of the image's size\)"),
+    ({"blur_sigma": [-1]}, r"blur_sigma\[0\]: -1.0 is not in \(0, 50\] \(a blur sigma in pixels\)"),
+    ({"jpeg_quality": [50, 50]}, r"jpeg_quality: duplicates in \[50, 50\]"),
     ({"enabled": True, "jpeg_quality": [], "blur_sigma": [], "downscale": [], "format_equalisation": False},
      "no perturbation is listed"),
 ])

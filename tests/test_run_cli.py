@@ -58,6 +58,10 @@ BAD_VALUES = {
     "search.tpe_startup_trials=-1": "search.tpe_startup_trials: -1 is not in [0, inf)",
     "search.lr_max=.inf": "search.lr_max: expected a finite number, got inf",
     "name=../../etc": "name: '../../etc' is not a plain folder name",
+    # a mode's keys, in their sections or in the flat spelling of older configs: named as written
+    "search.frontier_margin=abc": "search.frontier_margin: expected a number, got 'abc'",
+    "search.frontier.margin=abc": "search.frontier.margin: expected a number, got 'abc'",
+    "search.asha.grace_period=0": "search.asha.grace_period: 0 is not in [1, inf)",
     "search.asha_grace_period=0": "search.asha_grace_period: 0 is not in [1, inf)",
     "search.asha_reduction_factor=1": "search.asha_reduction_factor: 1 is not in [2, inf)",
     "search.scheduler=asha --set search.asha_grace_period=11":

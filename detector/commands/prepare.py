@@ -19,7 +19,7 @@ from detector.commands._common import fail
 from detector.data.audit import format_audit
 from detector.data.demo import DEMO_COUNTS, DEMO_IMAGE_SIZE, DemoConfig
 from detector.data.images import MAX_PIXELS
-from detector.data.prepare import MANIFEST, StrictImportError, format_summary, prepare
+from detector.data.prepare import MANIFEST, ImportOptions, StrictImportError, format_summary, prepare
 from detector.data.sources import CelebDFSource, DemoSource, Faces140kSource, FolderSource, Source, SynthBusterSource
 from detector.system import usable_cpus
 
@@ -106,9 +106,10 @@ def sources_from_args(args: argparse.Namespace) -> list[Source]:
 def main(args: argparse.Namespace) -> int:
     try:
         sources = sources_from_args(args)
-        manifest = prepare(args.out, sources=sources, fmt=args.fmt, workers=args.workers, seed=args.seed,
-                           strict=args.strict, shard_rows=args.shard_rows, max_size=args.max_size,
-                           max_pixels=args.max_pixels, resume=not args.no_resume)
+        options = ImportOptions(fmt=args.fmt, shard_rows=args.shard_rows, max_size=args.max_size,
+                                max_pixels=args.max_pixels)
+        manifest = prepare(args.out, sources=sources, options=options, workers=args.workers, seed=args.seed,
+                           strict=args.strict, resume=not args.no_resume)
     except StrictImportError as e:
         print(format_summary(e.manifest))
         return fail("prepare", str(e), status=1)

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from PIL import Image
 
 from detector import FAKE, REAL
+from detector.config import NonNegative, Range, check_fields
 
 DEMO_IMAGE_SIZE = 64
 DEMO_COUNTS = {"train": 600, "val": 100, "test": 200}
@@ -40,20 +42,24 @@ _CHECKERBOARD_2X2 = {
 
 
 @dataclass(frozen=True)
+class _Even:
+    """The generators' 2x2 patterns tile the image: its size is even."""
+
+    def reason(self, value: int) -> str | None:
+        return None if value % 2 == 0 else f"{value} is not even (the 2x2 patterns tile the image)"
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """How many demo images of each split (balanced real/fake), at which size."""
 
-    image_size: int = DEMO_IMAGE_SIZE
-    train: int = DEMO_COUNTS["train"]
-    val: int = DEMO_COUNTS["val"]
-    test: int = DEMO_COUNTS["test"]
+    image_size: Annotated[int, Range(8), _Even()] = DEMO_IMAGE_SIZE
+    train: NonNegative = DEMO_COUNTS["train"]
+    val: NonNegative = DEMO_COUNTS["val"]
+    test: NonNegative = DEMO_COUNTS["test"]
 
     def __post_init__(self) -> None:
-        if self.image_size < 8 or self.image_size % 2:
-            raise ValueError(f"demo image_size must be an even number >= 8, got {self.image_size}")
-        for split in ("train", "val", "test"):
-            if getattr(self, split) < 0:
-                raise ValueError(f"demo count for {split} must be >= 0, got {getattr(self, split)}")
+        check_fields(self, where="demo")
 
     def count(self, split: str) -> int:
         return int(getattr(self, split))

@@ -18,10 +18,11 @@ How an epoch is cut (the same on every rank, so no two ranks read the same row):
    ``shuffle_buffer`` rows and 256 MB of encoded images) seeded by ``(seed, epoch, rank, worker)``.
 
 So with one rank every row is seen exactly once per epoch whatever the number of workers, and the order
-changes every epoch. Call ``set_epoch(epoch)`` before each epoch (or let :class:`ShardLoader` count).
+changes every epoch. Call ``set_epoch(epoch)`` before each epoch (or let :class:`ShardLoader` count). The
+options named here are a :class:`ReadSpec`'s.
 
 Shard checksums (sha256 from the manifest) are verified when the dataset is built, once per process per
-file version; ``verify=False`` skips that (e.g. remote data already verified elsewhere).
+file version; ``ReadSpec(verify=False)`` skips that (e.g. remote data already verified elsewhere).
 """
 
 from __future__ import annotations
@@ -152,6 +153,39 @@ def split_range(n: int, parts: int, part: int) -> tuple[int, int]:
     return part * n // parts, (part + 1) * n // parts
 
 
+@dataclass(frozen=True)
+class ReadSpec:
+    """How a split is read: which rows, in which order, decoded how. :class:`ShardDataset` and
+    :func:`build_loader` take one beside the dataset and the split.
+
+    ``train``: random horizontal flips (``hflip_prob``) and a new shuffle every epoch (``shuffle``: None
+    follows ``train``; rows mixed in a buffer of up to ``shuffle_buffer`` rows); ``seed`` picks the shuffles
+    and the flips. ``sources`` / ``generators``: only rows of these. ``with_meta``: each row's
+    :data:`META_KEYS` too. ``verify``: check the shards' sha256 first. ``jpeg_draft``: decode large JPEGs
+    at a reduced scale (:func:`~detector.data.images.decode_image`; predict must then do the same).
+    ``pad``: every rank yields as many rows (training), or each row once over all ranks (False: evaluation).
+    """
+
+    image_size: int = 224
+    train: bool = False
+    seed: int = 0
+    sources: tuple[str, ...] | None = None
+    generators: tuple[str, ...] | None = None
+    with_meta: bool = False
+    verify: bool = True
+    shuffle: bool | None = None
+    hflip_prob: float = 0.5
+    shuffle_buffer: int = 1024
+    jpeg_draft: bool = False
+    pad: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("sources", "generators"):  # a list is welcome; held as a tuple, so specs compare and hash
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+
 # ------------------------------------------------------------------------------------------ dataset
 class ShardDataset(IterableDataset):
     """Rows of one split as ``(image FloatTensor[3, S, S], label int)``, or with ``with_meta=True``
@@ -159,34 +193,33 @@ class ShardDataset(IterableDataset):
 
     ``len(ds)`` is the number of rows this rank yields per epoch, over all its DataLoader workers:
     ``ceil(N / world_size)`` with ``pad`` (``N`` with one rank), its own share of the ``N`` without.
+    ``rank`` / ``world_size`` default to the process group's (``detector.distributed``).
 
-    >>> ds = ShardDataset("data/demo", "train", image_size=64, train=True)  # doctest: +SKIP
+    >>> ds = ShardDataset("data/demo", "train", ReadSpec(image_size=64, train=True))  # doctest: +SKIP
     >>> ds.set_epoch(1); image, label = next(iter(ds))  # doctest: +SKIP
     """
 
-    def __init__(self, data: str, split: str, *, image_size: int = 224, train: bool = False,
-                 sources: Sequence[str] | None = None, generators: Sequence[str] | None = None, seed: int = 0,
-                 with_meta: bool = False, verify: bool = True, shuffle: bool | None = None,
-                 hflip_prob: float = 0.5, shuffle_buffer: int = 1024, rank: int | None = None,
-                 world_size: int | None = None, jpeg_draft: bool = False, pad: bool = True) -> None:
+    def __init__(self, data: str, split: str, spec: ReadSpec = ReadSpec(), *, rank: int | None = None,
+                 world_size: int | None = None) -> None:
         super().__init__()
-        self.pad = pad
+        self.spec = spec
+        self.pad = spec.pad
         self.data = str(data)
-        self.jpeg_draft = jpeg_draft
+        self.jpeg_draft = spec.jpeg_draft
         self.split = split
-        self.image_size = image_size
-        self.train = train
-        self.seed = seed
-        self.with_meta = with_meta
-        self.shuffle = train if shuffle is None else shuffle
-        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.image_size = image_size = spec.image_size
+        self.train = spec.train
+        self.seed = spec.seed
+        self.with_meta = spec.with_meta
+        self.shuffle = spec.train if spec.shuffle is None else spec.shuffle
+        self.shuffle_buffer = max(1, spec.shuffle_buffer)
         self.epoch = 0
         env_rank, env_world = rank_and_world()
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
-        self.transform = (ClassificationPresetTrain(image_size=image_size, hflip_prob=hflip_prob) if train
+        self.transform = (ClassificationPresetTrain(image_size=image_size, hflip_prob=spec.hflip_prob) if spec.train
                           else ClassificationPresetEval(image_size=image_size))
         manifest = read_manifest(self.data)
         self.format = manifest["format"]
@@ -196,24 +229,23 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"{manifest_name(self.data)}: holds images decoded at {self.pixels}x{self.pixels} "
                              f"(pixels.size), not the {image_size}x{image_size} asked for; derive one at that size "
                              f"with `detector pixels {manifest['pixels']['from']['data']} --size {image_size}`")
-        if self.pixels is not None and jpeg_draft:
+        if self.pixels is not None and spec.jpeg_draft:
             raise ValueError(f"{self.data}: jpeg_draft has no effect on a pixel dataset (nothing is decoded)")
         if split not in manifest["splits"]:
             raise ValueError(f"{self.data}: no split {split!r}; the manifest has {', '.join(manifest['splits'])}")
         known = set(manifest["splits"][split])
-        if sources is not None:
-            unknown = sorted(set(sources) - known)
+        if spec.sources is not None:
+            unknown = sorted(set(spec.sources) - known)
             if unknown:
                 raise ValueError(f"{self.data}: no source(s) {', '.join(unknown)} in this dataset; it has "
                                  f"{', '.join(sorted(known))}")
-        self.sources = None if sources is None else tuple(sources)
-        self.generators = None if generators is None else tuple(generators)
+        self.sources, self.generators = spec.sources, spec.generators
         filesystem, root = _resolve(self.data)
         shards = [(i, s) for i, s in enumerate(manifest["shards"]) if s["split"] == split
                   and (self.sources is None or any(s["sources"].get(src) for src in self.sources))]
         # relative shard path -> its file, checked once: workers read only these
         self._files = {s["path"]: shard_file(self.data, root, s, i) for i, s in shards}
-        if verify:
+        if spec.verify:
             for _, s in shards:
                 verify_shard(filesystem, self._files[s["path"]], s["sha256"], name=f"{self.data}/{s['path']}")
         self._pieces: list[_Piece] = []
@@ -469,29 +501,25 @@ class ShardLoader(DataLoader):
         return super().__iter__()
 
 
-def build_loader(data: str, split: str, *, batch_size: int, image_size: int = 224, train: bool = False,
-                 num_workers: int = 2, seed: int = 0, sources: Sequence[str] | None = None,
-                 generators: Sequence[str] | None = None, with_meta: bool = False, pin_memory: bool = False,
-                 drop_last: bool = False, verify: bool = True, shuffle: bool | None = None,
-                 prefetch_factor: int | None = None, normalize: bool = True, jpeg_draft: bool = False,
-                 pad: bool = True) -> ShardLoader:
+def build_loader(data: str, split: str, spec: ReadSpec = ReadSpec(), *, batch_size: int, num_workers: int = 2,
+                 pin_memory: bool = False, drop_last: bool = False, prefetch_factor: int | None = None,
+                 normalize: bool = True) -> ShardLoader:
     """A DataLoader of ``(images [B, 3, S, S] float32, labels [B] int64)`` batches (plus a ``meta`` dict of
-    lists with ``with_meta``) over one split. ``train=True`` flips at random and reshuffles every epoch.
+    lists with ``spec.with_meta``) over one split, read as ``spec`` says. ``spec.train`` flips at random and
+    reshuffles every epoch.
 
     ``len(loader)`` (batches) is exact: each worker forms its own batches, so with ``drop_last=False`` up to
     one partial batch per worker. Epochs advance on every ``iter(loader)``; ``loader.set_epoch(e)`` sets it.
 
     ``normalize=False`` yields uint8 images (4x fewer bytes to move); normalise them on the device with
-    ``loader.shard_dataset.transform.normalize(images.to(device))``. ``jpeg_draft=True`` decodes large JPEGs
-    at a reduced scale (see :func:`~detector.data.images.decode_image`); predict must then do the same.
-    Under a process group each rank reads its share (module docstring); ``pad=False`` for evaluation.
+    ``loader.shard_dataset.transform.normalize(images.to(device))``. Under a process group each rank reads
+    its share (module docstring); ``ReadSpec(pad=False)`` for evaluation.
 
-    >>> loader = build_loader("data/demo", "train", batch_size=32, image_size=64, train=True)  # doctest: +SKIP
+    >>> spec = ReadSpec(image_size=64, train=True)
+    >>> loader = build_loader("data/demo", "train", spec, batch_size=32)  # doctest: +SKIP
     >>> for images, labels in loader: ...  # doctest: +SKIP
     """
-    dataset = ShardDataset(data, split, image_size=image_size, train=train, sources=sources, generators=generators,
-                           seed=seed, with_meta=with_meta, verify=verify, shuffle=shuffle, jpeg_draft=jpeg_draft,
-                           pad=pad)
+    dataset = ShardDataset(data, split, spec)
     kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers > 0:
         # workers run decoding only; one torch thread each avoids oversubscribing the cores

@@ -28,9 +28,10 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 from detector import FAKE, REAL
+from detector.config import AtLeastOne, OneOf, Range, check_fields
 from detector.data.audit import audit_dataset
 from detector.data.images import MAX_PIXELS, ImageDecodeError, open_image
 from detector.data.sources import (
@@ -49,6 +50,7 @@ from detector.data.sources import (
     plan_sources,
 )
 from detector.data.demo import DemoConfig
+from detector.data.shards import FORMATS
 from detector.system import die_with_parent, usable_cpus
 
 log = logging.getLogger(__name__)
@@ -74,22 +76,15 @@ class StrictImportError(ValueError):
 class ImportOptions:
     """What decides the bytes of the shards (so it is part of every shard's identity)."""
 
-    fmt: str = "parquet"
-    shard_rows: int = 2048
-    row_group_rows: int = 256
-    max_size: int = 0  # 0 keeps every image at its size; else larger ones are shrunk to fit, as PNG
-    max_pixels: int = MAX_PIXELS
+    fmt: Annotated[str, OneOf(FORMATS)] = "parquet"
+    shard_rows: AtLeastOne = 2048
+    row_group_rows: AtLeastOne = 256
+    # 0 keeps every image at its size; else larger ones are shrunk to fit, as PNG
+    max_size: Annotated[int, Range(0, why="0 keeps every image's size")] = 0
+    max_pixels: AtLeastOne = MAX_PIXELS
 
     def __post_init__(self) -> None:
-        from detector.data.shards import FORMATS
-
-        if self.fmt not in FORMATS:
-            raise ValueError(f"unknown format {self.fmt!r}; expected one of {', '.join(FORMATS)}")
-        for name in ("shard_rows", "row_group_rows", "max_pixels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_size < 0:
-            raise ValueError(f"max_size must be >= 0 (0 = keep sizes), got {self.max_size}")
+        check_fields(self)  # its keys are prepare()'s parameters of the same names
 
 
 # --------------------------------------------------------------------------------------- worker side
@@ -414,16 +409,17 @@ def as_sources(sources: Sequence[Source] | Mapping[str, str | Path] = (), *,
 
 
 def prepare(out: Path, *, sources: Sequence[Source] | Mapping[str, str | Path] = (), demo: bool | DemoConfig = False,
-            fmt: str = "parquet", workers: int | None = None, seed: int = 0, strict: bool = False,
-            shard_rows: int = 2048, row_group_rows: int = 256, max_size: int = 0, max_pixels: int = MAX_PIXELS,
-            resume: bool = True, progress: bool | None = None) -> dict[str, Any]:
+            options: ImportOptions = ImportOptions(), workers: int | None = None, seed: int = 0,
+            strict: bool = False, resume: bool = True, progress: bool | None = None) -> dict[str, Any]:
     """Import ``sources`` into shards under ``out`` and return the manifest (also written to out/manifest.json).
 
     ``sources`` is a list of source objects (:class:`Faces140kSource`, ...), or a mapping from source name
-    to folder with default options; ``demo`` adds the demo dataset. ``workers`` defaults to all cores.
+    to folder with default options; ``demo`` adds the demo dataset. ``options``: the shards' format and
+    sizes (:class:`ImportOptions`). ``workers`` defaults to all cores.
 
     >>> prepare(Path("data/demo"), demo=True)["totals"]["train"]  # doctest: +SKIP
     {'real': 300, 'fake': 300}
+    >>> prepare(Path("data/wds"), demo=True, options=ImportOptions(fmt="webdataset"))  # doctest: +SKIP
 
     Raises :class:`~detector.data.sources.SourceError` for a missing or malformed source folder (before any
     work) and :class:`StrictImportError` when ``strict`` and something was rejected.
@@ -434,8 +430,6 @@ def prepare(out: Path, *, sources: Sequence[Source] | Mapping[str, str | Path] =
 
     sources = as_sources(sources, demo=demo)
     workers = workers if workers is not None else usable_cpus()
-    options = ImportOptions(fmt=fmt, shard_rows=shard_rows, row_group_rows=row_group_rows, max_size=max_size,
-                            max_pixels=max_pixels)
     out = Path(out)
     t0 = time.perf_counter()
     planned = plan_sources(sources, seed)

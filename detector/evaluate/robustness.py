@@ -27,8 +27,9 @@ import io
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Sequence
 
+from detector.config import ConfigError, Items, OneOf, Range, check_fields
 from detector.data.loader import ShardDataset
 from detector.evaluate.scoring import Scored, check_counts
 
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("jpeg", "blur", "downscale", "format")
 FORMAT_QUALITY = 95  # format equalisation re-encodes as JPEG at this quality
+_ONCE = Items(unique=True)  # a severity listed twice would be scored twice under one name
+_Quality = Annotated[int, Range(1, 100, why="a JPEG quality")]
+_Sigma = Annotated[float, Range(0, 50, low_open=True, why="a blur sigma in pixels")]
+_Factor = Annotated[float, Range(0, 1, low_open=True, high_open=True, why="a factor of the image's size")]
 
 
 @dataclass(frozen=True)
@@ -47,27 +52,17 @@ class RobustnessSection:
     """``evaluate.robustness`` of the experiment config: which perturbations every model is scored under."""
 
     enabled: bool = False
-    jpeg_quality: tuple[int, ...] = (95, 75, 50, 30)
-    blur_sigma: tuple[float, ...] = (1.0, 2.0, 3.0)
-    downscale: tuple[float, ...] = (0.5, 0.25)
+    jpeg_quality: Annotated[tuple[_Quality, ...], _ONCE] = (95, 75, 50, 30)
+    blur_sigma: Annotated[tuple[_Sigma, ...], _ONCE] = (1.0, 2.0, 3.0)
+    downscale: Annotated[tuple[_Factor, ...], _ONCE] = (0.5, 0.25)
     format_equalisation: bool = True  # every image of the whole test split as JPEG q95
 
     def __post_init__(self) -> None:
-        for q in self.jpeg_quality:
-            if not 1 <= q <= 100:
-                raise ValueError(f"evaluate.robustness.jpeg_quality: {q} is not a JPEG quality in [1, 100]")
-        for s in self.blur_sigma:
-            if not 0 < s <= 50:
-                raise ValueError(f"evaluate.robustness.blur_sigma: {s} is not a blur in (0, 50] pixels")
-        for f in self.downscale:
-            if not 0 < f < 1:
-                raise ValueError(f"evaluate.robustness.downscale: {f} is not a factor in (0, 1)")
-        for name in ("jpeg_quality", "blur_sigma", "downscale"):
-            values = getattr(self, name)
-            if len(set(values)) != len(values):
-                raise ValueError(f"evaluate.robustness.{name}: duplicates in {list(values)}")
+        check_fields(self, where="evaluate.robustness")
+
+    def validate(self) -> None:
         if self.enabled and not self.perturbations():
-            raise ValueError("evaluate.robustness: enabled, but no perturbation is listed")
+            raise ConfigError("evaluate.robustness: enabled, but no perturbation is listed")
 
     def perturbations(self) -> list["Perturbation"]:
         """The perturbations, family by family, from the mildest to the strongest."""
@@ -83,12 +78,11 @@ class RobustnessSection:
 class Perturbation:
     """One perturbation at one severity; calling it maps a decoded RGB image to the perturbed image."""
 
-    family: str
+    family: Annotated[str, OneOf(FAMILIES)]
     severity: float
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown perturbation {self.family!r}; choose from {', '.join(FAMILIES)}")
+        check_fields(self, where="perturbation")
 
     @property
     def name(self) -> str:
@@ -179,9 +173,9 @@ def perturbed_loader(data: str, perturbation: Callable[["Image.Image"], Any], *,
                      pin_memory: bool = False) -> Any:
     """Test batches (uint8) of ``data`` (a dataset of encoded images) with ``perturbation`` applied to every
     decoded image before the resize, in the DataLoader's workers; the clean loader's rows and order."""
-    from detector.data.loader import ShardLoader, _Batches, _worker_init
+    from detector.data.loader import ReadSpec, ShardLoader, _Batches, _worker_init
 
-    dataset = _PerturbedShards(data, "test", image_size=image_size, sources=sources, with_meta=True,
+    dataset = _PerturbedShards(data, "test", ReadSpec(image_size=image_size, sources=sources, with_meta=True),
                                perturbation=perturbation)
     kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers > 0:

@@ -81,7 +81,7 @@ def score_split(
     """``model``'s probability of Real for every image of ``split`` in the shards at ``data``."""
     import torch
 
-    from detector.data.loader import build_loader, manifest_sha256, read_manifest
+    from detector.data.loader import ReadSpec, build_loader, manifest_sha256, read_manifest
     from detector.train import collect_predictions
 
     device = torch.device(device)
@@ -89,9 +89,8 @@ def score_split(
     expected = expected_counts(manifest, split)
     if not any(expected.values()):
         raise ValueError(f"{data}: the manifest lists no {split} samples")
-    loader = build_loader(data, split, batch_size=batch_size, image_size=image_size, train=False,
-                          num_workers=num_workers, with_meta=True, pin_memory=device.type == "cuda",
-                          normalize=False)
+    loader = build_loader(data, split, ReadSpec(image_size=image_size, with_meta=True), batch_size=batch_size,
+                          num_workers=num_workers, pin_memory=device.type == "cuda", normalize=False)
     labels, probs, metas = collect_predictions(model, loader, device=device, precision=precision)
     if metas is None or "source" not in metas:
         raise ValueError(f"{data}: the {split} loader returned no per-sample source (with_meta=True)")

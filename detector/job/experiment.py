@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from detector.config import (
     AtLeastOne,
     ConfigError,
+    Items,
     Match,
     NonEmpty,
     NonNegative,
@@ -30,6 +31,7 @@ from detector.distributed import per_rank_batch
 from detector.evaluate.metrics import CALIBRATIONS
 from detector.evaluate.robustness import RobustnessSection
 from detector.evaluate.sets import PRIMARY_CHOICES
+from detector.job.pareto import PARETO_OBJECTIVES
 from detector.job.runfolder import model_name
 from detector.prune.channels import MAX_SPARSITY as MAX_CHANNEL_SPARSITY
 from detector.prune.schedule import PruningSchedule, ScheduleKeys
@@ -66,6 +68,64 @@ _Sparsity = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
 _LearningRate = Annotated[float, Range(0, low_open=True)]
 
 
+# A search mode's own keys are a section of their own (search.frontier, search.pareto, search.asha). Their
+# values are checked against their declarations (type, range, names) in every mode: a value that no mode
+# takes is a mistake wherever it stands, and a saved config holds only valid values. The rules across a
+# mode's keys (pareto.models <= pareto.trials, ...) apply only while that mode is on: a grid search does not
+# refuse a Pareto setting it never reads.
+@dataclass(frozen=True)
+class FrontierSection:
+    """``search.frontier``: the frontier search's rule (``mode: frontier``; detector.job.frontier)."""
+
+    # non-inferior: a fine-tuned model's val accuracy >= the baseline's - margin
+    margin: Annotated[float, Range(0, 0.5, high_open=True)] = 0.005
+    # the search stops when the bracket (last non-inferior probe, first inferior one) is this narrow
+    resolution: Annotated[float, Range(0, 0.5, low_open=True, high_open=True)] = 0.025
+    parallel: AtLeastOne = 1  # probes per refinement round (1: bisection)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class ParetoSection:
+    """``search.pareto``: the multi-objective search (``mode: pareto``; detector.job.pareto)."""
+
+    # what the front trades off: two or more of PARETO_OBJECTIVES
+    objectives: Annotated[tuple[Annotated[str, OneOf(tuple(PARETO_OBJECTIVES))], ...],
+                          Items(at_least=2, unique=True)] = ("val_accuracy", "nonzero_params")
+    trials: Annotated[int, Range(2)] = 20
+    # the sparsity is searched in [sparsity_min, sparsity_max], in steps of SPARSITY_STEP
+    sparsity_min: _Sparsity = 0.1
+    sparsity_max: Annotated[float, Range(0, 0.95, low_open=True)] = 0.95
+    models: AtLeastOne = 3  # models of the front (spread over its sparsities) fine-tuned and evaluated
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def check_mode(self) -> None:
+        """The rules across these keys: ``SearchSection.validate`` applies them when mode is pareto."""
+        if self.models > self.trials:
+            raise ConfigError(f"search.pareto.models: {self.models} is more than search.pareto.trials "
+                              f"({self.trials})")
+        if not self.sparsity_min < self.sparsity_max:
+            raise ConfigError(f"search.pareto.sparsity_min/sparsity_max: need min < max, got {self.sparsity_min}, "
+                              f"{self.sparsity_max}")
+
+
+@dataclass(frozen=True)
+class AshaSection:
+    """``search.asha``: ASHA's early stopping of weak trials (``scheduler: asha``)."""
+
+    # no trial is stopped before this many epochs (at most search_train.max_epochs, ASHA's max_t)
+    grace_period: AtLeastOne = 2
+    # 1 in this many trials is kept at each rung; 1 would keep them all
+    reduction_factor: Annotated[int, Range(2)] = 2
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 @dataclass(frozen=True)
 class SearchSection(ScheduleKeys):
     # ScheduleKeys: how each trial and fine-tune reaches its sparsity (beyond the paper; docs/pruning.md,
@@ -75,12 +135,13 @@ class SearchSection(ScheduleKeys):
     # (`iterative_steps` steps, geometric in the weights kept, `iterative_epochs` epochs of training after
     # each; `rewind_epoch`: rewind the weights to that epoch's after every later step, as in lottery-ticket
     # rewinding; null: no rewinding).
-    sparsities: tuple[_Sparsity, ...] = (0.1, 0.2, 0.3, 0.4)
+    # Each sparsity names its model, evaluation and TensorBoard run: each is given once.
+    sparsities: Annotated[tuple[_Sparsity, ...], Items(at_least=1, unique=True)] = (0.1, 0.2, 0.3, 0.4)
     # How pruned models lose their weights: "unstructured" (global L1, the paper's: zeros in dense
     # tensors) or "structured" (L1 channel pruning: `sparsities` of the prunable weights removed).
     method: Literal["unstructured", "structured"] = "unstructured"
     trials_per_sparsity: AtLeastOne = 5
-    optimizers: tuple[Literal["adam", "sgd"], ...] = ("adam", "sgd")
+    optimizers: Annotated[tuple[Literal["adam", "sgd"], ...], Items(at_least=1, unique=True)] = ("adam", "sgd")
     lr_min: _LearningRate = 1e-6
     lr_max: _LearningRate = 1e-4
     # What each trial is judged by: a metric every epoch of the training loop reports.
@@ -99,33 +160,35 @@ class SearchSection(ScheduleKeys):
     # What the search looks for (beyond the paper, which searches a fixed grid):
     #   grid      the paper's: one Optuna search and fine-tune per sparsity in `sparsities`;
     #   frontier  the largest sparsity whose fine-tuned model is non-inferior to the baseline on validation
-    #             data (val accuracy >= the baseline's - frontier_margin), by rounds: first `sparsities`, then
-    #             `frontier_parallel` probes inside the bracket until it is `frontier_resolution` wide
+    #             data (val accuracy >= the baseline's - frontier.margin), by rounds: first `sparsities`, then
+    #             `frontier.parallel` probes inside the bracket until it is `frontier.resolution` wide
     #             (detector.job.frontier).
     #   pareto    accuracy against size: one multi-objective Optuna study over sparsity (in
-    #             [pareto_sparsity_min, pareto_sparsity_max], steps of 0.005) beside optimizer and lr,
-    #             `pareto_trials` trials, `objectives` from PARETO_OBJECTIVES; `pareto_models` models of the
-    #             front (spread over its sparsities) are fine-tuned and evaluated (detector.job.pareto).
+    #             [pareto.sparsity_min, pareto.sparsity_max], steps of 0.005) beside optimizer and lr,
+    #             `pareto.trials` trials, `pareto.objectives`; `pareto.models` models of the front (spread
+    #             over its sparsities) are fine-tuned and evaluated (detector.job.pareto).
     mode: Literal["grid", "frontier", "pareto"] = "grid"
-    frontier_margin: Annotated[float, Range(0, 0.5, high_open=True)] = 0.005
-    frontier_resolution: Annotated[float, Range(0, 0.5, low_open=True, high_open=True)] = 0.025
-    frontier_parallel: AtLeastOne = 1
-    objectives: tuple[str, ...] = ("val_accuracy", "nonzero_params")
-    pareto_trials: Annotated[int, Range(2)] = 20
-    pareto_sparsity_min: _Sparsity = 0.1
-    pareto_sparsity_max: Annotated[float, Range(0, 0.95, low_open=True)] = 0.95
-    pareto_models: AtLeastOne = 3
-    # Stop weak trials early with ASHA (beyond the paper; off in paper.yaml).
+    frontier: FrontierSection = field(default_factory=FrontierSection)
+    pareto: ParetoSection = field(default_factory=ParetoSection)
+    # Stop weak trials early with ASHA (beyond the paper; off in paper.yaml), as `asha` says.
     scheduler: Literal["none", "asha"] = "none"
-    # ASHA stops no trial before this many epochs (at most search_train.max_epochs, its max_t)
-    asha_grace_period: AtLeastOne = 2
-    # ASHA keeps 1 in this many trials at each rung; 1 would keep them all
-    asha_reduction_factor: Annotated[int, Range(2)] = 2
+    asha: AshaSection = field(default_factory=AshaSection)
+
+    # The modes' keys as versions before their sections spelled them, flat in this section: still read (files,
+    # --set, saved run folders), as the key each names now; detector.config.from_dict.
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "frontier_margin": "frontier.margin", "frontier_resolution": "frontier.resolution",
+        "frontier_parallel": "frontier.parallel", "objectives": "pareto.objectives",
+        "pareto_trials": "pareto.trials", "pareto_sparsity_min": "pareto.sparsity_min",
+        "pareto_sparsity_max": "pareto.sparsity_max", "pareto_models": "pareto.models",
+        "asha_grace_period": "asha.grace_period", "asha_reduction_factor": "asha.reduction_factor",
+    }
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not self.sparsities:
-            raise ConfigError("search.sparsities: give at least one sparsity")
+
+    def validate(self) -> None:
+        """The rules across the search's keys; a mode's own section's rules only while that mode is on."""
         if self.method == "structured" and max(self.sparsities) > MAX_CHANNEL_SPARSITY:
             raise ConfigError(f"search.sparsities: channel pruning takes budgets up to {MAX_CHANNEL_SPARSITY} "
                               f"(calibrated and tested up to there), got {max(self.sparsities)}")
@@ -133,10 +196,6 @@ class SearchSection(ScheduleKeys):
             self.pruning_schedule().check(min(self.sparsities), method=self.method)
         except ValueError as e:
             raise ConfigError(f"search.{e}") from None
-        for name in ("sparsities", "optimizers"):
-            values = list(getattr(self, name))
-            if not values or len(set(values)) != len(values):
-                raise ConfigError(f"search.{name}: give each value once, at least one, got {values}")
         names = [model_name(s) for s in self.sparsities]
         shared = sorted({n for n in names if names.count(n) > 1})
         if shared:  # each sparsity's model, evaluation and TensorBoard run are named by it
@@ -147,21 +206,11 @@ class SearchSection(ScheduleKeys):
         if self.direction != OBJECTIVES[self.metric]:
             raise ConfigError(f"search.direction: {self.direction} would look for the worst {self.metric}; "
                               f"use direction: {OBJECTIVES[self.metric]}")
-        from detector.job.pareto import PARETO_OBJECTIVES
-
-        bad = [o for o in self.objectives if o not in PARETO_OBJECTIVES]
-        if bad or len(self.objectives) < 2 or len(set(self.objectives)) != len(self.objectives):
-            raise ConfigError(f"search.objectives: {list(self.objectives)}: give two or more distinct objectives "
-                              f"from {', '.join(PARETO_OBJECTIVES)}" + (f" ({bad} are not among them)" if bad else ""))
-        if self.pareto_models > self.pareto_trials:
-            raise ConfigError(f"search.pareto_models: {self.pareto_models} is more than pareto_trials "
-                              f"({self.pareto_trials})")
-        if self.mode == "pareto" and self.scheduler != "none":
-            raise ConfigError("search.scheduler: ASHA ranks trials on one metric; a Pareto search has several "
-                              "(use scheduler: none with mode: pareto)")
-        if not self.pareto_sparsity_min < self.pareto_sparsity_max:
-            raise ConfigError(f"search.pareto_sparsity_min/max: need min < max, got {self.pareto_sparsity_min}, "
-                              f"{self.pareto_sparsity_max}")
+        if self.mode == "pareto":
+            self.pareto.check_mode()
+            if self.scheduler != "none":
+                raise ConfigError("search.scheduler: ASHA ranks trials on one metric; a Pareto search has several "
+                                  "(use scheduler: none with mode: pareto)")
         if self.objective == "best" and self.metric != "val_accuracy":
             raise ConfigError(f"search.objective: best is tracked for metric val_accuracy only, not {self.metric!r}; "
                               "use objective: last")
@@ -241,6 +290,8 @@ class ResourcesSection:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def validate(self) -> None:
         for stage in TRAINING_STAGES:
             r = self.stage(stage)
             if r.data_parallel and r.gpus_per_trial not in (0, 1):
@@ -314,6 +365,9 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def validate(self) -> None:
+        """The rules across sections: storage, each stage's training config, the schedule's epochs, ASHA's."""
         if self.storage is not None and "://" not in self.storage and not Path(self.storage).is_absolute():
             raise ConfigError(f"storage: {self.storage!r} must be an absolute path or a URI such as s3://bucket/runs")
         # Build each stage's TrainConfig now, so a bad override fails before any trial starts.
@@ -332,8 +386,8 @@ class ExperimentConfig:
             self.search.pruning_schedule().check_epochs(self.stage_train(section).max_epochs,  # type: ignore[arg-type]
                                                         where=f"{section}.max_epochs")
         max_t = self.stage_train("search_train").max_epochs
-        if self.search.scheduler == "asha" and self.search.asha_grace_period > max_t:
-            raise ConfigError(f"search.asha_grace_period: {self.search.asha_grace_period} is more than "
+        if self.search.scheduler == "asha" and self.search.asha.grace_period > max_t:
+            raise ConfigError(f"search.asha.grace_period: {self.search.asha.grace_period} is more than "
                               f"search_train.max_epochs ({max_t}), the most epochs a trial runs")
 
     def stage_train(self, section: Literal["baseline", "search_train", "finetune"], **extra: Any) -> TrainConfig:

@@ -1,16 +1,16 @@
 """How far can it be pruned? The search for the sparsity frontier, on validation data only.
 
 The frontier is the largest sparsity whose fine-tuned model is **non-inferior** to the baseline on the
-validation set: its val accuracy is at least the baseline's minus a margin δ (``search.frontier_margin``).
+validation set: its val accuracy is at least the baseline's minus a margin δ (``search.frontier.margin``).
 Both are the best epoch's val accuracy, the value each model is saved at. The search runs in rounds; each
 round's probes are sparsities, and each probe is what a sparsity of the grid search is: its own Optuna search
 (``search.trials_per_sparsity`` trials, concurrent Tune trials) and a fine-tune with the best parameters.
 
 - Round 1 probes the coarse grid ``search.sparsities`` (e.g. 0.5, 0.7, 0.8, 0.9, 0.95).
 - Then: ``lo`` = the largest non-inferior probe below ``hi``, the smallest inferior probe (0, the baseline
-  itself, when no probe below ``hi`` is non-inferior). The next round probes ``search.frontier_parallel``
+  itself, when no probe below ``hi`` is non-inferior). The next round probes ``search.frontier.parallel``
   points evenly inside (lo, hi) (one: bisection).
-- It stops when ``hi - lo <= search.frontier_resolution``, or when no probe is inferior (the frontier is then
+- It stops when ``hi - lo <= search.frontier.resolution``, or when no probe is inferior (the frontier is then
   at least the largest probe: the grid did not reach it, and the answer says so).
 
 The rule reads nothing but validation accuracies: this module is given no test data, and the evaluate
@@ -25,23 +25,25 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
+from detector.config import AtLeastOne, Items, Range, check_fields
 from detector.io import atomic_write_json
+
+
+_Fraction = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
 
 
 @dataclass(frozen=True)
 class FrontierRule:
-    grid: tuple[float, ...]  # the first round's probes
-    margin: float  # non-inferior: val accuracy >= the baseline's - margin
-    resolution: float  # stop when the bracket (last non-inferior, first inferior) is this narrow
-    parallel: int = 1  # probes per refinement round
+    # the first round's probes: sparsities
+    grid: Annotated[tuple[_Fraction, ...], Items(at_least=1)]
+    margin: Annotated[float, Range(0, 1, high_open=True)]  # non-inferior: val accuracy >= the baseline's - margin
+    resolution: _Fraction  # stop when the bracket (last non-inferior, first inferior) is this narrow
+    parallel: AtLeastOne = 1  # probes per refinement round
 
     def __post_init__(self) -> None:
-        if not self.grid or any(not 0.0 < s < 1.0 for s in self.grid):
-            raise ValueError(f"frontier grid: {list(self.grid)} must be sparsities in (0, 1)")
-        if not 0.0 <= self.margin < 1.0 or not 0.0 < self.resolution < 1.0 or self.parallel < 1:
-            raise ValueError("frontier: need 0 <= margin < 1, 0 < resolution < 1, parallel >= 1")
+        check_fields(self, where="frontier")
 
     def non_inferior(self, val_accuracy: float, baseline: float) -> bool:
         return val_accuracy >= baseline - self.margin - 1e-12

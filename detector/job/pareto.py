@@ -3,8 +3,8 @@
 One Optuna study (a multi-objective TPE sampler) searches the sparsity beside the training parameters; each
 trial prunes the baseline to its sparsity, trains for ``search_train``'s epochs and reports its val accuracy
 and its size. A trial is on the front when no other trial is at least as good in every objective and better
-in one. ``pareto_models`` of the front's trials, spread over its sparsities, are then fine-tuned and evaluated
-like a grid search's models. Selection reads validation results and sizes only.
+in one. ``search.pareto.models`` of the front's trials, spread over its sparsities, are then fine-tuned and
+evaluated like a grid search's models. Selection reads validation results and sizes only.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
 def prepare_data(exp: ExperimentConfig, data: str) -> None:
     """Import the raw datasets named in ``data`` unless the shards are already there."""
     from detector.data.loader import read_manifest
-    from detector.data.prepare import prepare
+    from detector.data.prepare import ImportOptions, prepare
 
     try:
         read_manifest(data)
@@ -82,7 +82,7 @@ def prepare_data(exp: ExperimentConfig, data: str) -> None:
     if is_uri(data):
         raise ConfigError(f"data.path: {data}: import writes to a local or mounted path; prepare it there first")
     log.info("data: importing %s into %s", ", ".join([*sources, *(["demo"] if d.demo else [])]), data)
-    prepare(Path(data), sources=sources, demo=d.demo, fmt=d.format, seed=d.seed)
+    prepare(Path(data), sources=sources, demo=d.demo, options=ImportOptions(fmt=d.format), seed=d.seed)
 
 
 def planned_models(exp: ExperimentConfig, run: RunFolder) -> list[float]:
@@ -289,7 +289,7 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
     from detector.job.frontier import FrontierRecord, FrontierRule
 
     s = exp.search
-    rule = FrontierRule(tuple(sorted(s.sparsities)), s.frontier_margin, s.frontier_resolution, s.frontier_parallel)
+    rule = FrontierRule(tuple(sorted(s.sparsities)), s.frontier.margin, s.frontier.resolution, s.frontier.parallel)
     baseline = _read_json(folder.model_summary(0.0))["best_val_accuracy"]
     record = FrontierRecord.open(folder.frontier, rule, baseline)
     while probes := record.open_round():

@@ -17,7 +17,7 @@ import torch
 from detector import distributed
 from detector.checkpoint import load_model, save_checkpoint
 from detector.config import to_dict
-from detector.data.loader import build_loader, manifest_sha256
+from detector.data.loader import ReadSpec, ShardLoader, build_loader, manifest_sha256
 from detector.device import resolve_device
 from detector.io import atomic_write_json
 from detector.job.experiment import EvaluateSection
@@ -71,15 +71,8 @@ def train_stage(
     hook = schedule.hook(sparsity, method=method, arch=cfg.arch) if sparsity > 0 else None
     # oneshot prunes here; a schedule's hook prunes inside the loop, starting from the unpruned model
     pruning = prune(model, sparsity, method=method, arch=cfg.arch) if hook is None else PruningInfo()
-    pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
     world_size = distributed.rank_and_world()[1]
-    batch = distributed.per_rank_batch(cfg.batch_size, world_size)
-    train_loader = build_loader(data, "train", batch_size=batch, image_size=cfg.image_size, train=True,
-                                num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin, drop_last=True,
-                                normalize=False)
-    # pad=False: each validation image once over all ranks, so the summed metrics are the whole split's
-    val_loader = build_loader(data, "val", batch_size=batch, image_size=cfg.image_size,
-                              num_workers=cfg.num_workers, pin_memory=pin, normalize=False, pad=False)
+    train_loader, val_loader = _stage_loaders(cfg, data, world_size)
     # Only what varies between a run's trainings: TensorBoard's HParams view ticks five hparams (in
     # alphabetical order) by default, and a sixth, constant one (the arch, in every run's config.yaml and in
     # the report's header) would push sparsity out of view. A schedule other than one-shot joins the method.
@@ -115,6 +108,19 @@ def train_stage(
         log.info("saved %s (best val accuracy %.4f at epoch %d)", model_path, result.best_val_accuracy,
                  result.best_epoch)
     return summary
+
+
+def _stage_loaders(cfg: TrainConfig, data: str, world_size: int) -> tuple[ShardLoader, ShardLoader]:
+    """The train and val loaders of a training run on one of ``world_size`` ranks: uint8 batches of this
+    rank's share of ``cfg.batch_size`` (the global batch)."""
+    pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
+    batch = distributed.per_rank_batch(cfg.batch_size, world_size)
+    batches = {"batch_size": batch, "num_workers": cfg.num_workers, "pin_memory": pin, "normalize": False}
+    train = build_loader(data, "train", ReadSpec(image_size=cfg.image_size, train=True, seed=cfg.seed),
+                         drop_last=True, **batches)
+    # pad=False: each validation image once over all ranks, so the summed metrics are the whole split's
+    val = build_loader(data, "val", ReadSpec(image_size=cfg.image_size, pad=False), **batches)
+    return train, val
 
 
 def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Path, predictions: Path,

@@ -21,19 +21,20 @@ L1 channel pruning). ``PruningInfo.sparsity`` is the target; ``PruningInfo.achie
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import torch
 from torch import nn
 
+from detector.config import ConfigError, OneOf, Range, check_fields
 from detector.prune.channels import dense_prunable_params, prune_channels_l1
 from detector.prune.unstructured import effective_weight, prunable_weights, prune_global_l1
 
 METHODS = ("unstructured", "structured")
 Method = Literal["none", "unstructured", "structured"]
 SCHEDULES = ("oneshot", "gradual", "iterative")  # detector.prune.schedule
+_Fraction = Annotated[float, Range(0, 1, high_open=True)]
 
 
 @dataclass(frozen=True)
@@ -41,29 +42,22 @@ class PruningInfo:
     """What pruning did to a model (plain data; ``metadata["pruning"]`` of every checkpoint)."""
 
     method: Method = "none"
-    sparsity: float = 0.0  # the target fraction of the unpruned architecture's prunable weights
-    achieved: float = 0.0  # the same fraction as measured on the weights right after pruning
+    sparsity: _Fraction = 0.0  # the target fraction of the unpruned architecture's prunable weights
+    achieved: _Fraction = 0.0  # the same fraction as measured on the weights right after pruning
     channel_ratio: float | None = None  # structured: the per-layer channel ratio that met the target
     channel_multiple: int | None = None  # structured: channel counts are multiples of this
     dense_prunable_params: int | None = None  # prunable weights of the unpruned architecture
     # How the model reached it (detector.prune.schedule): its name, and the parameters it ran with
     # (e.g. gradual: gradual_epochs, prune_every_steps, ramp_steps; iterative: step_sparsities, rewind_epoch).
-    schedule: str = "oneshot"
+    schedule: Annotated[str, OneOf(SCHEDULES)] = "oneshot"
     schedule_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in ("none", *METHODS):
-            raise ValueError(f"pruning method {self.method!r} is not one of none, {', '.join(METHODS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"pruning schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if not isinstance(self.schedule_params, Mapping):
-            raise ValueError(f"pruning schedule_params: {self.schedule_params!r} is not a mapping")
-        for name in ("sparsity", "achieved"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
-                raise ValueError(f"pruning {name}: {value!r} is not a fraction in [0, 1)")
+        check_fields(self)
+
+    def validate(self) -> None:
         if self.method == "none" and self.sparsity != 0:
-            raise ValueError(f"pruning: method none with sparsity {self.sparsity}")
+            raise ConfigError(f"pruning: method none with sparsity {self.sparsity}")
 
     @property
     def structured(self) -> bool:

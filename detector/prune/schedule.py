@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import torch
 from torch import nn
 
-from detector.prune import SCHEDULES, PruningInfo, measured_sparsity, prune
+from detector.config import AtLeastOne, ConfigError, Range, check_fields
+from detector.prune import PruningInfo, measured_sparsity, prune
 from detector.prune.channels import dense_prunable_params
 from detector.prune.unstructured import dense_state_dict, prune_global_l1, refresh_masked_weights
 
@@ -62,38 +63,33 @@ class ScheduleKeys:
     schedule: Schedule = "oneshot"
     # gradual: epochs of the cubic ramp (the fine-tune's first), masks recomputed every `prune_every_steps`
     # optimisation steps, starting from `gradual_initial_sparsity`
-    gradual_epochs: int = 5
-    prune_every_steps: int = 100
-    gradual_initial_sparsity: float = 0.0
+    gradual_epochs: AtLeastOne = 5
+    prune_every_steps: AtLeastOne = 100
+    gradual_initial_sparsity: Annotated[float, Range(0, 1, high_open=True)] = 0.0
     # iterative: pruning steps (geometric in the weights kept), epochs of training after each, and the epoch
     # of this run whose weights each later step rewinds to (null: no rewinding)
-    iterative_steps: int = 3
-    iterative_epochs: int = 2
+    iterative_steps: Annotated[int, Range(2, why="one step is schedule oneshot")] = 3
+    iterative_epochs: AtLeastOne = 2
     rewind_epoch: int | None = None
 
 
 @dataclass(frozen=True)
 class PruningSchedule(ScheduleKeys):
-    """A validated pruning schedule: what ``train_stage(schedule=...)`` and ``detector train --schedule`` take."""
+    """A validated pruning schedule: what ``train_stage(schedule=...)`` and ``detector train --schedule`` take.
+
+    Its errors name its keys within the section that holds them (``search.``, ``--schedule``)."""
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        for name in ("gradual_epochs", "prune_every_steps", "iterative_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
-        if self.iterative_steps < 2:
-            raise ValueError(f"iterative_steps: {self.iterative_steps} must be >= 2 (one step is schedule oneshot)")
-        s_i = self.gradual_initial_sparsity
-        if not (math.isfinite(s_i) and 0.0 <= s_i < 1.0):
-            raise ValueError(f"gradual_initial_sparsity: {s_i} is not a fraction in [0, 1)")
+        check_fields(self)
+
+    def validate(self) -> None:
         if self.rewind_epoch is not None:
             if self.schedule != "iterative":
-                raise ValueError(f"rewind_epoch: rewinding belongs to schedule iterative, not {self.schedule}; "
-                                 "set it to null")
+                raise ConfigError(f"rewind_epoch: rewinding belongs to schedule iterative, not {self.schedule}; "
+                                  "set it to null")
             if not 0 <= self.rewind_epoch <= self.iterative_epochs:
-                raise ValueError(f"rewind_epoch: {self.rewind_epoch} is not in [0, iterative_epochs = "
-                                 f"{self.iterative_epochs}]: the weights must be taken before the second step")
+                raise ConfigError(f"rewind_epoch: {self.rewind_epoch} is not in [0, iterative_epochs = "
+                                  f"{self.iterative_epochs}]: the weights must be taken before the second step")
 
     def check(self, target: float, *, method: str) -> None:
         """Refuse what this schedule cannot do for ``target`` with ``method``, saying why."""

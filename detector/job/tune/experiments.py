@@ -48,7 +48,7 @@ def _sink(run: RunFolder, name: str, exp: ExperimentConfig) -> StageSink:
     pareto_search = exp.search.mode == "pareto" and tune_stage(name) == "search"
     return StageSink(run, name, exp.search.metric, epochs_planned,
                      objective=objective_key(exp.search.metric, exp.search.objective),
-                     objectives=tuple(exp.search.objectives) if pareto_search else ())
+                     objectives=tuple(exp.search.pareto.objectives) if pareto_search else ())
 
 
 def run_experiment(
@@ -183,7 +183,7 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
             metric=key, mode=s.direction, time_attr="training_iteration", max_t=max_epochs,
-            grace_period=s.asha_grace_period, reduction_factor=s.asha_reduction_factor,
+            grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor,
         )
     budget = len(sparsities) * s.trials_per_sparsity
     # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
@@ -223,27 +223,27 @@ def run_pareto(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
     exp, s = ctx.experiment, ctx.experiment.search
     run = RunFolder(Path(ctx.run_dir))
     space = _search_space(ctx)
-    space["sparsity"] = tune.quniform(s.pareto_sparsity_min, s.pareto_sparsity_max, SPARSITY_STEP)
-    searcher = ParetoSearcher(trials=s.pareto_trials, space=space, objectives=s.objectives, seed=s.seed,
+    space["sparsity"] = tune.quniform(s.pareto.sparsity_min, s.pareto.sparsity_max, SPARSITY_STEP)
+    searcher = ParetoSearcher(trials=s.pareto.trials, space=space, objectives=s.pareto.objectives, seed=s.seed,
                               tpe_startup_trials=s.tpe_startup_trials, storage=s.storage or str(run.optuna_journal),
                               study_name=f"{run.root.name}/pareto" if s.storage else "pareto")
-    pending = max(1, min(s.pareto_trials, _trials_that_fit(exp.resources.stage("search"))))
-    trials = sorted(_run_search_trials(ctx, stop, "search", searcher, budget=s.pareto_trials, pending=pending),
+    pending = max(1, min(s.pareto.trials, _trials_that_fit(exp.resources.stage("search"))))
+    trials = sorted(_run_search_trials(ctx, stop, "search", searcher, budget=s.pareto.trials, pending=pending),
                     key=lambda t: t["trial"])
     done = [t for t in trials if t["status"] == "completed"]
     if not done:
         raise StageIncomplete("search: no Pareto trial completed")
-    front = non_dominated(done, s.objectives)
-    picks = pick_models(front, s.pareto_models)
+    front = non_dominated(done, s.pareto.objectives)
+    picks = pick_models(front, s.pareto.models)
     return {
         "mode": "pareto",
         "metric": s.metric,
-        "objectives": list(s.objectives),
+        "objectives": list(s.pareto.objectives),
         "objective": "each objective at the trial's last epoch (sizes: the pruned model's)",
         "direction": s.direction,
         "scheduler": "none",
         "epochs_run": sum(t["epochs"] for t in trials),
-        "epochs_budget": s.pareto_trials * exp.stage_train("search_train").max_epochs,
+        "epochs_budget": s.pareto.trials * exp.stage_train("search_train").max_epochs,
         "trials": trials,
         "front": [t["trial_id"] for t in front],
         "best": {f"{t['sparsity']:g}": best_entry(t) for t in picks},

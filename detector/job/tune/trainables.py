@@ -261,7 +261,7 @@ def _size_objectives(ctx: StageContext, run: RunFolder, sparsity: float) -> dict
     from detector.job.pareto import SIZE_OBJECTIVES, size_objectives
     from detector.prune import prune
 
-    wanted = [o for o in ctx.experiment.search.objectives if o in SIZE_OBJECTIVES]
+    wanted = [o for o in ctx.experiment.search.pareto.objectives if o in SIZE_OBJECTIVES]
     if not wanted:
         return {}
     model, meta = load_model(run.model(0.0))
