@@ -61,7 +61,6 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # JSON state): the warning says nothing a user can act on.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-TRIAL_START_FILE = "trial_start.txt"
 # A data-parallel trial's own process only drives its Ray Train run (the workers hold the resources); Tune
 # refuses a trial that holds nothing, so it holds this much of a CPU.
 DRIVER_CPUS = 0.01
@@ -350,22 +349,16 @@ def _trial_workspace(name: str, checkpoint: Any) -> Iterator[tuple[Path, float]]
     ``name``: the scratch folder's (the trial id, and a data-parallel worker's rank).
     """
     from detector.job.scratch import make_scratch
+    from detector.trial_dir import TrialDir
 
     out_dir = make_scratch(name)
     try:
-        ckpt_dir = out_dir / "checkpoint"
+        ckpt_dir = TrialDir(out_dir).checkpoint_dir
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
             log.info("trial %s restarts from its checkpoint", name)
-        start_file = ckpt_dir / TRIAL_START_FILE
-        if start_file.is_file():
-            start = float(start_file.read_text())
-        else:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            start = time.time()
-            start_file.write_text(repr(start))
-        yield out_dir, start
+        yield out_dir, TrialDir(out_dir).start_time()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
