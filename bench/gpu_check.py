@@ -229,9 +229,16 @@ def step_train_step_compile(ctx: Context) -> dict[str, Any]:
     return {"rows": rows, "summary": _rows_summary(rows)}
 
 
-def _fit_results(out: Path) -> dict[str, Any]:
-    result = json.loads((out / "result.json").read_text())
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
+def _trial(ctx: Context, name: str) -> Any:
+    """The folder ``detector train --out`` wrote for step ``name`` (a ``detector.trial_dir.TrialDir``)."""
+    from detector.trial_dir import TrialDir
+
+    return TrialDir(ctx.path(name))
+
+
+def _fit_results(ctx: Context, name: str) -> dict[str, Any]:
+    result = json.loads((ctx.path(name) / "result.json").read_text())  # `detector train`'s own summary
+    history = _trial(ctx, name).read_history()
     keep = ("epoch", "train_loss", "val_accuracy", "images_per_s", "data_wait_s")
     return {"result": result, "history": [{k: row[k] for k in keep if k in row} for row in history]}
 
@@ -239,20 +246,20 @@ def _fit_results(out: Path) -> dict[str, Any]:
 def step_train_baseline(ctx: Context) -> dict[str, Any]:
     out = ctx.path("baseline")
     detector_cli(["train", "--data", str(ctx.data), "--out", str(out), *ctx.train_overrides(max_epochs=1)])
-    r = _fit_results(out)
+    r = _fit_results(ctx, "baseline")
     last = r["history"][-1]
     return {**r, "summary": f"1 epoch, {last.get('images_per_s', 0):,.0f} img/s, val accuracy {last['val_accuracy']:.3f}"}
 
 
 def step_train_pruned(ctx: Context) -> dict[str, Any]:
     out = ctx.path("pruned")
-    detector_cli(["train", "--data", str(ctx.data), "--out", str(out), "--init", str(ctx.path("baseline", "checkpoint", "best.pt")),
+    detector_cli(["train", "--data", str(ctx.data), "--out", str(out), "--init", str(_trial(ctx, "baseline").best),
                   "--sparsity", "0.4", *ctx.train_overrides(max_epochs=2)])
-    r = _fit_results(out)
+    r = _fit_results(ctx, "pruned")
     from detector.checkpoint import load_model
     from detector.prune.unstructured import sparsity_report
 
-    model, meta = load_model(out / "checkpoint" / "best.pt")
+    model, meta = load_model(_trial(ctx, "pruned").best)
     report = sparsity_report(model)
     if abs(report["sparsity"] - 0.4) > 0.01:
         raise RuntimeError(f"the fine-tuned model has sparsity {report['sparsity']:.4f}, not 0.4: its masks did not hold")
@@ -262,7 +269,7 @@ def step_train_pruned(ctx: Context) -> dict[str, Any]:
 
 
 def _pruned_checkpoint(ctx: Context) -> Path:
-    return ctx.path("pruned", "checkpoint", "best.pt")
+    return _trial(ctx, "pruned").best
 
 
 def step_evaluate(ctx: Context) -> dict[str, Any]:
@@ -390,7 +397,7 @@ def step_ddp_fit(ctx: Context) -> dict[str, Any]:
                       device=ctx.device, precision=ctx.precision, max_epochs=1, patience=None)
     out = ctx.path("ddp")
     train = functools.partial(train_stage, cfg, data=str(ctx.data), out_dir=out / "run", tb_dir=None,
-                              init=ctx.path("baseline", "checkpoint", "best.pt"), sparsity=0.4,
+                              init=_trial(ctx, "baseline").best, sparsity=0.4,
                               model_path=out / "model.pt")
     t0 = time.perf_counter()
     summaries = distributed.spawn(train, world, device=ctx.device)

@@ -14,6 +14,7 @@ from process_helpers import children
 
 from detector.job.scratch import OWNER_FILE, make_scratch
 from detector.system import process_start
+from detector.trial_dir import TrialDir
 
 # A stand-in for a trial's worker: makes its scratch folder as a trial does, says where, then works on.
 _TRIAL = ("import sys, time; from detector.job.scratch import make_scratch; "
@@ -29,8 +30,9 @@ def test_a_killed_trials_scratch_is_removed_at_the_next_start_and_a_live_trials_
     killed, killed_dir = start_trial("a1b2c_00001", tmp_path)
     live, live_dir = start_trial("a1b2c_00002", tmp_path)
     try:
-        (killed_dir / "checkpoint").mkdir()
-        (killed_dir / "checkpoint" / "state.pt").write_bytes(b"\0" * 4096)
+        state = TrialDir(killed_dir).state  # what the trial's training loop had written
+        state.parent.mkdir()
+        state.write_bytes(b"\0" * 4096)
         not_ours = tmp_path / "detector-cache"  # someone else's folder with a name like ours
         not_ours.mkdir()
         killed.send_signal(signal.SIGKILL)

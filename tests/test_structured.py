@@ -15,6 +15,7 @@ from detector.config import ConfigError
 from detector.model import build_model, count_parameters
 from detector.prune import PruningInfo, prune
 from detector.prune.channels import calibrate_channel_ratio, count_macs, prune_channels_l1, removed_fraction
+from detector.trial_dir import TrialDir
 
 SPARSITIES = [0.1, 0.2, 0.3, 0.4]
 
@@ -124,7 +125,7 @@ def test_train_stage_with_structured_method_fine_tunes_and_saves_a_loadable_mode
     info = PruningInfo.from_metadata(meta)
     assert info.method == "structured" and abs(info.achieved - 0.4) <= 0.01
     assert abs(removed_fraction(model, "resnet18") - 0.4) <= 0.01
-    best, best_meta = load_model(tmp_path / "trial" / "checkpoint" / "best.pt")  # the loop's own checkpoints too
+    best, best_meta = load_model(TrialDir(tmp_path / "trial").best)  # the loop's own checkpoints too
     assert PruningInfo.from_metadata(best_meta) == info
     assert json.loads(out.with_suffix(".json").read_text())["best_epoch"] == 1
 

@@ -1,5 +1,4 @@
 import dataclasses
-import json
 import math
 
 import pytest
@@ -12,6 +11,7 @@ from detector.config import ConfigError, from_dict
 from detector.model import build_model
 from detector.prune.unstructured import is_pruned, prune_global_l1, sparsity_report
 from detector.train import OBJECTIVES, EarlyStopping, NonFiniteLossError, TrainConfig, evaluate, fit, collect_predictions
+from detector.trial_dir import TrialDir
 
 SMALL = dict(arch="resnet18", image_size=16, batch_size=8, lr=1e-3, num_workers=0, channels_last=False, seed=0)
 
@@ -116,8 +116,8 @@ def test_a_tiny_run_learns(tmp_path):
                           "images_per_s", "data_wait_s", "best_val_accuracy"}
     assert set(first) >= set(OBJECTIVES)  # every metric a search may be told to optimise is reported
     assert all(math.isfinite(v) for v in first.values())
-    assert list(map(json.loads, (tmp_path / "history.jsonl").read_text().splitlines())) == result.history
-    assert "optimizer: adam" in (tmp_path / "config.yaml").read_text()
+    assert TrialDir(tmp_path).read_history() == result.history
+    assert "optimizer: adam" in TrialDir(tmp_path).config.read_text()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     loaded, meta = load_model(result.best_checkpoint)
     assert meta["hparams"] == {"optimizer": "adam", "lr": 1e-3} and meta["config"]["lr"] == 1e-3
@@ -166,7 +166,7 @@ def test_pruning_masks_survive_checkpoint_and_resume(tmp_path):
     result = fit(fresh, *loaders(), dataclasses.replace(cfg, max_epochs=2), out_dir=tmp_path)
     assert result.epochs_run == 2 and is_pruned(fresh)
     assert sparsity_report(fresh)["sparsity"] == pytest.approx(0.5, abs=1e-6)
-    best, meta = load_model(tmp_path / "checkpoint" / "best.pt")
+    best, meta = load_model(TrialDir(tmp_path).best)
     assert is_pruned(best) and meta["sparsity"] == pytest.approx(0.5, abs=1e-6)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Sequence
 

@@ -50,8 +50,8 @@ def train_stage(
     it with ``method`` ("unstructured": global L1, masks kept on; "structured": L1 channel pruning),
     following ``schedule`` (``search.schedule``): once before training (oneshot, the default), or as it
     trains (gradual, iterative: ``detector.prune.schedule``).
-    ``out_dir`` holds the loop's state (``checkpoint/state.pt``, ``checkpoint/best.pt``, ``history.jsonl``),
-    so the same call resumes. ``model_path``: where to save the final (best-epoch) model, with a ``.json``
+    ``out_dir`` holds the loop's state (a ``detector.trial_dir.TrialDir``: checkpoints and history), so the
+    same call resumes. ``model_path``: where to save the final (best-epoch) model, with a ``.json``
     summary beside it. Whether the run may stop early is the config's ``patience``.
 
     Data-parallel: every rank of a process group makes this same call (``detector.distributed``); each

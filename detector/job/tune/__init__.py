@@ -40,7 +40,7 @@ from detector.job.tune.experiments import (
 from detector.job.tune.live_status import LiveStatus
 from detector.job.tune.live_status import StageSink as _Sink
 from detector.job.tune.searchers import ParetoSearcher, SparsitySearcher, optuna_storage
-from detector.job.tune.trainables import TRIAL_START_FILE, StageContext, replaced_trainables, trainable
+from detector.job.tune.trainables import StageContext, replaced_trainables, trainable
 from detector.job.tune.trial_rows import trial_name as _trial_label
 from detector.job.tune.trial_rows import trial_row
 
@@ -54,7 +54,6 @@ __all__ = [
     "ParetoSearcher",
     "SparsitySearcher",
     "StageContext",
-    "TRIAL_START_FILE",
     "connect",
     "env_default",
     "optuna_storage",

@@ -31,10 +31,6 @@ from detector.job.search_space import param_names
 
 log = logging.getLogger(__name__)
 
-# Where a trial keeps its start time, inside its checkpoint folder: a restarted trial keeps its original
-# start, so that the report's timeline stays honest.
-TRIAL_START_FILE = "trial_start.txt"
-
 
 @dataclass(frozen=True)
 class StageContext:
@@ -57,30 +53,24 @@ Trainable = Callable[[dict[str, Any], StageContext], None]
 def _trial_workspace(name: str, checkpoint: Any) -> Iterator[tuple[Path, float]]:
     """A node-local scratch folder for the training loop's per-epoch state, and the trial's start time.
 
-    The loop's ``checkpoint/`` folder goes to Tune (or Ray Train) every epoch; the scratch copy is kept out
+    The loop's checkpoint folder (``TrialDir.checkpoint_dir``) goes to Tune (or Ray Train) every epoch; the scratch copy is kept out
     of the trial's folder (which lives in the run's storage) so that it is not stored twice, and is removed
     when the trial ends (or, when its worker was killed, at the next trial start on the node:
     ``detector.job.scratch``). A restarted trial starts from ``checkpoint`` (the last one Tune or Ray Train
-    stored), copied in here, and keeps its original start time (``TRIAL_START_FILE``).
+    stored), copied in here, and keeps its original start time (``TrialDir.start_time``).
     ``name``: the scratch folder's (the trial id, and a data-parallel worker's rank).
     """
     from detector.job.scratch import make_scratch
+    from detector.trial_dir import TrialDir
 
     out_dir = make_scratch(name)
     try:
-        ckpt_dir = out_dir / "checkpoint"
+        trial = TrialDir(out_dir)
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
+                shutil.copytree(d, trial.checkpoint_dir, dirs_exist_ok=True)
             log.info("trial %s restarts from its checkpoint", name)
-        start_file = ckpt_dir / TRIAL_START_FILE
-        if start_file.is_file():
-            start = float(start_file.read_text())
-        else:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            start = time.time()
-            start_file.write_text(repr(start))
-        yield out_dir, start
+        yield out_dir, trial.start_time()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
