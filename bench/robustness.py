@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from detector.device import resolve_device
     from detector.model import build_model
-    from detector.train import collect_predictions
+    from detector.passes import collect_predictions
 
     device = resolve_device(args.device)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-robustness-"))
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def model_pass() -> None:
         from detector.device import autocast
-        from detector.train import to_device
+        from detector.passes import to_device
 
         with torch.inference_mode():
             for x in batches:

@@ -22,16 +22,10 @@ from typing import Any, Iterator
 
 import torch
 
-from detector.device import device_name
 from detector.model import build_model
-from detector.train import (
-    TrainConfig,
-    build_optimizer,
-    resolve_device,
-    resolve_precision,
-    to_device,
-    train_step,
-)
+from detector.device import device_name, resolve_device, resolve_precision
+from detector.passes import to_device, train_step
+from detector.train import TrainConfig, build_optimizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -37,19 +37,11 @@ from detector import distributed
 from detector.config import AtLeastOne, Match, NonNegative, OneOf, Range, Seed, check_fields, save_yaml, to_dict
 from detector.device import Precision, resolve_device, resolve_precision, seed_everything
 from detector.model import ARCHITECTURES, build_model
-# The passes over a loader are fit's pieces, and importers know them by this module's name too.
-from detector.passes import (NonFiniteLossError, collect_predictions, epoch_length, evaluate, to_device,
-                             train_one_epoch, train_step)
+from detector.passes import epoch_length, evaluate, train_one_epoch
 from detector.prune import PruningInfo
 from detector.prune.unstructured import dense_state_dict
 from detector.tensorboard_log import PERF_METRICS, TensorBoardLog
 from detector.trial_dir import TrialDir, rng_state, set_rng_state
-
-__all__ = [
-    "MAX_IMAGE_SIZE", "OBJECTIVES", "EarlyStopping", "FitResult", "NonFiniteLossError", "PruningHook", "TrainConfig",
-    "build_optimizer", "collect_predictions", "evaluate", "fit", "resolve_device", "resolve_precision", "to_device",
-    "train_one_epoch", "train_step",
-]
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from detector.checkpoint import load_model
 from detector.data.loader import ReadSpec, build_loader
 from detector.job.stages import train_stage
 from detector.prune.schedule import PruningSchedule
-from detector.train import TrainConfig, evaluate, fit
+from detector.passes import evaluate
+from detector.train import TrainConfig, fit
 
 # resnet18 at 16 px, global batch 16: two ranks take 8 images each per step.
 CONFIG = TrainConfig(arch="resnet18", image_size=16, batch_size=16, lr=1e-3, max_epochs=1, patience=None,

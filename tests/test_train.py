@@ -10,7 +10,9 @@ from detector.checkpoint import load_checkpoint, load_model
 from detector.config import ConfigError, from_dict
 from detector.model import build_model
 from detector.prune.unstructured import is_pruned, prune_global_l1, sparsity_report
-from detector.train import OBJECTIVES, EarlyStopping, NonFiniteLossError, TrainConfig, evaluate, fit, collect_predictions
+from detector.device import resolve_precision
+from detector.passes import NonFiniteLossError, collect_predictions, evaluate, to_device
+from detector.train import OBJECTIVES, EarlyStopping, TrainConfig, fit
 from detector.trial_dir import TrialDir
 
 SMALL = dict(arch="resnet18", image_size=16, batch_size=8, lr=1e-3, num_workers=0, channels_last=False, seed=0)
@@ -200,15 +202,15 @@ def test_fit_refuses_a_model_that_is_not_the_configured_arch(tmp_path):
 
 def test_fp16_needs_cuda():
     with pytest.raises(ValueError, match="fp16"):
-        train_mod.resolve_precision("fp16", torch.device("cpu"))
-    assert train_mod.resolve_precision("auto", torch.device("cpu")) == "fp32"
+        resolve_precision("fp16", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
 def test_uint8_batches_are_normalised_on_the_device_like_the_loader_does():
     from detector.data.transforms import ClassificationPresetEval
 
     raw = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    on_device, labels = train_mod.to_device(raw, torch.tensor([1, 0, 1, 0]), torch.device("cpu"), channels_last=True)
+    on_device, labels = to_device(raw, torch.tensor([1, 0, 1, 0]), torch.device("cpu"), channels_last=True)
     expected = ClassificationPresetEval(image_size=16).normalize(raw)
     assert on_device.dtype == torch.float32 and torch.equal(on_device, expected)
     assert on_device.is_contiguous(memory_format=torch.channels_last) and labels.dtype == torch.float32

@@ -205,7 +205,7 @@ def score_perturbed(model: Any, data: str, perturbation: Perturbation, *, image_
     import torch
 
     from detector.data.loader import manifest_sha256
-    from detector.train import collect_predictions
+    from detector.passes import collect_predictions
 
     device = torch.device(device)
     loader = perturbed_loader(data, perturbation, image_size=image_size, batch_size=batch_size, sources=sources,

@@ -82,7 +82,7 @@ def score_split(
     import torch
 
     from detector.data.loader import ReadSpec, build_loader, manifest_sha256, read_manifest
-    from detector.train import collect_predictions
+    from detector.passes import collect_predictions
 
     device = torch.device(device)
     manifest = read_manifest(data)

@@ -102,7 +102,7 @@ def _train_or_fail(train: Callable[[], Any], extra: dict[str, Any], trial_start:
                    name: str) -> None:
     """Run a trial's training; a non-finite loss ends the trial with its reason instead of a retry
     (it would only diverge again) and instead of failing the whole search."""
-    from detector.train import NonFiniteLossError
+    from detector.passes import NonFiniteLossError
 
     try:
         train()
