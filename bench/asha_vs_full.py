@@ -26,7 +26,7 @@ def main() -> int:
     from detector.data.demo import DemoConfig
     from detector.data.prepare import prepare
     from detector.job.pipeline import run
-    from detector.job.runfolder import RunFolder
+    from detector.job.runfolder import BASELINE, RunFolder
     from pipeline_helpers import tiny_experiment
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,14 +46,14 @@ def main() -> int:
                                          "asha": {"grace_period": 1, "reduction_factor": 2}},
                            search_train={"max_epochs": args.epochs}, train={"batch_size": 32, "max_epochs": 3})
     shared = args.out / "baseline"
-    if not RunFolder(shared).model(0.0).exists():
+    if not RunFolder(shared).model(BASELINE).exists():
         run(full, shared, stages=["baseline"])
     rows = {}
     for name, exp in (("full", full), ("asha", asha)):
         run_dir = args.out / name
         shutil.rmtree(run_dir, ignore_errors=True)
         (run_dir / "models").mkdir(parents=True)
-        shutil.copy(RunFolder(shared).model(0.0), RunFolder(run_dir).model(0.0))
+        shutil.copy(RunFolder(shared).model(BASELINE), RunFolder(run_dir).model(BASELINE))
         t0 = time.perf_counter()
         run(exp, run_dir, stages=["search"])
         r = json.loads((run_dir / "search" / "results.json").read_text())

@@ -201,14 +201,14 @@ def frontier_accuracy(sparsity: float) -> float:
 def write_modelled_model(run_dir: Path, sparsity: float, epochs: int) -> None:
     """What a fine-tune leaves in the run folder that a frontier search decides on: the model's summary (and
     an empty stand-in for its file: no weights are modelled)."""
-    from detector.job.runfolder import RunFolder
+    from detector.job.runfolder import RunFolder, model_name
 
     folder = RunFolder(run_dir)
     accuracy = frontier_accuracy(sparsity)
     history = [{"epoch": e, "val_accuracy": accuracy} for e in range(1, epochs + 1)]
-    folder.model(sparsity).parent.mkdir(parents=True, exist_ok=True)
-    folder.model(sparsity).write_bytes(b"")
-    folder.model_summary(sparsity).write_text(json.dumps({
+    folder.model(model_name(sparsity)).parent.mkdir(parents=True, exist_ok=True)
+    folder.model(model_name(sparsity)).write_bytes(b"")
+    folder.model_summary(model_name(sparsity)).write_text(json.dumps({
         "best_val_accuracy": accuracy, "best_epoch": epochs, "epochs_run": epochs, "history": history}))
 
 

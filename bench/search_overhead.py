@@ -27,7 +27,7 @@ def plain_optuna_loop(exp, run_dir: Path) -> dict:
     """The searches as a user would write them without Ray: one Optuna study per sparsity, in turn."""
     import optuna
 
-    from detector.job.runfolder import RunFolder
+    from detector.job.runfolder import BASELINE, RunFolder
     from detector.job.stages import train_stage
 
     import torch
@@ -45,7 +45,7 @@ def plain_optuna_loop(exp, run_dir: Path) -> dict:
             lr = trial.suggest_float("lr", s.lr_min, s.lr_max, log=True)
             cfg = exp.stage_train("search_train", optimizer=optimizer, lr=lr)
             summary = train_stage(cfg, data=exp.data.path, out_dir=run_dir / "plain" / f"{sparsity:g}-{trial.number}",
-                                  tb_dir=None, init=RunFolder(run_dir).model(0.0), sparsity=sparsity)
+                                  tb_dir=None, init=RunFolder(run_dir).model(BASELINE), sparsity=sparsity)
             return summary["history"][-1]["val_accuracy"]
 
         study.optimize(objective, n_trials=s.trials_per_sparsity)

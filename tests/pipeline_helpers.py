@@ -13,7 +13,7 @@ from detector.data.loader import manifest_sha256
 from detector.data.prepare import prepare
 from detector.job.experiment import ExperimentConfig
 from detector.model import build_model
-from detector.job.runfolder import RunFolder
+from detector.job.runfolder import BASELINE, RunFolder
 
 # The paper's workflow in miniature: 4 sparsities x 2 trials, resnet18 at 32 px, a few dozen images.
 TINY: dict[str, Any] = {
@@ -44,7 +44,7 @@ def make_tiny_data(out: Path) -> Path:
 def write_untrained_baseline(run_dir: Path, exp: ExperimentConfig) -> Path:
     """Stand-in for the baseline stage where a test is about the search only."""
     cfg = exp.stage_train("baseline")
-    path = RunFolder(run_dir).model(0.0)
+    path = RunFolder(run_dir).model(BASELINE)
     save_checkpoint(path, build_model(cfg.arch, seed=0), metadata={
         "arch": cfg.arch, "image_size": cfg.image_size, "data_manifest_sha256": manifest_sha256(exp.data.path),
     })

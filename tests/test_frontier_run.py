@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from detector.config import save_yaml
-from detector.job.runfolder import RunFolder
+from detector.job.runfolder import BASELINE, RunFolder
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -84,7 +84,7 @@ def test_a_frontier_search_decides_on_validation_resumes_and_reports(tmp_path):
     assert record["complete"] and record["answer"]["stopped_because"]
     probes = [p for r in record["rounds"] for p in r["probes"]]
     assert [p["sparsity"] for p in record["rounds"][0]["probes"]] == [0.3, 0.6, 0.9]
-    baseline = json.loads(run.model_summary(0.0).read_text())["best_val_accuracy"]
+    baseline = json.loads(run.model_summary(BASELINE).read_text())["best_val_accuracy"]
     for p in probes:  # each decision is the rule applied to that probe's validation accuracy
         val = json.loads(run.model_summary(p["sparsity"]).read_text())["best_val_accuracy"]
         assert p["val_accuracy"] == val and p["non_inferior"] == (val >= baseline - 0.005 - 1e-12)

@@ -40,7 +40,7 @@ def test_a_pareto_run_completes_with_its_front_in_the_report_and_the_study_in_op
     import optuna
 
     from detector.job.pipeline import run
-    from detector.job.runfolder import RunFolder
+    from detector.job.runfolder import RunFolder, model_name
 
     data = make_tiny_data(tmp_path / "data")
     run_dir = tmp_path / "run"
@@ -54,7 +54,7 @@ def test_a_pareto_run_completes_with_its_front_in_the_report_and_the_study_in_op
     for t in results["trials"]:
         assert 0.2 <= t["sparsity"] <= 0.9 and set(t["objectives"]) == {"val_accuracy", "nonzero_params", "model_bytes"}
     picks = sorted(b["sparsity"] for b in results["best"].values())
-    assert 1 <= len(picks) <= 2 and all(folder.model(s).exists() and folder.evaluation(s).exists() for s in picks)
+    assert 1 <= len(picks) <= 2 and all(folder.model(model_name(s)).exists() and folder.evaluation(model_name(s)).exists() for s in picks)
     md = (folder.report / "report.md").read_text()
     assert "Pareto front" in md and (folder.report / "pareto_front.png").read_bytes()[:4] == b"\x89PNG"
     # Optuna's own API finds the study and every trial, with a value per objective

@@ -17,7 +17,7 @@ from detector.data.prepare import prepare
 from detector.data.sources import CelebDFSource, Faces140kSource, SynthBusterSource
 from detector.evaluate.robustness import RobustnessSection
 from detector.job.experiment import EvaluateSection
-from detector.job.runfolder import RunFolder
+from detector.job.runfolder import BASELINE, RunFolder, model_name
 from detector.job.stages import evaluate_stage, train_stage
 from detector.model import build_model
 from detector.report import write_report
@@ -47,14 +47,15 @@ def run(three_layouts, tmp_path_factory) -> Path:
     """A run folder with a baseline and a 30 % pruned model evaluated by the evaluate stage."""
     run = RunFolder(tmp_path_factory.mktemp("run"))
     data = str(three_layouts)
-    baseline = save_checkpoint(run.model(0.0), build_model("resnet18", seed=0), metadata={
+    baseline = save_checkpoint(run.model(BASELINE), build_model("resnet18", seed=0), metadata={
         "arch": "resnet18", "image_size": 16, "data_manifest_sha256": manifest_sha256(data)})
     cfg = TrainConfig(arch="resnet18", image_size=16, batch_size=8, max_epochs=1, patience=None, num_workers=0,
                       channels_last=False, lr=1e-3, max_train_batches=2)
     train_stage(cfg, data=data, out_dir=run.root / "ft", tb_dir=None, init=baseline, sparsity=0.3,
-                model_path=run.model(0.3))
-    for s in (0.0, 0.3):
-        evaluate_stage(run.model(s), data=data, cfg=EVALUATE, out=run.evaluation(s), predictions=run.predictions(s))
+                model_path=run.model(model_name(0.3)))
+    for name in (BASELINE, model_name(0.3)):
+        evaluate_stage(run.model(name), data=data, cfg=EVALUATE, out=run.evaluation(name),
+                       predictions=run.predictions(name), name=name)
     write_report(run.root)
     return run.root
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from detector.config import save_yaml
-from detector.job.runfolder import RunFolder
+from detector.job.runfolder import BASELINE, RunFolder
 from detector.job.status import read_status
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
@@ -128,7 +128,7 @@ def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
     wait_for(run_dir, first, "baseline")
     first.signal_group(signal.SIGINT)
     assert_stopped(run_dir, "baseline", first.wait(), signal.SIGINT)
-    assert not RunFolder(run_dir).model(0.0).exists()
+    assert not RunFolder(run_dir).model(BASELINE).exists()
     assert "--resume" in first.output()
 
     # SIGTERM during the search (as `kill` or `ray job stop` send it, to the driver alone).
@@ -136,7 +136,7 @@ def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
     wait_for(run_dir, second, "search")
     second.proc.send_signal(signal.SIGTERM)
     assert_stopped(run_dir, "search", second.wait(), signal.SIGTERM)
-    assert RunFolder(run_dir).model(0.0).exists()
+    assert RunFolder(run_dir).model(BASELINE).exists()
     assert not RunFolder(run_dir).search_results.exists()  # a cut search is never a result
     searched = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
     done_before = {t["trial_id"] for t in searched if t["state"] == "done"}
@@ -203,5 +203,5 @@ def test_one_driver_per_run_folder_and_a_dead_ones_lease_is_taken_over(config, t
     third = Driver(args, tmp_path / "3.log")
     assert third.wait(timeout=400) == 0, third.output()[-3000:]
     assert f"taking over the lease of a driver that is gone: pid {first.proc.pid}" in third.output()
-    assert RunFolder(run_dir).model(0.0).exists()
+    assert RunFolder(run_dir).model(BASELINE).exists()
     assert not RunFolder(run_dir).lease.exists()  # released at the end

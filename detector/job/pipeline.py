@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from detector.config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
 from detector.io import atomic_write_json
 from detector.job.experiment import STAGES, ExperimentConfig
-from detector.job.runfolder import RunFolder
+from detector.job.runfolder import BASELINE, RunFolder, model_name
 from detector.paths import is_uri
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,11 @@ def planned_models(exp: ExperimentConfig, run: RunFolder) -> list[float]:
     return list(exp.search.sparsities)
 
 
+def _evaluated(sparsity: float) -> str:
+    """The model the evaluate stage scores at ``sparsity`` (0: the baseline)."""
+    return BASELINE if sparsity == 0 else model_name(sparsity)
+
+
 def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[float]]:
     """Per Ray stage, the sparsities (0 = the baseline) whose outputs are not in the run folder yet. A
     frontier search fine-tunes its probes itself (its decision needs them); its evaluations are known after it."""
@@ -107,10 +112,10 @@ def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) ->
     searched = run.search_results.exists()
     models = planned_models(exp, run)
     todo = {
-        "baseline": [0.0] if not run.model(0.0).exists() else [],
+        "baseline": [0.0] if not run.model(BASELINE).exists() else [],
         "search": ([] if searched else list(exp.search.sparsities)),
-        "finetune": [] if frontier else [s for s in models if not run.model(s).exists()],
-        "evaluate": [s for s in [0.0, *models] if not run.evaluation(s).exists()],
+        "finetune": [] if frontier else [s for s in models if not run.model(model_name(s)).exists()],
+        "evaluate": [s for s in [0.0, *models] if not run.evaluation(_evaluated(s)).exists()],
     }
     return {stage: todo[stage] for stage in todo if stage in stages}
 
@@ -244,7 +249,7 @@ def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[s
         _drop(folder, exp, "baseline")
         state.stage("baseline", "done")
     if todo.get("search"):
-        _require(folder.model(0.0), "search", "baseline")
+        _require(folder.model(BASELINE), "search", "baseline")
         state.stage("search", "running")
         if exp.search.mode == "frontier":
             _frontier_search(exp, folder, ctx, state, stop)
@@ -255,7 +260,7 @@ def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[s
             _drop(folder, exp, "search")
         state.stage("search", "done")
     if "finetune" in todo and exp.search.mode == "pareto":  # the front's picks are known only now
-        todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.model(s).exists()]
+        todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.model(model_name(s)).exists()]
     if todo.get("finetune"):
         _require(folder.search_results, "finetune", "search")
         best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.search_results)["best"].values()}
@@ -268,10 +273,11 @@ def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[s
         _drop(folder, exp, "finetune")
         state.stage("finetune", "done")
     if "evaluate" in todo:  # a frontier's probes are known only now
-        todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)] if not folder.evaluation(s).exists()]
+        todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)]
+                            if not folder.evaluation(_evaluated(s)).exists()]
     if todo.get("evaluate"):
         for s in todo["evaluate"]:
-            _require(folder.model(s), "evaluate", "baseline" if s == 0 else "finetune")
+            _require(folder.model(_evaluated(s)), "evaluate", "baseline" if s == 0 else "finetune")
         state.stage("evaluate", "running")
         dtune.run_evaluate(ctx, todo["evaluate"], stop)
         _drop(folder, exp, "evaluate")
@@ -290,7 +296,7 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
 
     s = exp.search
     rule = FrontierRule(tuple(sorted(s.sparsities)), s.frontier.margin, s.frontier.resolution, s.frontier.parallel)
-    baseline = _read_json(folder.model_summary(0.0))["best_val_accuracy"]
+    baseline = _read_json(folder.model_summary(BASELINE))["best_val_accuracy"]
     record = FrontierRecord.open(folder.frontier, rule, baseline)
     while probes := record.open_round():
         r = len(record.rounds)
@@ -301,12 +307,12 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
             atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, probes, name=f"search-r{r}"))
             _drop(folder, exp, f"search-r{r}")
         best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.round_results(r))["best"].values()}
-        missing = [p for p in probes if not folder.model(p).exists()]
+        missing = [p for p in probes if not folder.model(model_name(p)).exists()]
         if missing:
             dtune.run_finetune(dataclasses.replace(ctx, best_params=best), missing, stop, name=f"finetune-r{r}")
             _drop(folder, exp, f"finetune-r{r}")
         for p in probes:
-            ok = record.decide(p, _read_json(folder.model_summary(p))["best_val_accuracy"])
+            ok = record.decide(p, _read_json(folder.model_summary(model_name(p)))["best_val_accuracy"])
             log.info("frontier: %g %s", p, "non-inferior" if ok else "inferior")
     rounds = [_read_json(folder.round_results(i + 1)) for i in range(len(record.rounds))]
     merged = {**rounds[0], "trials": [t for r in rounds for t in r["trials"]],

@@ -6,7 +6,7 @@
     RUN/driver.json, RUN/.driver.lock     the lease of the one driver working on the run (detector.job.lease)
     RUN/status/run.json                   the run's state: which stage, live / stopped / failed / finished
     RUN/status/<stage>.json               every trial of a Tune stage, live (state, epochs, metrics)
-    RUN/models/baseline.pt, prune-10.pt   final models (+ .json: fit summary)
+    RUN/models/baseline.pt, prune-10.pt   final models (+ .json: fit summary); dense-ft.pt: the control
     RUN/search/results.json               every search trial, best parameters per sparsity
     RUN/search/optuna.journal             the searches' Optuna studies (unless search.storage names a database)
     RUN/finetune/results.json             the fine-tune trials
@@ -21,6 +21,7 @@ Stages, the Ray module, ``detector status`` and the report all ask here; nothing
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,23 @@ def untrusted_files(root: Path) -> list[str]:
     return bad
 
 
+BASELINE = "baseline"  # the dense model the baseline stage trains; every other model starts from its weights
+CONTROL = "dense-ft"  # the equal-budget dense control: sparsity 0 through the same search and fine-tune
+_MODEL_NAME = re.compile(r"(baseline|dense-ft|prune-\d+(\.\d+)?)")
+
+
 def model_name(sparsity: float) -> str:
-    """``baseline`` for the dense model, ``prune-10`` ... for a pruned one (``prune-82.5`` for 0.825)."""
-    return "baseline" if sparsity == 0 else f"prune-{100 * sparsity:g}"
+    """The model a search and fine-tune at ``sparsity`` make: ``dense-ft`` (the control) for 0, ``prune-10``
+    ... for a pruned one (``prune-82.5`` for 0.825). The baseline is ``BASELINE``."""
+    return CONTROL if sparsity == 0 else f"prune-{100 * sparsity:g}"
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it names a model (``baseline``, ``dense-ft``, ``prune-<percent>``): a name becomes a file
+    name, so one read from a file must not reach outside ``models/`` or ``eval/``."""
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a model name (baseline, dense-ft, prune-<percent>)")
+    return name
 
 
 def tune_stage(name: str) -> str:
@@ -114,12 +129,12 @@ class RunFolder:
         return sorted((n for n in found if _is_experiment(n)), key=order)
 
     # -- models ----------------------------------------------------------------------------------------
-    def model(self, sparsity: float) -> Path:
-        """The final model of a stage: the baseline (sparsity 0) or a fine-tuned pruned model."""
-        return self.root / "models" / f"{model_name(sparsity)}.pt"
+    def model(self, name: str) -> Path:
+        """The final model of a stage, by name: ``BASELINE``, or a fine-tune's (``model_name(sparsity)``)."""
+        return self.root / "models" / f"{check_model_name(name)}.pt"
 
-    def model_summary(self, sparsity: float) -> Path:
-        return self.model(sparsity).with_suffix(".json")
+    def model_summary(self, name: str) -> Path:
+        return self.model(name).with_suffix(".json")
 
     # -- stage results ---------------------------------------------------------------------------------
     @property
@@ -143,11 +158,11 @@ class RunFolder:
     def finetune_results(self) -> Path:
         return self.root / "finetune" / "results.json"
 
-    def evaluation(self, sparsity: float) -> Path:
-        return self.root / "eval" / f"{model_name(sparsity)}.json"
+    def evaluation(self, name: str) -> Path:
+        return self.root / "eval" / f"{check_model_name(name)}.json"
 
-    def predictions(self, sparsity: float) -> Path:
-        return self.root / "eval" / f"{model_name(sparsity)}{PREDICTIONS_SUFFIX}"
+    def predictions(self, name: str) -> Path:
+        return self.root / "eval" / f"{check_model_name(name)}{PREDICTIONS_SUFFIX}"
 
     def evaluation_files(self) -> list[Path]:
         """Every model's evaluation in the run (not the per-image predictions beside them), sorted."""

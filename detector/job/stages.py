@@ -124,7 +124,7 @@ def _stage_loaders(cfg: TrainConfig, data: str, world_size: int) -> tuple[ShardL
 
 
 def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Path, predictions: Path,
-                   pruned_from: Path | None = None) -> dict[str, Any]:
+                   pruned_from: Path | None = None, name: str | None = None) -> dict[str, Any]:
     """Evaluate a model on the combined validation set and every test set, and measure its efficiency.
 
     Writes ``out`` (metrics, efficiency, a summary of the data with its shortcut audit) and ``predictions``
@@ -134,7 +134,8 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     (``detector.evaluate.robustness``), on the primary test set (``cfg.primary_set``). For a pruned model,
     ``out`` also holds ``before_finetune``: the same sets scored by the unpruned model it was fine-tuned
     from (``pruned_from``; default: the checkpoint's recorded ``init``), pruned the same way to the same
-    sparsity and not trained: what pruning alone costs, beside what fine-tuning recovers.
+    sparsity and not trained: what pruning alone costs, beside what fine-tuning recovers. ``name``: the
+    model's name in the run (default: that of the fine-tune at its sparsity, ``model_name``).
     """
     from detector.data.loader import read_manifest
     from detector.evaluate.efficiency import efficiency_row
@@ -155,7 +156,7 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     eff = efficiency_row(model, device=device, image_size=image_size, repeats=cfg.latency_repeats,
                          throughput_batch=cfg.throughput_batch)
     result = {
-        "name": model_name(pruning.sparsity),
+        "name": name or model_name(pruning.sparsity),
         "checkpoint": str(checkpoint),
         "arch": meta["arch"],
         "pruning": pruning.to_dict(),

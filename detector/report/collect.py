@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.evaluate.sets import primary_source, sources_with_own_set
-from detector.job.runfolder import RunFolder
+from detector.job.runfolder import RunFolder, check_model_name
 from detector.report.frontier import frontier_data
 from detector.prune import PruningInfo
 
@@ -57,9 +57,9 @@ def test_sets(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _training(run: RunFolder, sparsity: float) -> dict[str, Any] | None:
+def _training(run: RunFolder, name: str) -> dict[str, Any] | None:
     """How the model was trained (its stage's fit summary, ``models/<model>.json``), or None if absent."""
-    path = run.model_summary(sparsity)
+    path = run.model_summary(name)
     if not path.is_file():
         return None
     fit = read_json(path)
@@ -89,17 +89,18 @@ def _model(run: RunFolder, evaluation: dict[str, Any], best: dict[str, Any], whe
     pruning = PruningInfo.from_metadata(evaluation, where=str(where))
     s = pruning.sparsity
     bp = best.get(f"{s:g}") if s > 0 else None
-    file = run.model(s)
+    name = check_model_name(where.stem)  # the file's name, not a name read from inside it
+    file = run.model(name)
     model = {
-        "name": evaluation["name"],
+        "name": name,
         "sparsity": s,
         "measured_sparsity": evaluation["sparsity"],
         "best_params": dict(bp["params"]) if bp else None,
         "metrics": test_sets(evaluation),
         "efficiency": evaluation["efficiency"],
-        "predictions": str(run.predictions(s)),
+        "predictions": str(run.predictions(name)),
         "pruning_method": pruning.method if s > 0 else None,
-        "training": _training(run, s),
+        "training": _training(run, name),
         "before_finetune": _before_finetune(evaluation) if s > 0 else None,
         "threshold": evaluation.get("threshold"),
         "videos": _per_source(evaluation, "videos"),

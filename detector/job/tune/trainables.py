@@ -26,7 +26,7 @@ from ray import tune
 
 import detector.job.tune.private_api as private_api
 from detector.job.experiment import ExperimentConfig
-from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label
+from detector.job.runfolder import BASELINE, RunFolder, model_name, sparsity_label, trial_label
 from detector.job.search_space import param_names
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,10 @@ def detector_baseline(config: dict[str, Any], ctx: StageContext) -> None:
     run = RunFolder(Path(ctx.run_dir))
     cfg = ctx.experiment.stage_train("baseline")
     _announce("baseline", "baseline", {"arch": cfg.arch, "max_epochs": cfg.max_epochs})
-    if _already_saved(run.model(0.0), {"sparsity": 0.0}):
+    if _already_saved(run.model(BASELINE), {"sparsity": 0.0}):
         return
     _train_trial(ctx, "baseline", {"cfg": cfg, "data": ctx.data, "tb_dir": run.tensorboard_run("baseline"),
-                                   "model_path": run.model(0.0)}, {"sparsity": 0.0})
+                                   "model_path": run.model(BASELINE)}, {"sparsity": 0.0})
 
 
 def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *, stage: str,
@@ -227,7 +227,7 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
     searched = {name: params[name] for name in param_names()}
     label = trial_label(sparsity, trial) if stage == "search" else sparsity_label(sparsity)
     _announce(stage, label, {"sparsity": sparsity, "method": ctx.experiment.search.method, **searched})
-    if save and _already_saved(run.model(sparsity), {"sparsity": sparsity}):
+    if save and _already_saved(run.model(model_name(sparsity)), {"sparsity": sparsity}):
         return
     extra: dict[str, Any] = {"sparsity": sparsity}
     if stage == "search" and ctx.experiment.search.mode == "pareto":
@@ -236,11 +236,11 @@ def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *,
         "cfg": ctx.experiment.stage_train(section, **searched),
         "data": ctx.data,
         "tb_dir": run.tensorboard_run(stage, sparsity, trial),
-        "init": run.model(0.0),
+        "init": run.model(BASELINE),
         "sparsity": sparsity,
         "method": ctx.experiment.search.method,
         "schedule": ctx.experiment.search.pruning_schedule(),
-        "model_path": run.model(sparsity) if save else None,
+        "model_path": run.model(model_name(sparsity)) if save else None,
     }, extra)
 
 
@@ -254,7 +254,7 @@ def _size_objectives(ctx: StageContext, run: RunFolder, sparsity: float) -> dict
     wanted = [o for o in ctx.experiment.search.pareto.objectives if o in SIZE_OBJECTIVES]
     if not wanted:
         return {}
-    model, meta = load_model(run.model(0.0))
+    model, meta = load_model(run.model(BASELINE))
     prune(model, sparsity, method=ctx.experiment.search.method, arch=meta["arch"])
     return size_objectives(model, wanted, image_size=int(meta["image_size"]))
 
@@ -276,13 +276,14 @@ def detector_evaluate(config: dict[str, Any], ctx: StageContext) -> None:
     start = time.time()
     sparsity = float(config["sparsity"])
     run = RunFolder(Path(ctx.run_dir))
-    _announce("evaluate", model_name(sparsity), {"checkpoint": run.model(sparsity)})
-    if run.evaluation(sparsity).exists():  # restored by Tune after the evaluation was written
-        result = json.loads(run.evaluation(sparsity).read_text())
+    name = BASELINE if sparsity == 0 else model_name(sparsity)
+    _announce("evaluate", name, {"checkpoint": run.model(name)})
+    if run.evaluation(name).exists():  # restored by Tune after the evaluation was written
+        result = json.loads(run.evaluation(name).read_text())
     else:
         result = stages.evaluate_stage(
-            run.model(sparsity), data=ctx.data, cfg=ctx.experiment.evaluate, out=run.evaluation(sparsity),
-            predictions=run.predictions(sparsity), pruned_from=run.model(0.0) if sparsity > 0 else None,
+            run.model(name), data=ctx.data, cfg=ctx.experiment.evaluate, out=run.evaluation(name),
+            predictions=run.predictions(name), pruned_from=run.model(BASELINE) if sparsity > 0 else None, name=name,
         )
     tune.report({"sparsity": sparsity, "trial_start": start, "time_now": time.time(),
                  "test_accuracy": result["metrics"]["test"]["all"]["accuracy"]})

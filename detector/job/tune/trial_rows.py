@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from detector.job.runfolder import RunFolder, model_name, sparsity_label, trial_label, tune_stage
+from detector.job.runfolder import BASELINE, RunFolder, model_name, sparsity_label, trial_label, tune_stage
 from detector.job.search_space import param_names
 
 
@@ -21,7 +21,7 @@ def trial_name(experiment: str, config: dict[str, Any]) -> str:
     sparsity = float(config.get("sparsity", 0.0))
     if stage == "search":
         return trial_label(sparsity, config.get("trial"))
-    return model_name(sparsity) if stage == "evaluate" else ("baseline" if stage == "baseline"
+    return (BASELINE if sparsity == 0 else model_name(sparsity)) if stage == "evaluate" else ("baseline" if stage == "baseline"
                                                              else sparsity_label(sparsity))
 
 
