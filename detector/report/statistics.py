@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detector.evaluate.statistics import DIFFERENCE_METHOD, MCNEMAR_METHOD, compare_models, compare_robustness
+from detector.evaluate.paired import DIFFERENCE_METHOD, MCNEMAR_METHOD
+from detector.evaluate.statistics import compare_models, compare_robustness
 from detector.report.roles import baseline, pruned_models
 from detector.report.tables import Column, Section, Table, markdown
 
