@@ -1,6 +1,7 @@
 """Bootstrap intervals, McNemar's test and Tango's interval against examples worked by hand, per image and with
 the frames of a video as one unit."""
 
+import json
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ from detector.evaluate.metrics import classification_metrics, video_metrics
 from detector.evaluate.paired import (CLUSTERED_DIFFERENCE_METHOD, CLUSTERED_MCNEMAR_METHOD, MCNEMAR_METHOD,
                                       accuracy_difference, clustered_difference_interval, mcnemar,
                                       paired_difference_interval)
+from detector.evaluate.scoring import Scored
 from detector.evaluate.statistics import alignment, bootstrap_metrics, comparison_sentence, compare_models
 
 
@@ -297,3 +299,15 @@ def test_compare_models_resamples_and_tests_videos_and_gives_video_level_interva
         assert video[k]["low"] <= video[k]["estimate"] <= video[k]["high"]
     assert "difference" in video and set(r["video_intervals"]) == {"celebdf"}
 
+
+def test_the_predictions_file_keeps_the_scores_the_metrics_saw():
+    # float32 scores as the model gives them, one just below the threshold: rounded to 6 decimals it would
+    # read 0.5, be predicted real, and the accuracy recomputed from the file would differ from Table 3's
+    just_below = np.nextafter(np.float32(0.5), np.float32(0))
+    probs = np.array([just_below, 0.9, 0.2, 0.7312345678], dtype=np.float32)
+    scored = Scored("test", "ab" * 32, np.array([0, 1, 0, 1]), probs,
+                    {"source": ["demo"] * 4, "generator": ["None"] * 4, "sha256": [f"{i:064x}" for i in range(4)]})
+    saved = json.loads(json.dumps({"test": scored.predictions()}))
+    assert np.array_equal(np.asarray(saved["test"]["probs_real"], dtype=np.float32), probs)  # every bit
+    recomputed = compare_models({"m": saved}, reference=None, resamples=10)["m"]["intervals"]["combined_test"]
+    assert recomputed["accuracy"]["estimate"] == scored.metrics()["all"]["accuracy"] == 1.0
