@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from detector.evaluate.metrics import (breakdown_metrics, calibrate_threshold, classification_metrics, equal_error_rate,
-                                      video_metrics)
+from detector.evaluate.metrics import (EER_DEFINITION, breakdown_metrics, calibrate_threshold, classification_metrics,
+                                      clusters, equal_error_rate, video_metrics)
 
 # 8 images, Real = 1. Predicted real when p >= 0.5:
 #   labels 1 1 1 1 0 0 0 0
@@ -171,3 +171,27 @@ def test_a_fake_only_source_says_why_it_has_no_auc_per_generator():
     assert "vs_reals" not in out["sources"]["synthbuster"]
     assert "no real images in this source's test set" in out["sources"]["synthbuster"]["vs_reals_note"]
     assert "--synthbuster-raise" in out["sources"]["synthbuster"]["vs_reals_note"]
+
+
+def test_each_video_is_one_unit_and_every_other_image_its_own():
+    block = {"labels": [1] * 7, "source": ["celebdf"] * 4 + ["faces140k", "celebdf", "other"],
+             # "a" is a video in celebdf; the still image "a" of faces140k and a video "a" elsewhere are not it
+             "group": ["a", "a", "b", "a", "a", "c", "a"], "frame": ["0", "5", "0", "9", "-1", "None", "0"]}
+    assert clusters(block).tolist() == [0, 0, 1, 0, 2, 3, 4]
+    assert clusters({"labels": [1, 0, 1]}).tolist() == [0, 1, 2]  # no video frames: every image alone
+    with pytest.raises(ValueError, match="carry no group"):
+        clusters({"labels": [1, 1], "frame": [0, 1]})
+
+
+def test_the_eer_is_interpolated_where_the_error_curves_cross_not_taken_at_the_nearest_point():
+    # reals .9 .4, fakes .6 .3 .2. Below 0.5: a third of the fakes predicted real (.6), half the reals predicted
+    # fake (.4); below 0.35: a third, and none. The two curves cross a third of the way from the first
+    # threshold to the second, where both are 1/3: the EER. DeepfakeBench takes the nearest point, the
+    # threshold 0.5 (gap 1/6), and reports its false-positive rate: with fake the positive class, 1/2.
+    labels, probs = [1, 1, 0, 0, 0], [0.9, 0.4, 0.6, 0.3, 0.2]
+    assert equal_error_rate(labels, probs) == pytest.approx(1 / 3)
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.array(labels) == 0, 1 - np.array(probs))
+    assert fpr[np.nanargmin(np.abs((1 - tpr) - fpr))] == 0.5
+    assert "interpolated" in EER_DEFINITION and "DeepfakeBench takes the nearest point" in EER_DEFINITION

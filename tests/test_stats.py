@@ -1,13 +1,18 @@
-"""Bootstrap intervals, McNemar's test and Tango's interval against examples worked by hand."""
+"""Bootstrap intervals, McNemar's test and Tango's interval against examples worked by hand, per image and with
+the frames of a video as one unit."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from detector.evaluate.metrics import classification_metrics
-from detector.evaluate.statistics import (alignment, bootstrap_metrics, comparison_sentence, compare_models, mcnemar,
-                                         paired_difference_interval)
+from detector.evaluate.metrics import classification_metrics, video_metrics
+from detector.evaluate.paired import (CLUSTERED_DIFFERENCE_METHOD, CLUSTERED_MCNEMAR_METHOD, MCNEMAR_METHOD,
+                                      accuracy_difference, clustered_difference_interval, mcnemar,
+                                      paired_difference_interval)
+from detector.evaluate.scoring import Scored
+from detector.evaluate.statistics import alignment, bootstrap_metrics, comparison_sentence, compare_models
 
 
 def test_bootstrap_interval_of_three_right_out_of_four():
@@ -184,3 +189,125 @@ def test_models_scored_on_different_images_are_not_compared():
     with pytest.raises(ValueError, match="no sha256"):
         alignment({"labels": [1]}, {"labels": [1]})
     assert not math.isnan(r["baseline"]["intervals"]["combined_test"]["auc"]["estimate"])
+
+
+def test_every_image_its_own_cluster_gives_the_same_numbers_as_no_clusters():
+    rng = np.random.default_rng(5)
+    labels, a, b = rng.integers(0, 2, 300), rng.random(300).round(2), rng.random(300).round(2)
+    plain = bootstrap_metrics(labels, {"a": a, "b": b}, reference="a", resamples=300, seed=4)
+    assert bootstrap_metrics(labels, {"a": a, "b": b}, reference="a", clusters=np.arange(300), resamples=300,
+                             seed=4) == plain
+    right_a, right_b = (a >= 0.5) == labels, (b >= 0.5) == labels
+    test, interval = accuracy_difference(right_a, right_b, clusters=np.arange(300))
+    assert test == mcnemar(right_a, right_b) and test["unit"] == "image" and test["clusters"] == 300
+    assert interval == paired_difference_interval(test["b"], test["c"], 300)
+
+
+def test_a_video_of_three_identical_frames_counts_as_one_image():
+    labels, probs = [1, 1, 0, 0], [0.9, 0.8, 0.1, 0.7]
+    images = bootstrap_metrics(labels, {"m": probs}, resamples=2000, seed=1)["m"]
+    videos = bootstrap_metrics(np.repeat(labels, 3), {"m": np.repeat(probs, 3)}, clusters=np.repeat([7, 3, 5, 1], 3),
+                               resamples=2000, seed=1)["m"]
+    assert videos == images  # the same draws of four units, every count three times over
+    assert (videos["accuracy"]["low"], videos["accuracy"]["high"]) == (0.25, 1.0)  # as for the four images
+
+
+# Three videos of 3, 2 and 2 frames; A and B right (1) or wrong (0) on each frame:
+#   video 0: A 1 1 1, B 0 0 0  -> b_0 = 3, c_0 = 0, d_0 = c_0 - b_0 = -3
+#   video 1: A 0 1,   B 1 1    -> d_1 = +1
+#   video 2: A 1 0,   B 0 1    -> d_2 = 0
+VIDEO_IDS = [0, 0, 0, 1, 1, 2, 2]
+RIGHT_A = [1, 1, 1, 0, 1, 1, 0]
+RIGHT_B = [0, 0, 0, 1, 1, 0, 1]
+
+
+def test_mcnemar_by_video_against_values_worked_by_hand():
+    # b = 4, c = 2 over all frames; z = sum(d_k) / sqrt(sum(d_k^2)) = -2 / sqrt(9 + 1 + 0) = -0.63246, where
+    # frames as images would give -2 / sqrt(6) = -0.8165
+    r = mcnemar(RIGHT_A, RIGHT_B, clusters=VIDEO_IDS)
+    assert (r["b"], r["c"], r["unit"], r["clusters"], r["images"]) == (4, 2, "video", 3, 7)
+    assert r["statistic"] == pytest.approx(-2 / math.sqrt(10), abs=1e-12)
+    assert r["p_value"] == pytest.approx(math.erfc(2 / math.sqrt(10) / math.sqrt(2)), abs=1e-12)  # 0.527
+    assert r["method"] == CLUSTERED_MCNEMAR_METHOD
+    assert mcnemar(RIGHT_A, RIGHT_B)["statistic"] == pytest.approx(-2 / math.sqrt(6))
+
+
+def test_the_interval_by_video_without_a_discordant_frame_is_tangos_over_videos():
+    iv = clustered_difference_interval(RIGHT_A, RIGHT_A, VIDEO_IDS)
+    assert iv["estimate"] == 0.0 and iv["method"] == CLUSTERED_DIFFERENCE_METHOD
+    tango = paired_difference_interval(0, 0, 3)  # 3 videos, not 7 frames
+    assert (iv["low"], iv["high"]) == (tango["low"], tango["high"])
+
+
+def clustered_z(delta: float, right_a: np.ndarray, right_b: np.ndarray, ids: np.ndarray) -> float:
+    """The statistic for "accuracy(B) - accuracy(A) = delta", written out: sum(e_k) / sqrt(sum(e_k^2))."""
+    e = np.bincount(ids, weights=right_b.astype(float) - right_a) - delta * np.bincount(ids)
+    return float(e.sum() / math.sqrt(e @ e))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_interval_by_video_excludes_zero_exactly_when_the_test_by_video_rejects(seed):
+    rng = np.random.default_rng(seed)
+    rejected = 0
+    for videos in [2, 3, 5, 10, 30, 60] * 20:
+        ids = np.repeat(np.arange(videos), rng.integers(1, 13, videos))
+        # per video, how likely each model is to get a frame right: frames of a video agree
+        p_a, p_b = rng.random(videos), np.clip(rng.random(videos) + rng.normal(0.1, 0.2), 0, 1)
+        right_a, right_b = rng.random(ids.size) < p_a[ids], rng.random(ids.size) < p_b[ids]
+        test, iv = accuracy_difference(right_a, right_b, clusters=ids)
+        assert iv["low"] <= iv["estimate"] <= iv["high"]
+        assert (iv["low"] > 0 or iv["high"] < 0) == (test["p_value"] < 0.05), (videos, test, iv)
+        rejected += test["p_value"] < 0.05
+        d = np.bincount(ids, weights=right_b.astype(float) - right_a)
+        if test["unit"] == "video" and d.any():
+            for end, sign in (("low", 1), ("high", -1)):  # an end inside (-1, 1) is where |z| meets 1.96
+                if abs(iv[end]) < 1:
+                    assert clustered_z(iv[end], right_a, right_b, ids) == pytest.approx(sign * Z95, abs=1e-9)
+    assert 0 < rejected < 120  # both outcomes were exercised
+
+
+def video_predictions(probs: np.ndarray) -> dict:
+    """A test split of 40 single images (faces) and 8 videos of 5 frames (celebdf), reals first in each."""
+    labels = np.r_[np.repeat([1, 0], 20), np.repeat([1, 0], 20)]
+    return {"test": {"labels": labels.tolist(), "probs_real": probs.tolist(),
+                     "source": ["faces"] * 40 + ["celebdf"] * 40, "generator": ["None"] * 80,
+                     "sha256": [f"{i:064x}" for i in range(80)],
+                     "group": [f"img{i}" for i in range(40)] + [f"video{i // 5}" for i in range(40)],
+                     "frame": [-1] * 40 + [i % 5 for i in range(40)]}}
+
+
+def test_compare_models_resamples_and_tests_videos_and_gives_video_level_intervals():
+    rng = np.random.default_rng(8)
+    labels = np.asarray(video_predictions(np.zeros(80))["test"]["labels"])
+    base = np.clip(np.where(labels == 1, 0.7, 0.3) + rng.normal(0, 0.25, 80), 0, 1)
+    other = np.clip(base + np.repeat(rng.normal(0, 0.2, 16), 5), 0, 1)  # moves each video's frames together
+    r = compare_models({"baseline": video_predictions(base), "m": video_predictions(other)}, reference="baseline",
+                       resamples=200)["m"]
+    units_of = {name: (iv["unit"], iv["clusters"], iv["images"]) for name, iv in r["intervals"].items()}
+    assert units_of == {"combined_test": ("video", 48, 80), "faces": ("image", 40, 40), "celebdf": ("video", 8, 40)}
+    assert r["vs_reference"]["celebdf"]["mcnemar"]["method"] == CLUSTERED_MCNEMAR_METHOD
+    assert r["vs_reference"]["celebdf"]["accuracy_difference"]["method"] == CLUSTERED_DIFFERENCE_METHOD
+    assert (r["vs_reference"]["celebdf"]["unit"], r["vs_reference"]["celebdf"]["clusters"]) == ("video", 8)
+    assert r["vs_reference"]["faces"]["mcnemar"]["method"] == MCNEMAR_METHOD
+    # video level: one score per video (the mean of its frames), resampled over the 8 videos
+    video = r["video_intervals"]["celebdf"]
+    frames = slice(40, 80)
+    want = video_metrics(labels[frames], other[frames], [f"v{i // 5}" for i in range(40)])["metrics"]
+    assert (video["unit"], video["clusters"], video["images"]) == ("video", 8, 40)
+    for k in ("accuracy", "f1", "auc"):
+        assert video[k]["estimate"] == pytest.approx(want[k], abs=1e-12)
+        assert video[k]["low"] <= video[k]["estimate"] <= video[k]["high"]
+    assert "difference" in video and set(r["video_intervals"]) == {"celebdf"}
+
+
+def test_the_predictions_file_keeps_the_scores_the_metrics_saw():
+    # float32 scores as the model gives them, one just below the threshold: rounded to 6 decimals it would
+    # read 0.5, be predicted real, and the accuracy recomputed from the file would differ from Table 3's
+    just_below = np.nextafter(np.float32(0.5), np.float32(0))
+    probs = np.array([just_below, 0.9, 0.2, 0.7312345678], dtype=np.float32)
+    scored = Scored("test", "ab" * 32, np.array([0, 1, 0, 1]), probs,
+                    {"source": ["demo"] * 4, "generator": ["None"] * 4, "sha256": [f"{i:064x}" for i in range(4)]})
+    saved = json.loads(json.dumps({"test": scored.predictions()}))
+    assert np.array_equal(np.asarray(saved["test"]["probs_real"], dtype=np.float32), probs)  # every bit
+    recomputed = compare_models({"m": saved}, reference=None, resamples=10)["m"]["intervals"]["combined_test"]
+    assert recomputed["accuracy"]["estimate"] == scored.metrics()["all"]["accuracy"] == 1.0

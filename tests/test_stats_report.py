@@ -49,8 +49,13 @@ def timings(latency: float, throughput: float) -> dict[str, float]:
 
 def write_eval(run: Path, name: str, sparsity: float, probs: np.ndarray, *, order: np.ndarray | None = None,
                timing: dict[str, float] | None = None, before: np.ndarray | None = None,
-               sources: np.ndarray = SOURCES, data: dict | None = DATA, **extra) -> None:
+               sources: np.ndarray = SOURCES, data: dict | None = DATA, video: np.ndarray | None = None,
+               **extra) -> None:
+    """``video``: each image's video (-1: a still image); a video's images are its frames, in order."""
     metas = {"source": sources.tolist(), "generator": GENERATORS.tolist()}
+    if video is not None:
+        metas["group"] = [f"video{v}" if v >= 0 else f"image{i}" for i, v in enumerate(video)]
+        metas["frame"] = [int(np.sum(video[:i] == v)) if v >= 0 else -1 for i, v in enumerate(video)]
     metrics = breakdown_metrics(LABELS, probs, metas)
     efficiency = {"sparsity": sparsity, "nonzero_params": 1000, "total_params": 1100, "size_mb": 90.0,
                   "sparse_size_mb": 90.0 * (1 - sparsity) + 3, "macs": 4.1e9, **(timing or timings(30.0, 100.0)),
@@ -71,7 +76,8 @@ def write_eval(run: Path, name: str, sparsity: float, probs: np.ndarray, *, orde
         "config": {"max_epochs": 4 if sparsity == 0 else 3, "batch_size": 16}, **fit, "stopped_early": False})
     o = np.arange(N) if order is None else order
     pred = {"labels": LABELS[o].tolist(), "probs_real": probs[o].tolist(), "source": sources[o].tolist(),
-            "generator": GENERATORS[o].tolist(), "sha256": [SHA[i] for i in o]}
+            "generator": GENERATORS[o].tolist(), "sha256": [SHA[i] for i in o],
+            **{k: [metas[k][i] for i in o] for k in ("group", "frame") if k in metas}}
     atomic_write_json(run / "eval" / f"{name}.predictions.json", {"val": pred, "test": pred})
 
 
@@ -307,3 +313,36 @@ def test_the_paper_is_compared_only_where_its_numbers_agree(run):
     assert float(rows["prune-10"]["paper"]) == pytest.approx(0.9883) and rows["prune-10"]["within"] == "yes"
     assert rows["prune-40"]["within"] == "no"  # 85.67 % here, 98.86 % in the paper
     assert "98.79 % in Table 3 and 95.48 % in Table 5" in md
+
+
+def test_celebdf_frames_are_resampled_and_tested_by_video_and_video_scores_get_intervals(tmp_path):
+    # images 100-219 are Celeb-DF frames: 12 videos of 10 frames, videos 0-4 real, 5-11 fake
+    run = tmp_path / "run"
+    i = np.arange(N)
+    video = np.where((i >= 100) & (i < 220), (i - 100) // 10, -1)
+    sources = np.where(video >= 0, "celebdf", SOURCES)
+    write_eval(run, "baseline", 0.0, probs_with_errors([0, 1, 200, 390]), sources=sources, video=video)
+    # prune-10 gets every frame of fake video 5 (images 150-159) wrong, and nothing else: ten frames, one video
+    write_eval(run, "prune-10", 0.1, probs_with_errors([0, 1, 200, 390, *range(150, 160)]), sources=sources,
+               video=video)
+    md = write_report(run).read_text()
+    r = json.loads((run / "report" / "report.json").read_text())
+    stats = r["statistics"]
+    assert stats["resampling_unit"] == "videos (Celeb-DF frames grouped by video), images otherwise"
+    assert "cluster-adjusted" in stats["paired_test"] and "interpolated" in stats["eer_definition"]
+    assert "DeepfakeBench takes the nearest point" in stats["eer_definition"]
+    baseline, pruned = r["models"]
+    celebdf = pruned["vs_baseline"]["celebdf"]
+    # frame by frame, 10 lost of 10 discordant would be significant (z = -10 / sqrt(10) = -3.16); it is one
+    # video's worth of evidence: z = -10 / sqrt(10^2) = -1
+    assert (celebdf["mcnemar"]["b"], celebdf["mcnemar"]["c"], celebdf["unit"], celebdf["clusters"]) == (10, 0, "video", 12)
+    assert celebdf["mcnemar"]["statistic"] == pytest.approx(-1.0) and not celebdf["significant"]
+    assert pruned["intervals"]["faces140k"]["unit"] == "image"
+    assert pruned["intervals"]["combined_test"]["clusters"] == N - 120 + 12
+    videos = pruned["video_intervals"]["celebdf"]
+    assert videos["accuracy"]["estimate"] == pytest.approx(11 / 12) and videos["clusters"] == 12
+    assert videos["accuracy"]["low"] < 11 / 12 <= videos["accuracy"]["high"]
+    assert baseline["video_intervals"]["celebdf"]["auc"]["estimate"] == 1.0
+    assert "| Video AUC [95 % CI]" in md and "91.67% [" in md  # the video section shows each interval
+    rows = {row["model"]: row for row in csv_rows(run / "report" / "videos.csv")}
+    assert float(rows["prune-10"]["video_accuracy_low"]) == videos["accuracy"]["low"]

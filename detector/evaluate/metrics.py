@@ -101,6 +101,15 @@ def equal_error_rate(labels: Sequence[int] | np.ndarray, probs_real: Sequence[fl
     return float(a[i - 1] + s * (a[i] - a[i - 1]))
 
 
+# What ``equal_error_rate`` computes, in words the report prints beside its EER column.
+EER_DEFINITION = ("the rate at which the share of fakes predicted real equals the share of reals predicted fake, "
+                  "interpolated where the two error curves cross: both are computed at every distinct threshold "
+                  "(midway between neighbouring distinct scores), and the EER is read off the straight line between "
+                  "the two neighbouring thresholds where their difference changes sign (at a threshold where they "
+                  "are equal, their common value). DeepfakeBench takes the nearest point instead, the false "
+                  "positive rate of the ROC point where |FNR - FPR| is smallest, which can differ from this by up to "
+                  "the step between the two ROC points around the crossing")
+
 CALIBRATIONS = ("eer", "accuracy")
 
 
@@ -251,34 +260,43 @@ def classification_metrics(
     return out
 
 
-def video_metrics(labels: Sequence[int] | np.ndarray, probs_real: Sequence[float] | np.ndarray,
-                  videos: Sequence[str], *, threshold: float = 0.5, calibrated: float | None = None
-                  ) -> dict[str, Any]:
-    """Video-level metrics: a video's score is the mean of its frames' probabilities (DeepfakeBench's
-    video-level protocol), its label its frames' label. ``frames_per_video``: how many frames each video
-    contributed (min, median, max).
+def video_scores(labels: Sequence[int] | np.ndarray, probs_real: Sequence[float] | np.ndarray,
+                 videos: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per video (sorted by id): its label, its score (the mean of its frames' probabilities of real)
+    and its number of frames. Raises ValueError where a video's frames carry both labels.
 
-    >>> v = video_metrics([1, 1, 0, 0], [0.9, 0.5, 0.6, 0.2], ["a", "a", "b", "b"])
-    >>> v["videos"], v["metrics"]["accuracy"], v["frames_per_video"]
-    (2, 1.0, {'min': 2, 'median': 2.0, 'max': 2})
+    >>> video_scores([1, 1, 0], [0.9, 0.5, 0.2], ["a", "a", "b"])
+    (array([1, 0]), array([0.7, 0.2]), array([2, 1]))
     """
     y, p = _check(labels, probs_real)
     vids = np.asarray([str(v) for v in videos])
     if vids.shape != y.shape:
         raise ValueError(f"{vids.size} video ids for {y.size} frames")
     names, index, counts = np.unique(vids, return_inverse=True, return_counts=True)
-    sums = np.bincount(index, weights=p)
     positives = np.bincount(index, weights=y)
     mixed = names[(positives > 0) & (positives < counts)]
     if mixed.size:
         raise ValueError(f"video {mixed[0]} has frames labelled real and frames labelled fake")
-    video_labels = (positives == counts).astype(int)
-    return {"videos": int(names.size), "frames": int(y.size),
+    return (positives == counts).astype(int), np.bincount(index, weights=p) / counts, counts
+
+
+def video_metrics(labels: Sequence[int] | np.ndarray, probs_real: Sequence[float] | np.ndarray,
+                  videos: Sequence[Any] | np.ndarray, *, threshold: float = 0.5, calibrated: float | None = None
+                  ) -> dict[str, Any]:
+    """Video-level metrics: a video's score is the mean of its frames' probabilities (DeepfakeBench's
+    video-level protocol), its label its frames' label (``video_scores``). ``frames_per_video``: how many
+    frames each video contributed (min, median, max).
+
+    >>> v = video_metrics([1, 1, 0, 0], [0.9, 0.5, 0.6, 0.2], ["a", "a", "b", "b"])
+    >>> v["videos"], v["metrics"]["accuracy"], v["frames_per_video"]
+    (2, 1.0, {'min': 2, 'median': 2.0, 'max': 2})
+    """
+    video_labels, scores, counts = video_scores(labels, probs_real, videos)
+    return {"videos": int(counts.size), "frames": int(counts.sum()),
             "frames_per_video": {"min": int(counts.min()), "median": float(np.median(counts)),
                                  "max": int(counts.max())},
             "score": "mean of the video's frame probabilities",
-            "metrics": classification_metrics(video_labels, sums / counts, threshold=threshold,
-                                              calibrated=calibrated)}
+            "metrics": classification_metrics(video_labels, scores, threshold=threshold, calibrated=calibrated)}
 
 
 def generator_name(g: Any) -> str:
@@ -287,12 +305,65 @@ def generator_name(g: Any) -> str:
     return "unspecified" if g in (None, "", "None") else str(g)
 
 
-def _frames(metas: Mapping[str, Sequence[Any]], n: int) -> np.ndarray:
+def frame_numbers(metas: Mapping[str, Sequence[Any]], n: int) -> np.ndarray:
     """Each sample's frame index within its video (-1: not a video frame)."""
     frames = metas.get("frame")
     if frames is None:
         return np.full(n, -1)
     return np.asarray([int(f) if f not in (None, "", "None") else -1 for f in frames])
+
+
+def clusters(block: Mapping[str, Sequence[Any]], n: int | None = None) -> np.ndarray:
+    """The statistical unit of each sample, as an integer id: the frames of one video (``frame`` >= 0, the
+    same ``source`` and ``group``) share one; any other image is a unit of its own. Ids are numbered in
+    order of first appearance, so a block without video frames gets ``0, 1, ..., n - 1``.
+
+    ``block``: a predictions block or the metadata of ``breakdown_metrics``; ``n``: its number of samples
+    (default: ``len(block["labels"])``).
+
+    >>> clusters({"labels": [1, 1, 0, 1], "frame": [0, -1, 1, 0], "group": ["v", "p", "v", "w"]}).tolist()
+    [0, 1, 0, 2]
+    """
+    n = len(block["labels"]) if n is None else n
+    frames = frame_numbers(block, n)
+    video = frames >= 0
+    if not video.any():
+        return np.arange(n)
+    if "group" not in block:
+        raise ValueError("samples are marked as video frames (frame >= 0) but carry no group, so their videos "
+                         "are unknown: score them again with a loader that returns the group metadata")
+    sources, groups = block.get("source", [""] * n), block["group"]
+    return renumber([f"{s}/{g}" if v else f"image {i}" for i, (s, g, v) in enumerate(zip(sources, groups, video))])
+
+
+def renumber(keys: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Integer ids 0, 1, ... for ``keys``, equal keys sharing one, numbered in order of first appearance.
+
+    >>> renumber(["b", "a", "b", "c"]).tolist()
+    [0, 1, 0, 2]
+    """
+    _, first, index = np.unique(np.asarray(keys), return_index=True, return_inverse=True)
+    rank = np.empty_like(first)
+    rank[np.argsort(first)] = np.arange(first.size)
+    return rank[index.ravel()]
+
+
+def units(clusters: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+    """``clusters`` (one id per sample, e.g. from ``clusters``) renumbered 0, 1, ... in order of first
+    appearance; None: each of the ``n`` samples a unit of its own."""
+    if clusters is None:
+        return np.arange(n)
+    ids = np.asarray(clusters).ravel()
+    if ids.size != n:
+        raise ValueError(f"{ids.size} cluster ids for {n} images")
+    return renumber(ids)
+
+
+def unit_of(ids: np.ndarray) -> dict[str, Any]:
+    """What a set's statistics resampled and tested: ``unit`` "image" (every cluster one image) or "video"
+    (frames grouped by video, other images alone), ``clusters`` (how many) and ``images``."""
+    k = int(ids.max()) + 1 if ids.size else 0
+    return {"unit": "image" if k == ids.size else "video", "clusters": k, "images": int(ids.size)}
 
 
 NO_REALS_NOTE = ("undefined: no real images in this source's test set, and AUC and AP rank real images "
@@ -323,8 +394,8 @@ def breakdown_metrics(
     generators = np.asarray([generator_name(g) for g in metas.get("generator", [None] * len(sources))])
     if len(sources) != len(labels):
         raise ValueError(f"metas cover {len(sources)} samples, labels {len(labels)}")
-    frames = _frames(metas, len(labels))
-    groups = np.asarray([str(g) for g in metas.get("group", [""] * len(labels))])
+    frames = frame_numbers(metas, len(labels))
+    units = clusters(metas, len(labels))
 
     def scored(sel: np.ndarray) -> dict[str, Any]:
         return classification_metrics(labels[sel], probs_real[sel], threshold=threshold, calibrated=calibrated)
@@ -338,7 +409,7 @@ def breakdown_metrics(
         }
         video = sel & (frames >= 0)
         if video.any():
-            block["videos"] = video_metrics(labels[video], probs_real[video], groups[video], threshold=threshold,
+            block["videos"] = video_metrics(labels[video], probs_real[video], units[video], threshold=threshold,
                                             calibrated=calibrated)
         reals, fakes = sel & (labels == REAL), sel & (labels == FAKE)
         fake_gens = sorted(set(generators[fakes].tolist()) - {"unspecified"})

@@ -246,8 +246,9 @@ def evaluate_robustness(model: Any, data: str, cfg: RobustnessSection, *, primar
                            "set": primary_source if sources else "combined_test",
                            "images": int(scored.labels.size), "seconds": round(seconds, 3),
                            "metrics": metrics["all"]}
+        # group and frame: a video's frames are one unit of the statistics (detector.evaluate.metrics.clusters)
         predictions[p.name] = {k: v for k, v in scored.predictions().items() if k in ("labels", "probs_real",
-                                                                                       "sha256")}
+                                                                                       "sha256", "group", "frame")}
         log.info("robustness %s on %s: accuracy %.4f (%d images, %.0f images/s)", p.name, results[p.name]["set"],
                  metrics["all"]["accuracy"], scored.labels.size, scored.labels.size / max(seconds, 1e-9))
     return {"data": origin, "primary_source": primary_source, "calibrated_threshold": calibrated,

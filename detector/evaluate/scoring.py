@@ -48,10 +48,14 @@ class Scored:
                                  calibrated=calibrated)
 
     def predictions(self) -> dict[str, list]:
-        """What ``eval/<model>.predictions.json`` keeps per image (for ROC curves, paired tests, videos)."""
+        """What ``eval/<model>.predictions.json`` keeps per image (for ROC curves, paired tests, videos).
+
+        Each probability is kept whole (a float32 is exactly a float, and JSON writes a float so that it reads
+        back the same): the statistics recomputed from this file then see the scores the metrics saw, where
+        rounding would move a score just below the threshold onto it."""
         return {
             "labels": self.labels.tolist(),
-            "probs_real": [round(float(x), 6) for x in self.probs_real],
+            "probs_real": [float(x) for x in self.probs_real],
             **{k: [str(v) for v in self.metas[k]] for k in PREDICTION_KEYS if k in self.metas},
         }
 

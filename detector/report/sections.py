@@ -8,11 +8,11 @@ run has nothing for it (no evaluated model).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from detector.report.roles import baseline
 from detector.report.statistics import set_words
-from detector.report.tables import Column, Section, Table, fixed, pct, thousands
+from detector.report.tables import Column, Section, Table, fixed, markdown, pct, thousands
 
 # The paper's numbers on the balanced 140k test set (Table 5, Table 7, Fig 5), and its Table 3.
 PAPER_TABLE5 = {"baseline": 0.9548, "prune-10": 0.9883, "prune-20": 0.9887, "prune-30": 0.9881, "prune-40": 0.9886}
@@ -102,8 +102,18 @@ def _celebdf_protocol(data: dict[str, Any]) -> str:
     return "a split protocol the data does not record"
 
 
+def _with_interval(x: dict[str, Any] | None, fmt: Callable[[Any], str]) -> str:
+    """An estimate and its interval in one cell, "0.9300 [0.8800, 0.9700]"; the estimate alone without one."""
+    if not x or x.get("estimate") is None:
+        return "n/a"
+    if x.get("low") is None:
+        return fmt(x["estimate"])
+    return f"{fmt(x['estimate'])} [{fmt(x['low'])}, {fmt(x['high'])}]"
+
+
 def video_section(data: dict[str, Any]) -> Section:
-    """Frame-level beside video-level scores for sources whose images are video frames (Celeb-DF)."""
+    """Frame-level beside video-level scores for sources whose images are video frames (Celeb-DF), with
+    intervals of the video-level ones bootstrapped over videos."""
     models = data["models"]
     if not models:
         return Section()
@@ -112,29 +122,40 @@ def video_section(data: dict[str, Any]) -> Section:
         for source, v in (m.get("videos") or {}).items():
             frame = m["metrics"].get(source) or m["metrics"]["combined_test"]
             fpv = v["frames_per_video"]
+            iv = (m.get("video_intervals") or {}).get(source) or {}
+            ivs = {k: {**(iv.get(k) or {}), "estimate": v["metrics"].get(k)} for k in ("auc", "accuracy")}
             rows.append({"model": m["name"], "source": source, "frames": v["frames"], "videos": v["videos"],
                          "frames_per_video": (f"{fpv['min']}" if fpv["min"] == fpv["max"] else
                                               f"{fpv['min']}-{fpv['max']} (median {fpv['median']:g})"),
                          "frame_auc": frame.get("auc"), "frame_accuracy": frame.get("accuracy"),
                          "video_auc": v["metrics"].get("auc"), "video_accuracy": v["metrics"].get("accuracy"),
-                         "video_accuracy_calibrated": (v["metrics"].get("at_calibrated") or {}).get("accuracy")})
+                         "video_accuracy_calibrated": (v["metrics"].get("at_calibrated") or {}).get("accuracy"),
+                         **{f"video_{k}_{end}": x.get(end) for k, x in ivs.items() for end in ("low", "high")},
+                         "video_auc_ci": ivs["auc"], "video_accuracy_ci": ivs["accuracy"]})
     if not rows:
         return Section("Celeb-DF v2: frame level and video level", [
             "No test source is made of video frames, so there are no video-level scores: import Celeb-DF v2 "
             "with `detector prepare --celebdf DIR --frames-per-video N` (docs/evaluation.md).", ""])
-    table = Table("videos.csv", rows, [
-        Column("model", "Model"), Column("source", "Source"), Column("videos", "Videos", thousands),
-        Column("frames_per_video", "Frames per video"), Column("frame_auc", "Frame AUC", fixed(4)),
-        Column("frame_accuracy", "Frame accuracy", pct), Column("video_auc", "Video AUC", fixed(4)),
-        Column("video_accuracy", "Video accuracy", pct),
-        Column("video_accuracy_calibrated", "Video accuracy at calibrated threshold", pct)], extra_csv=("frames",))
+    head = [Column("model", "Model"), Column("source", "Source"), Column("videos", "Videos", thousands),
+            Column("frames_per_video", "Frames per video"), Column("frame_auc", "Frame AUC", fixed(4)),
+            Column("frame_accuracy", "Frame accuracy", pct)]
+    calibrated = Column("video_accuracy_calibrated", "Video accuracy at calibrated threshold", pct)
+    # the CSV keeps numbers (estimate, low, high apart); the Markdown shows each with its interval
+    table = Table("videos.csv", rows, [*head, Column("video_auc", "Video AUC", fixed(4)),
+                                       Column("video_accuracy", "Video accuracy", pct), calibrated],
+                  extra_csv=("frames", "video_auc_low", "video_auc_high", "video_accuracy_low", "video_accuracy_high"))
+    ci = f"{round(100 * (data.get('statistics') or {}).get('confidence', 0.95))} % CI"
+    shown = markdown(rows, [*head, Column("video_auc_ci", f"Video AUC [{ci}]", lambda x: _with_interval(x, fixed(4))),
+                            Column("video_accuracy_ci", f"Video accuracy [{ci}]", lambda x: _with_interval(x, pct)),
+                            calibrated])
     opts = (((data["run"].get("data") or {}).get("import_options") or {}).get("sources") or {}).get("celebdf") or {}
     asked = f" (`detector prepare --frames-per-video {opts['frames_per_video']}`, evenly spaced)" \
         if opts.get("frames_per_video") else ""
     return Section("Celeb-DF v2: frame level and video level", [
         f"Test videos from {_celebdf_protocol(data)}. Each video contributed the frames shown{asked}; a video's "
         "score is the mean of its frames' probabilities of real, its label its frames' label (DeepfakeBench's "
-        "video-level protocol). Frame-level numbers treat every frame as an image.", "", table.markdown()], [table])
+        "video-level protocol). Frame-level numbers treat every frame as an image. Video-level intervals: "
+        "percentile bootstrap over videos (`statistics.video_interval_method` in report.json).", "", shown], [table])
 
 
 def generator_section(data: dict[str, Any]) -> Section:

@@ -12,7 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detector.evaluate.statistics import DIFFERENCE_METHOD, MCNEMAR_METHOD, compare_models, compare_robustness
+from detector.evaluate.metrics import EER_DEFINITION
+from detector.evaluate.paired import (CLUSTERED_DIFFERENCE_METHOD, CLUSTERED_MCNEMAR_METHOD, DIFFERENCE_METHOD,
+                                      MCNEMAR_METHOD)
+from detector.evaluate.statistics import compare_models, compare_robustness
 from detector.report.roles import baseline, pruned_models
 from detector.report.tables import Column, Section, Table, markdown
 
@@ -24,10 +27,13 @@ SEED = 0
 
 
 def add_statistics(models: list[dict[str, Any]], *, resamples: int, primary: str = "combined_test") -> dict[str, Any]:
-    """Add ``intervals`` (every model) and ``vs_baseline`` (pruned models) to each of ``models``, and per
-    perturbation ``robustness_intervals`` / ``robustness_vs_baseline`` (the same images, perturbed); return
-    the run's ``statistics`` block (method, resamples, the primary set its conclusions are on, and why
-    anything was left out). ``resamples``: the run's ``evaluate.bootstrap``."""
+    """Add ``intervals`` (every model) and ``vs_baseline`` (pruned models) to each of ``models``, per
+    perturbation ``robustness_intervals`` / ``robustness_vs_baseline`` (the same images, perturbed), and per
+    test source made of video frames ``video_intervals`` (video-level accuracy, F1 and AUC, bootstrapped over
+    videos); return the run's ``statistics`` block (methods, the unit resampled, resamples, the EER's
+    definition, the primary set its conclusions are on, and why anything was left out). Every interval and
+    test says its ``unit`` ("image", or "video" where a video's frames count as one) and how many
+    ``clusters``. ``resamples``: the run's ``evaluate.bootstrap``."""
     predictions, missing = {}, []
     for m in models:
         path = Path(m["predictions"])
@@ -44,6 +50,7 @@ def add_statistics(models: list[dict[str, Any]], *, resamples: int, primary: str
         r = results.get(m["name"], {})
         m["intervals"] = r.get("intervals")
         m["vs_baseline"] = r.get("vs_reference")
+        m["video_intervals"] = r.get("video_intervals")
     labels = {name: p["label"] for m in models for name, p in ((m.get("robustness") or {}).get("perturbations")
                                                                 or {}).items()}
     perturbed = compare_robustness(predictions, labels, reference=reference, resamples=resamples,
@@ -57,11 +64,16 @@ def add_statistics(models: list[dict[str, Any]], *, resamples: int, primary: str
               for m in models if isinstance(m.get("vs_baseline"), dict) and "unpaired" in m["vs_baseline"]]
     return {
         "confidence": CONFIDENCE,
-        "interval_method": "percentile bootstrap over the images of each data set",
+        "interval_method": "percentile bootstrap over the videos and images of each data set (a video's frames "
+                           "drawn together)",
+        "resampling_unit": "videos (Celeb-DF frames grouped by video), images otherwise",
         "bootstrap_resamples": resamples,
         "seed": SEED,
-        "paired_test": f"McNemar {MCNEMAR_METHOD}",
-        "difference_interval": DIFFERENCE_METHOD,
+        "paired_test": f"McNemar {MCNEMAR_METHOD}; on a set with frames of a video, the {CLUSTERED_MCNEMAR_METHOD}",
+        "difference_interval": f"{DIFFERENCE_METHOD}; on a set with frames of a video, {CLUSTERED_DIFFERENCE_METHOD}",
+        "video_interval_method": "percentile bootstrap over videos of the video-level accuracy, F1 and AUC (a "
+                                 "video's score: the mean of its frames' probabilities of real)",
+        "eer_definition": EER_DEFINITION,
         "alpha": ALPHA,
         "pairing": "images matched by sha256",
         "reference": reference,
