@@ -329,6 +329,10 @@ class EvaluateSection:
     latency_repeats: AtLeastOne = 50
     throughput_batch: AtLeastOne = 64
     bootstrap: AtLeastOne = 1000
+    # The non-inferiority margin of the report's verdicts, in accuracy (0.01 = 1 pp): a pruned model is
+    # non-inferior to the reference (the equal-budget control, else the baseline) when its paired test
+    # interval's lower end lies above -margin, inferior when its upper end lies below it.
+    margin: Annotated[float, Range(0, 0.5, low_open=True, high_open=True, why="an accuracy difference")] = 0.01
     # DataLoader workers that decode (and perturb) test images beside the model.
     num_workers: NonNegative = 0
     # The set of the paper's Fig 5, Table 5's first column and the headline conclusions: this source's test

@@ -87,11 +87,16 @@ def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, 
     data = next((e["data"] for e in evaluations if e.get("data")), None)
     out: dict[str, Any] = {"config": str(run.config) if exp is not None else None}
     if exp is None:
-        out.update(bootstrap_resamples=DEFAULT_RESAMPLES, stages=None, search=None, pruning=None)
+        from detector.job.experiment import EvaluateSection
+
+        # a run without its config is judged at the config's default margin, and the report says which
+        out.update(bootstrap_resamples=DEFAULT_RESAMPLES, margin=EvaluateSection().margin, stages=None, search=None,
+                   pruning=None)
     else:
         base, trial, tune = (exp.stage_train(s) for s in ("baseline", "search_train", "finetune"))
         out.update(
             name=exp.name, arch=base.arch, image_size=base.image_size, bootstrap_resamples=exp.evaluate.bootstrap,
+            margin=exp.evaluate.margin,
             stages={
                 "baseline": _stage(base, optimizer=base.optimizer, lr=f"{base.lr:g}", patience=_patience(base)),
                 "search trial": _stage(trial, optimizer="searched", lr="searched", patience=_patience(trial)),
