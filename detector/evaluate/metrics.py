@@ -18,7 +18,7 @@ data sets there are and which is primary ``detector.evaluate.sets``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -297,6 +297,37 @@ def video_metrics(labels: Sequence[int] | np.ndarray, probs_real: Sequence[float
                                  "max": int(counts.max())},
             "score": "mean of the video's frame probabilities",
             "metrics": classification_metrics(video_labels, scores, threshold=threshold, calibrated=calibrated)}
+
+
+class Videos(NamedTuple):
+    """A source's test videos, one entry per video, sorted by id (the order of ``video_scores``)."""
+
+    ids: np.ndarray  # the video's id (its frames' ``group``)
+    labels: np.ndarray  # its frames' label
+    scores: np.ndarray  # the mean of its frames' probabilities of real
+    frames: np.ndarray  # how many frames it contributed
+
+
+def prediction_videos(block: Mapping[str, Sequence[Any]], source: str) -> Videos | None:
+    """The videos of ``source`` in a block of ``eval/<model>.predictions.json`` (``test``: per image its
+    ``labels``, ``probs_real``, ``source``, ``group`` and ``frame``), scored as ``video_metrics`` scores
+    them; None where that source has no video frames. Two models' videos pair by ``ids``.
+
+    >>> v = prediction_videos({"labels": [1, 1, 0, 1], "probs_real": [0.9, 0.5, 0.2, 0.8],
+    ...                        "source": ["celebdf"] * 3 + ["faces"], "group": ["b", "b", "a", ""],
+    ...                        "frame": [0, 1, 0, -1]}, "celebdf")
+    >>> v.ids.tolist(), v.labels.tolist(), v.scores.tolist(), v.frames.tolist()
+    (['a', 'b'], [0, 1], [0.2, 0.7], [1, 2])
+    """
+    n = len(block["labels"])
+    sources = np.asarray([str(s) for s in block.get("source", ["all"] * n)])
+    keep = (sources == source) & (frame_numbers(block, n) >= 0)
+    if not keep.any():
+        return None
+    groups = np.asarray([str(g) for g in block.get("group", [""] * n)])[keep]
+    labels, scores, frames = video_scores(np.asarray(block["labels"])[keep],
+                                          np.asarray(block["probs_real"], dtype=np.float64)[keep], groups)
+    return Videos(np.unique(groups), labels, scores, frames)
 
 
 def generator_name(g: Any) -> str:
