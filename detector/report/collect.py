@@ -9,6 +9,7 @@ from typing import Any
 from detector.evaluate.sets import primary_source, sources_with_own_set
 from detector.job.runfolder import RunFolder, check_model_name
 from detector.report.frontier import frontier_data
+from detector.report.roles import order, role
 from detector.prune import PruningInfo
 
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "auc")
@@ -88,20 +89,24 @@ def _before_finetune(evaluation: dict[str, Any]) -> dict[str, Any] | None:
 def _model(run: RunFolder, evaluation: dict[str, Any], best: dict[str, Any], where: Path) -> dict[str, Any]:
     pruning = PruningInfo.from_metadata(evaluation, where=str(where))
     s = pruning.sparsity
-    bp = best.get(f"{s:g}") if s > 0 else None
     name = check_model_name(where.stem)  # the file's name, not a name read from inside it
+    kind = role({"name": name, "sparsity": s})
+    # the control's search is the one at sparsity 0 (key "0"); the baseline had none
+    bp = best.get(f"{s:g}") if kind != "baseline" else None
     file = run.model(name)
     model = {
         "name": name,
+        "role": kind,
         "sparsity": s,
         "measured_sparsity": evaluation["sparsity"],
         "best_params": dict(bp["params"]) if bp else None,
         "metrics": test_sets(evaluation),
         "efficiency": evaluation["efficiency"],
         "predictions": str(run.predictions(name)),
-        "pruning_method": pruning.method if s > 0 else None,
+        "pruning_method": pruning.method if kind == "pruned" else None,
         "training": _training(run, name),
-        "before_finetune": _before_finetune(evaluation) if s > 0 else None,
+        # the control's is the baseline's weights as they were, unpruned: its fine-tune's starting point
+        "before_finetune": _before_finetune(evaluation) if kind != "baseline" else None,
         "threshold": evaluation.get("threshold"),
         "videos": _per_source(evaluation, "videos"),
         "vs_reals": _per_source(evaluation, "vs_reals"),
@@ -158,7 +163,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     if not evaluations and search is None:
         raise FileNotFoundError(f"{run_dir}: neither evaluations (eval/) nor search results (search/) to report on")
     best = (search or {}).get("best", {})
-    models = sorted((_model(run, e, best, p) for p, e in evaluations), key=lambda m: m["sparsity"])
+    models = sorted((_model(run, e, best, p) for p, e in evaluations), key=order)
     summary = run_summary(run, [e for _, e in evaluations])
     configured = summary.get("primary_set") or next(
         (e["primary"]["configured"] for _, e in evaluations if e.get("primary")), PRIMARY_DEFAULT)

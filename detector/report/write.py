@@ -26,7 +26,7 @@ from detector.report.figures import write_figures
 from detector.report.frontier import frontier_section
 from detector.report.pareto import pareto_section
 from detector.report.robustness import robustness_section
-from detector.report.roles import baseline, pruned_models
+from detector.report.roles import baseline, comparison_key, control, labelled, pruned_models, reference, role
 from detector.report.sections import (audit_section, errors_section, generator_section, paper_section,
                                       primary_section, threshold_section, video_section)
 from detector.report.statistics import efficiency_note, semistructured_section, statistics_section, timing_flag
@@ -107,7 +107,7 @@ def header_section(data: dict[str, Any]) -> Section:
             "baseline": _epochs(base["training"]) if base else "not evaluated",
             "search trial": (f"{', '.join(sorted({str(t['epochs']) for t in trials}))} per trial, {len(trials)} "
                              "trials" if trials else "no trials recorded"),
-            "fine-tune": "; ".join(f"{m['name']}: {_epochs(m['training'])}" for m in pruned_models(models))
+            "fine-tune": "; ".join(f"{m['name']}: {_epochs(m['training'])}" for m in fine_tuned(models))
                          or "none evaluated",
         }
         rows = [{"stage": stage, **cfg, "epochs_run": run_epochs[stage]} for stage, cfg in run["stages"].items()]
@@ -264,12 +264,18 @@ def table5_section(data: dict[str, Any]) -> Section:
                    [t5.markdown(), *_same_set_lines(data), ""], [t5])
 
 
+def fine_tuned(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The models a fine-tune made from the baseline's weights: the control (if any), then the pruned."""
+    return [m for m in models if role(m) != "baseline"]
+
+
 def pruning_table(models: list[dict[str, Any]], primary: str = "combined_test") -> Table:
     """Each pruned model right after pruning (no training) beside after fine-tuning, with its epochs: test
-    accuracy on the primary set, validation accuracy on the combined validation set."""
+    accuracy on the primary set, validation accuracy on the combined validation set. The control's row is
+    the same without pruning: what its fine-tune's epochs alone gained."""
     base_epochs = (baseline(models) or {}).get("training") or {}
     rows = []
-    for m in pruned_models(models):
+    for m in fine_tuned(models):
         before = m.get("before_finetune") or {}
         measured = before.get("status") == "measured"
         b = before.get("metrics", {}) if measured else {}
@@ -278,7 +284,7 @@ def pruning_table(models: list[dict[str, Any]], primary: str = "combined_test") 
         pruned = b[primary]["accuracy"] if measured and primary in b else None
         total = (base_epochs.get("best_epoch") + ft["best_epoch"]
                  if base_epochs.get("best_epoch") is not None and ft.get("best_epoch") is not None else None)
-        rows.append({"model": m["name"], "method": m["pruning_method"],
+        rows.append({"model": m["name"], "method": m["pruning_method"] or "none (the control)",
                      "val_pruned": b["combined_val"]["accuracy"] if measured else None,
                      "test_pruned": pruned, "test_finetuned": after,
                      "recovered_pp": None if pruned is None else 100 * (after - pruned),
@@ -312,19 +318,28 @@ def _pruning_lines(models: list[dict[str, Any]], table: Table, primary: str = "c
     text = (f"The baseline's saved weights are those of its epoch {be['best_epoch']} (of {be['epochs_run']} run). "
             "Every pruned model starts from those weights, is pruned, and is then fine-tuned: the last column "
             "counts the baseline's epochs plus the fine-tune's best epoch, so each pruned model had more "
-            "training than the baseline. Where a pruned model beats the baseline, the extra epochs are a "
-            "likelier cause than pruning; \"right after pruning\" is the cost of pruning alone (same images, "
+            "training than the baseline. \"Right after pruning\" is the cost of pruning alone (same images, "
             "same preprocessing, no training).")
-    base_test = base["metrics"][primary]["accuracy"]
-    better = [r["model"] for r in table.rows if r["test_finetuned"] > base_test]
-    if better:
-        text += (f" Here {', '.join(better)} scored above the baseline's {100 * base_test:.2f} % after "
-                 "fine-tuning.")
+    ctrl = control(models)
+    if ctrl is not None:
+        text += (f" The control, {ctrl['name']}, went through the same search and fine-tune without pruning: its "
+                 "gain is what the extra epochs alone give, and every verdict compares a pruned model with it.")
+    else:
+        text += (" Without an equal-budget control in this run, where a pruned model beats the baseline the "
+                 "extra epochs are a likelier cause than pruning.")
+        base_test = base["metrics"][primary]["accuracy"]
+        better = [m for m in pruned_models(models) if m["metrics"][primary]["accuracy"] > base_test]
+        if better:
+            text += (f" Here {', '.join(labelled(m, models) for m in better)} scored above the baseline's "
+                     f"{100 * base_test:.2f} % after fine-tuning (the baseline ran {be['epochs_run']} epochs).")
     return [text, ""]
 
 
 def table6(models: list[dict[str, Any]]) -> Table:
-    base = baseline(models)
+    """Every model's size and speed; each timing also against the reference's (the control, else the
+    baseline) in the column ``vs_control`` or ``vs_baseline``."""
+    ref = reference(models)
+    key = comparison_key(ref)
     rows = []
     for m in models:
         e = m["efficiency"]
@@ -333,7 +348,7 @@ def table6(models: list[dict[str, Any]]) -> Table:
                                               "latency_ms", "latency_p10_ms", "latency_p90_ms", "throughput",
                                               "throughput_min", "throughput_max", "throughput_batch", "device")},
                      "file_mib": m.get("model_file_mib"),
-                     "vs_baseline": timing_flag(e, base["efficiency"]) if base and m is not base else None})
+                     key: timing_flag(e, ref["efficiency"]) if ref and m is not ref else None})
     # what every row shares goes into a column title, not a column of equal cells (the CSV keeps both)
     batches = {r["throughput_batch"] for r in rows}
     batch = f", batch {batches.pop()}" if len(batches) == 1 else ""
@@ -348,7 +363,7 @@ def table6(models: list[dict[str, Any]]) -> Table:
         Column("latency_p10_ms", "p10", fixed(2)), Column("latency_p90_ms", "p90", fixed(2)),
         Column("throughput", f"Throughput{batch} (img/s)", fixed(1)),
         Column("throughput_min", "slowest pass", fixed(1)), Column("throughput_max", "fastest pass", fixed(1)),
-        Column("vs_baseline", "Timing vs baseline", lambda x: x or "-"), *device]
+        Column(key, f"Timing vs {ref['name'] if ref else 'baseline'}", lambda x: x or "-"), *device]
     return Table("table6_efficiency.csv", rows, columns, extra_csv=("throughput_batch", "device"))
 
 
