@@ -154,6 +154,7 @@ def primary(evaluations: list[dict[str, Any]], configured: str) -> dict[str, Any
 
 def collect(run_dir: Path) -> dict[str, Any]:
     """Everything the report shows, as ``report.json`` holds it."""
+    from detector.report.answer import add_video_differences
     from detector.report.run_summary import run_summary
     from detector.report.statistics import add_statistics
 
@@ -169,6 +170,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         (e["primary"]["configured"] for _, e in evaluations if e.get("primary")), PRIMARY_DEFAULT)
     main = primary([e for _, e in evaluations], configured)
     statistics = add_statistics(models, resamples=summary["bootstrap_resamples"], primary=main["set"])
+    add_video_differences(models, resamples=summary["bootstrap_resamples"])
     trials = [{"sparsity": t["sparsity"], "params": t["params"], "val_accuracy": t["val_accuracy"],
                "best_val_accuracy": t.get("best_val_accuracy"), "objective": t["objective"], "epochs": t["epochs"],
                "start": t["start"], "end": t["end"], "status": t["status"], "trial_id": t["trial_id"],

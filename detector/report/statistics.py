@@ -283,8 +283,8 @@ TIMINGS = {"latency": ("latency_ms", "latency_p10_ms", "latency_p90_ms"),
            "throughput": ("throughput", "throughput_min", "throughput_max")}
 
 
-def _timing(e: dict[str, Any], b: dict[str, Any], what: str) -> tuple[float, str] | None:
-    """(model / baseline, whether that is beyond the spread of their repeats) for latency or throughput."""
+def timing_ratio(e: dict[str, Any], b: dict[str, Any], what: str) -> tuple[float, str] | None:
+    """(model / reference, whether that is beyond the spread of their repeats) for latency or throughput."""
     key, low, high = TIMINGS[what]
     if not (e.get(key) and b.get(key)):
         return None
@@ -295,7 +295,7 @@ def _timing(e: dict[str, Any], b: dict[str, Any], what: str) -> tuple[float, str
 def timing_flag(e: dict[str, Any], b: dict[str, Any]) -> str:
     """A model's latency and throughput against a reference's (``b``), and whether the difference is larger
     than the spread of their repeats (on a shared CPU the load between two measurements moves them too)."""
-    found = {what: _timing(e, b, what) for what in TIMINGS}
+    found = {what: timing_ratio(e, b, what) for what in TIMINGS}
     same_work = e.get("macs") is not None and e.get("macs") == b.get("macs")
     out = []
     for what, x in found.items():
@@ -334,7 +334,7 @@ def efficiency_note(models: list[dict[str, Any]]) -> str:
     top = max(pruned, key=lambda m: m["sparsity"])
     b, e = ref["efficiency"], top["efficiency"]
     method = top.get("pruning_method") or "unstructured"
-    latency = _timing(e, b, "latency")
+    latency = timing_ratio(e, b, "latency")
     text += (f" At {100 * top['sparsity']:.0f} % ({method} pruning) the state dict is "
              f"{e['size_mb'] / b['size_mb']:.2f}x the {whose}"
              + (f" and the batch-1 latency {latency[0]:.2f}x ({latency[1]})." if latency else "."))

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from detector.io import atomic_write_json, atomic_write_text
 from detector.job.runfolder import RunFolder
 from detector.job.selection import TIE_BREAK, select_best
+from detector.report.answer import answer_section
 from detector.report.collect import METRIC_KEYS, RANKING_KEYS, collect, ordered_sets
 from detector.report.figures import write_figures
 from detector.report.frontier import frontier_section
@@ -118,7 +119,10 @@ def header_section(data: dict[str, Any]) -> Section:
         s, p = run["search"], run["pruning"]
         md += [f"- Pruning: {p['method']} ({'global L1, zeros in dense tensors' if p['method'] == 'unstructured' else 'L1 channel pruning, channels removed'}) "
                f"at {', '.join(f'{100 * x:g} %' for x in p['sparsities'])}; each pruned model starts from the "
-               "baseline, is pruned, then fine-tuned.",
+               "baseline, is pruned, then fine-tuned" + (
+                   f"; the equal-budget control {control(models)['name']} went through the same search and "
+                   "fine-tune at sparsity 0, from the same baseline weights." if control(models) else
+                   "; no equal-budget dense control was run."),
                f"- Search per sparsity: {s['trials_per_sparsity']} trials, {s['space']}; {s['sampler']}; "
                f"scheduler {s['scheduler']}; objective: {s['metric']} at the trial's {s.get('objective', 'last')} "
                f"epoch ({s['direction']}).",
@@ -451,7 +455,7 @@ def figures_section(figures: list[Path]) -> Section:
 # report.md from top to bottom. Each section reads the collected data and decides itself whether it has
 # anything to show (most need an evaluated model), so this list is the report's whole outline.
 SECTIONS: tuple[Callable[[dict[str, Any]], Section], ...] = (
-    title_section, header_section, frontier_section, pareto_section, primary_section, table3_section,
+    title_section, answer_section, header_section, frontier_section, pareto_section, primary_section, table3_section,
     table4_section, table5_section, errors_section, threshold_section, pruning_section, statistics_section,
     robustness_section, video_section, generator_section, audit_section, paper_section, table6_section,
     semistructured_section, metrics_section, trials_section)
@@ -473,7 +477,9 @@ def write_report(run_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = collect(run_dir)
     sections = [section(data) for section in SECTIONS]
-    sections.append(figures_section(write_figures(data, out)))
+    embedded = {line for s in sections for line in s.lines}  # a figure a section shows is not listed again
+    figures = [f for f in write_figures(data, out) if f"![{f.stem}]({f.name})" not in embedded]
+    sections.append(figures_section(figures))
     for name, table in _csv_files(sections).items():
         atomic_write_text(out / name, csv_text(table.rows, table.csv_columns))
     atomic_write_json(out / "report.json", data)
