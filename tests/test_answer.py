@@ -37,12 +37,15 @@ evaluate: {bootstrap: 200, margin: 0.01}
 
 
 def probs(wrong, video_noise: float, seed: int) -> np.ndarray:
-    """P(real): right on every face except ``wrong``; video frames scored with noise of that size."""
-    p = np.where(LABELS == 1, 0.9, 0.1) + np.linspace(-0.05, 0.05, N)
+    """P(real): right on every face except ``wrong``, each face at its own confidence (so that ROC curves
+    differ); video frames scored with noise of that size."""
+    rng = np.random.default_rng(seed)
+    confidence = 0.49 * rng.uniform(0.01, 1, N) ** 0.3
+    p = np.where(LABELS == 1, 0.5 + confidence, 0.5 - confidence)
     p[list(wrong)] = 1 - p[list(wrong)]
     frames = slice(FACES, N)
     p[frames] = np.clip(np.where(LABELS[frames] == 1, 0.65, 0.35)
-                        + np.random.default_rng(seed).normal(0, video_noise, N - FACES), 0.001, 0.999)
+                        + rng.normal(0, video_noise, N - FACES), 0.001, 0.999)
     return p.round(6)
 
 
@@ -186,7 +189,8 @@ def test_an_undecided_model_says_how_many_test_images_would_decide(report):
     expected = images_to_decide(4, 0, 600, 0.01)
     assert int(rows["prune-30"]["images_to_decide"]) == expected == 4710
     assert rows["prune-40"]["images_to_decide"] == ""  # decided: inferior
-    assert f"Too few test images to decide: prune-30 about {expected:,} (now 600) test images" in md
+    assert (f"Too few test images to decide prune-30: about {expected:,} test images would decide it (it was "
+            "tested on 600).") in md
     assert "Connor (1987, Biometrics 43:207)" in md and "power 80 %" in md
 
 

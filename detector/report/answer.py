@@ -247,20 +247,24 @@ def _answer_sentence(rows: list[dict[str, Any]], data: dict[str, Any]) -> str:
 def _sample_size_lines(rows: list[dict[str, Any]], margin: float) -> list[str]:
     """Where the test set is too small to decide: about how many test images would."""
     open_rows = [r for r in rows if r["verdict"] == "inconclusive"]
-    if not open_rows:
-        return []
-    parts = []
+    sized = [r for r in open_rows if r["images_to_decide"]]
+    lines = []
+    if sized:
+        lines.append(
+            "Too few test images to decide " + "; ".join(
+                f"{r['model']}: about {r['images_to_decide']:,} test images would decide it (it was tested on "
+                f"{r['test_images']:,})" for r in sized)
+            + f". That is the sample size that would decide at the {100 * margin:g} pp margin with power "
+            f"{100 * POWER:g} % at one-sided alpha {(1 - CONFIDENCE) / 2:g}, were the share psi of images the "
+            "two models disagree on and their difference delta as observed: n = (z_0.975 + z_0.8)^2 psi / "
+            f"(delta + margin)^2, with the images taken as independent ({SAMPLE_SIZE_SOURCE}).")
     for r in open_rows:
-        if r["images_to_decide"]:
-            parts.append(f"{r['model']} about {r['images_to_decide']:,} (now {r['test_images']:,})")
-        else:  # images_to_decide's two cases
-            why = "its difference sits at -margin" if r["diff_estimate"] else "no discordant image, psi unknown"
-            parts.append(f"{r['model']} no estimate ({why})")
-    return [f"Too few test images to decide: {'; '.join(parts)} test images would decide at the "
-            f"{100 * margin:g} pp margin, were the share of images the two models disagree on and the difference "
-            f"as observed (n = (z_0.975 + z_0.8)^2 psi / (delta + margin)^2, psi the discordant share, delta the "
-            f"difference; one-sided alpha 0.025, power {100 * POWER:g} %, images taken as independent: "
-            f"{SAMPLE_SIZE_SOURCE}).", ""]
+        if not r["images_to_decide"]:  # images_to_decide's two cases
+            lines.append(f"{r['model']}: its difference sits at -margin, where no number of images decides."
+                         if r["diff_estimate"] else
+                         f"{r['model']}: the two models disagree on none of its {r['test_images']:,} test images, "
+                         "so the share that sets the sample size is unknown; more test images would decide.")
+    return [" ".join(lines), ""] if lines else []
 
 
 def has_answer(data: dict[str, Any]) -> bool:

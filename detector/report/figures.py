@@ -71,8 +71,8 @@ def _confusion_figure(models: list[dict[str, Any]], primary: str, save: Callable
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cols = min(3, len(models))
-    rows = -(-len(models) // cols)
+    rows = -(-len(models) // 3)
+    cols = -(-len(models) // rows)  # balanced: four models in two rows of two, not three and one
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows + 0.5), squeeze=False,
                              layout="constrained")
     for ax in axes.flat[len(models):]:
@@ -122,21 +122,24 @@ def _roc_figure(models: list[dict[str, Any]], primary: str, source: str | None,
     # the left edge: the resolution of the rarest set (one fake in n), at most 1e-3
     left = min(1e-3, 10 ** math.floor(math.log10(1 / max(n for *_, n in curves))))
     lowest = 1.0
-    for m, fpr, tpr, _ in curves:
+    for k, (m, fpr, tpr, _) in enumerate(curves):
         style = model_style(m, models)
+        # each curve thinner than the one before, so that curves on top of each other still show
         ax.step(np.maximum(fpr, left), tpr, where="post", color=style["color"], ls=style["ls"],
+                lw=1.2 + 1.8 * (len(curves) - 1 - k) / max(len(curves) - 1, 1),
                 label=f"{m['name']} (AUC {m['metrics'][primary]['auc']:.4f})")
         lowest = min(lowest, float(tpr[np.searchsorted(fpr, left, side="right") - 1]))
     grid = np.logspace(math.log10(left), 0, 100)
     ax.plot(grid, grid, "k:", lw=1, label="chance")
     ax.set_xscale("log")
     ax.set_xlim(left, 1)
-    ax.set_ylim(max(0.0, lowest - 0.05 * (1 - lowest) - 0.01), 1.002)
+    bottom = max(0.0, lowest - 0.05 * (1 - lowest) - 0.01)
+    ax.set_ylim(bottom, 1 + 0.02 * (1 - bottom))  # a curve along 1.0 stays above the frame
     ax.set_xlabel(f"share of fakes predicted real, log scale (false-positive rate, real positive;\n"
                   f"a rate of 0 is drawn at {left:g})")
     ax.set_ylabel("share of reals predicted real (true-positive rate)")
     ax.set_title(f"ROC, {primary} (primary set)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # beside: inside it hides a curve
     save(fig, "roc_curves.png")
 
 
