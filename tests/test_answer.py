@@ -174,8 +174,8 @@ def test_the_answer_comes_first_with_one_row_per_pruned_model(report):
 def test_the_answer_sentence_names_the_largest_non_inferior_sparsity_and_its_price(report):
     _, md, _ = report
     text = section(md, "The answer: how far can it be pruned?")
-    assert ("**The largest sparsity non-inferior to the equal-budget control dense-ft at the 1 pp margin is 20 % "
-            "(prune-20)**: accuracy +0.00 [") in text
+    assert ("**The largest sparsity non-inferior to the equal-budget control dense-ft at the 1 pp margin is "
+            "20 %**, prune-20: accuracy +0.00 [") in text
     assert "sparse file 35.46 against 44.00 MiB" in text  # 42.7 MiB dense: 0.8 of it plus 1.3 MiB of masks
     assert "batch-1 latency 5.00 against 5.00 ms (1.00x, within noise)" in text
     assert "unstructured pruning keeps the dense arithmetic, so no speed-up is expected" in text
@@ -243,6 +243,8 @@ def test_without_a_control_the_answer_is_against_the_baseline_and_says_it_is_not
     assert "every pruned model is compared with the baseline, which ran 4 epochs" in text
     assert "The baseline trained fewer epochs, so these verdicts are not like-for-like" in text
     assert "Accuracy vs baseline (pp, 95 % CI)" in text
+    # beside the baseline, the chosen model carries its epochs too (here prune-30 is non-inferior)
+    assert "the 1 pp margin is 30 %**, prune-30 (4 + 3 epochs): accuracy +0.33 [" in text
     assert {r["reference"] for r in answer_csv(run).values()} == {"baseline"}
     r = json.loads((run / "report" / "report.json").read_text())
     assert all(m["vs_control"] is None for m in r["models"])

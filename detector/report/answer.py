@@ -240,7 +240,7 @@ def _answer_sentence(rows: list[dict[str, Any]], data: dict[str, Any]) -> str:
         speed += ": unstructured pruning keeps the dense arithmetic, so no speed-up is expected"
     name = m["name"] if role(ref) == "control" else labelled(m, models)
     return (f"**The largest sparsity non-inferior to {against} at the {100 * margin:g} pp margin is "
-            f"{100 * best['sparsity']:g} % ({name})**: accuracy {_pp_ci(best['difference'])} pp against it; "
+            f"{100 * best['sparsity']:g} %**, {name}: accuracy {_pp_ci(best['difference'])} pp against it; "
             f"sparse file {_ratio(e, r, 'sparse_size_mb')} MiB; {speed}.")
 
 

@@ -153,11 +153,11 @@ def _definitions(stats: dict[str, Any]) -> str:
     return f"EER: {eer}. Unit resampled: {unit}."
 
 
-def _comparison_table(models: list[dict[str, Any]], key: str, ref_title: str, pct: str,
-                      epochs: bool = False) -> str:
-    """Every model's paired test against one reference (``key``: ``vs_control`` or ``vs_baseline``)."""
+def _comparison_table(models: list[dict[str, Any]], shown: list[dict[str, Any]], key: str, ref_title: str,
+                      pct: str, epochs: bool = False) -> str:
+    """The paired tests of ``shown`` against one reference (``key``: ``vs_control`` or ``vs_baseline``)."""
     rows = []
-    for m in models:
+    for m in shown:
         tests = m.get(key) or {}
         if "unpaired" in tests:  # said in the notes above
             continue
@@ -201,17 +201,20 @@ def statistics_section(data: dict[str, Any]) -> Section:
         Column("model", "Model"), Column("data_set", "Data set"), Column("accuracy", "Accuracy", _ci),
         Column("f1", "F1 (real)", _ci), Column("auc", "AUC", lambda x: _ci(x, scale=1.0, unit=""))])]
     key = comparison_key(ref)
-    table = _comparison_table(models, key, "Control" if key == "vs_control" else "Baseline", pct,
-                              epochs=key == "vs_baseline")
+    table = _comparison_table(models, pruned_models(models), key, "Control" if key == "vs_control" else "Baseline",
+                              pct, epochs=key == "vs_baseline")
     if table:
         md += [f"### Each pruned model against {ref_words}, on the same images", "", table]
-    paper = _comparison_table(models, "vs_baseline", "Baseline", pct, epochs=True) if key == "vs_control" else ""
+    # the control first: its row is what the extra epochs do without pruning
+    paper = (_comparison_table(models, [ref, *pruned_models(models)], "vs_baseline", "Baseline", pct, epochs=True)
+             if key == "vs_control" else "")
     if paper:
+        base_epochs = epochs_run(baseline(models), models) or "not recorded"
         md += ["### The paper's view: every model against the baseline, with the epochs each had", "",
-               f"The paper compares each pruned model with the baseline, {labelled(baseline(models), models)}, "
-               "although a pruned model had its fine-tune's epochs on top of the baseline's; the control's row "
-               "shows what those extra epochs do without pruning. Not the verdicts: those are against "
-               f"{ref_words} above.", "", paper]
+               f"The paper compares each pruned model with the baseline (epochs run: {base_epochs}), although a "
+               "pruned model had its fine-tune's epochs on top of the baseline's; the row of the control, "
+               f"{ref['name']}, shows what those extra epochs do without pruning. Not the verdicts: those are "
+               f"against {ref_words} above.", "", paper]
     return Section(f"Uncertainty: {pct} confidence intervals and paired tests against "
                    f"{'the control' if key == 'vs_control' else 'the baseline'}", md,
                    [Table("statistics.csv", statistics_rows(models), STATISTICS_COLUMNS)])
@@ -238,7 +241,8 @@ def _conclusions(models: list[dict[str, Any]], stats: dict[str, Any]) -> list[st
     primary = stats.get("primary_set", "combined_test")
     where = f"On {set_words(primary)} (the primary set)"
     key, ref = comparison_key(reference(models)), reference_words(models)
-    compared = [(m, m[key][primary]) for m in models if isinstance(m.get(key), dict) and primary in m[key]]
+    compared = [(m, m[key][primary]) for m in pruned_models(models)
+                if isinstance(m.get(key), dict) and primary in m[key]]
     if not compared:
         return lines + ([""] if lines else [])
     lines += [f"- {vs['sentence']}." for _, vs in compared]
