@@ -156,10 +156,16 @@ def answer_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
             "nonzero_params": e.get("nonzero_params"), "sparse_mib": e.get("sparse_size_mb"),
             "size_mib": e.get("size_mb"), "latency_ms": e.get("latency_ms"), "verdict": call,
             "images_to_decide": (images_to_decide(t["b"], t["c"], m["metrics"][primary]["samples"], margin)
-                                 if call == "inconclusive" and "b" in t else None),
-            "test_images": m["metrics"][primary].get("samples"),
+                                 if call == "inconclusive" and "b" in t and _per_image(vs) else None),
+            "test_images": m["metrics"][primary].get("samples"), "unit": (vs or {}).get("unit", "image"),
         })
     return rows
+
+
+def _per_image(vs: dict[str, Any] | None) -> bool:
+    """Whether the test counted images one by one: the sample-size formula takes independent images, not
+    a video's frames, which the cluster-adjusted test counts together (``unit`` "video")."""
+    return (vs or {}).get("unit", "image") == "image"
 
 
 def _video_columns(videos: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -259,10 +265,15 @@ def _sample_size_lines(rows: list[dict[str, Any]], margin: float) -> list[str]:
             "two models disagree on and their difference delta as observed: n = (z_0.975 + z_0.8)^2 psi / "
             f"(delta + margin)^2, with the images taken as independent ({SAMPLE_SIZE_SOURCE}).")
     for r in open_rows:
-        if not r["images_to_decide"]:  # images_to_decide's two cases
-            lines.append(f"{r['model']}: its difference sits at -margin, where no number of images decides."
-                         if r["diff_estimate"] else
-                         f"{r['model']}: the two models disagree on none of its {r['test_images']:,} test images, "
+        if r["images_to_decide"]:
+            continue
+        if r["unit"] != "image":
+            lines.append(f"{r['model']}: its test counts a video's frames together, and the formula counts "
+                         "independent images, so no size is estimated; more test videos would decide.")
+        elif r["diff_estimate"]:  # images_to_decide's two cases
+            lines.append(f"{r['model']}: its difference sits at -margin, where no number of images decides.")
+        else:
+            lines.append(f"{r['model']}: the two models disagree on none of its {r['test_images']:,} test images, "
                          "so the share that sets the sample size is unknown; more test images would decide.")
     return [" ".join(lines), ""] if lines else []
 

@@ -149,7 +149,8 @@ def _definitions(stats: dict[str, Any]) -> str:
     eer = stats.get("eer_definition") or (
         "the error rate where the share of fakes predicted real equals the share of reals predicted fake, "
         "interpolated linearly between neighbouring thresholds (detector.evaluate.metrics.equal_error_rate)")
-    unit = stats.get("unit") or "the image: every image is drawn independently, frames of one video included"
+    unit = stats.get("resampling_unit") or stats.get("unit") or (
+        "the image: every image is drawn independently, frames of one video included")
     return f"EER: {eer}. Unit resampled: {unit}."
 
 
