@@ -106,8 +106,9 @@ def build_run(run: Path, *, with_control: bool = True) -> Path:
         # under JPEG q50 each pruned model loses 3 * k more faces than the control, under blur k
         worse = {"jpeg-q50": [*robust["jpeg-q50"], *range(200, 200 + 3 * k)],
                  "blur-s1": [*robust["blur-s1"], *range(250, 250 + k)]}
-        write_model(run, f"prune-{100 * s:g}", s, wrong, perturbed=worse, before=[*range(0, 12), *range(300, 300 + 20 * k)],
-                    video_noise=0.3 + 0.05 * k, seed=2 + k)
+        # right after pruning: the unpruned weights' 12 errors and 20 * k more
+        write_model(run, f"prune-{100 * s:g}", s, wrong, perturbed=worse,
+                    before=[*range(0, 12), *range(300, 300 + 20 * k)], video_noise=0.3 + 0.05 * k, seed=2 + k)
     return run
 
 

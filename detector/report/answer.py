@@ -333,7 +333,8 @@ def answer_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> Non
         colour, marker = VERDICT_STYLE[call]
         d = [r["difference"] for r in mine]
         acc.errorbar([100 * r["sparsity"] for r in mine], [100 * x["estimate"] for x in d],
-                     yerr=[[100 * (x["estimate"] - x["low"]) for x in d], [100 * (x["high"] - x["estimate"]) for x in d]],
+                     yerr=[[100 * (x["estimate"] - x["low"]) for x in d],
+                           [100 * (x["high"] - x["estimate"]) for x in d]],
                      fmt=marker, color=colour, ms=7, capsize=4, label=call)
         for r in mine:  # the verdict beside its point too: the legend is far from the right-hand points
             acc.annotate(call, (100 * r["sparsity"], 100 * r["difference"]["high"]), textcoords="offset points",
@@ -343,7 +344,9 @@ def answer_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> Non
     acc.set_xlim(-0.08 * span + min(xs), max(xs) + 0.08 * span)
     acc.set_xlabel("sparsity (% of prunable weights removed)")
     acc.set_ylabel(f"accuracy − {ref['name']}'s (pp)")
-    acc.set_title(f"Accuracy against {ref['name']}, 95 % CI\n({data['primary']['set']}, same images)", fontsize=10)
+    like = "" if role(ref) == "control" else "; it ran fewer epochs: not like-for-like"
+    acc.set_title(f"Accuracy against {labelled(ref, models) if like else ref['name']}, 95 % CI\n"
+                  f"({data['primary']['set']}, same images{like})", fontsize=10)
     acc.legend(fontsize=8, loc="lower left")
     _cost_panels(size, speed, models, rows)
     fig.suptitle("How far can it be pruned? The verdict at the margin, and what it buys")

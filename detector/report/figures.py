@@ -16,7 +16,7 @@ from detector.report.answer import answer_figure
 from detector.report.collect import ordered_sets
 from detector.report.frontier import frontier_figure
 from detector.report.pareto import pareto_figure
-from detector.report.roles import baseline, comparison_key, control, pruned_models, reference, role
+from detector.report.roles import baseline, comparison_key, control, labelled, pruned_models, reference, role
 
 
 def write_figures(data: dict[str, Any], out: Path) -> list[Path]:
@@ -263,7 +263,8 @@ def _robustness_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -
         handles.append(Line2D([], [], color="tab:green", lw=1, ls="--"))
         labels.append(f"-margin ({100 * margin:g} pp)")
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
-    fig.suptitle(f"Robustness: each pruned model against {ref['name']} under perturbation (bars: 95 % CI)")
+    against = ref["name"] if role(ref) == "control" else f"{labelled(ref, models)}, which ran fewer epochs,"
+    fig.suptitle(f"Robustness: each pruned model against {against}\nunder perturbation (bars: 95 % CI)")
     save(fig, "robustness.png")
 
 
