@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from detector.config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
+from detector.config import ConfigError, save_yaml, to_dict
 from detector.io import atomic_write_json
-from detector.job.experiment import STAGES, ExperimentConfig
-from detector.job.runfolder import BASELINE, RunFolder, model_name
+from detector.job.experiment import CONTROL_SPARSITY, STAGES, ExperimentConfig, load_saved_experiment
+from detector.job.runfolder import BASELINE, CONTROL, RunFolder, model_name
 from detector.paths import is_uri
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,10 @@ def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
     """A run folder belongs to one experiment: refuse to mix a different config into finished results."""
     if not run.config.exists() or not run.produced():
         return  # nothing was produced under the old config: the new one may take its place
-    # Read back as a config, so that a key added since (at its default, which keeps the old behaviour) is no
-    # difference; a changed value still is, and a key this version no longer knows is refused by name.
-    saved = to_dict(from_dict(ExperimentConfig, load_yaml(run.config), where=str(run.config)))
+    # Read back as a config, so that a key added since is no difference (at its default, or where the default
+    # would change what the run does, at what its absence meant: SAVED_DEFAULTS); a changed value still is, and
+    # a key this version no longer knows is refused by name.
+    saved = to_dict(load_saved_experiment(run.config))
     current = to_dict(exp)
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
