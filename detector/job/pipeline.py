@@ -87,36 +87,39 @@ def prepare_data(exp: ExperimentConfig, data: str) -> None:
 
 
 def planned_models(exp: ExperimentConfig, run: RunFolder) -> list[float]:
-    """The pruned models the run makes: the grid's sparsities, or every probe of a frontier search (known
-    once it has finished; none before)."""
+    """The fine-tuned models the run makes, by sparsity (0: the dense control, dense-ft): the grid's
+    sparsities, or every probe of a frontier search, or a Pareto search's picks (both known once the search
+    has finished; none before); with ``search.control``, the control among them."""
     if exp.search.mode == "frontier":
         from detector.job.frontier import frontier_models
 
-        return list(frontier_models(run.frontier)) if run.search_results.exists() else []
-    if exp.search.mode == "pareto":  # the front's picks, known once the search has run
+        if not run.search_results.exists():
+            return []
+        return [*frontier_models(run.frontier), *([CONTROL_SPARSITY] if exp.search.control else [])]
+    if exp.search.mode == "pareto":  # the front's picks (and the control), known once the search has run
         if not run.search_results.exists():
             return []
         return sorted(float(b["sparsity"]) for b in _read_json(run.search_results)["best"].values())
-    return list(exp.search.sparsities)
+    return list(exp.search.searched_sparsities())
 
 
-def _evaluated(sparsity: float) -> str:
-    """The model the evaluate stage scores at ``sparsity`` (0: the baseline)."""
-    return BASELINE if sparsity == 0 else model_name(sparsity)
+def evaluated_models(exp: ExperimentConfig, run: RunFolder) -> list[str]:
+    """The models the evaluate stage scores, by name: the baseline and every planned fine-tuned model."""
+    return [BASELINE, *(model_name(s) for s in planned_models(exp, run))]
 
 
-def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[float]]:
-    """Per Ray stage, the sparsities (0 = the baseline) whose outputs are not in the run folder yet. A
-    frontier search fine-tunes its probes itself (its decision needs them); its evaluations are known after it."""
+def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[Any]]:
+    """Per Ray stage, what has no outputs in the run folder yet: the baseline and the evaluations by model
+    name, the searches and fine-tunes by sparsity (0: the dense control). A frontier search fine-tunes its
+    probes itself (its decision needs them); its evaluations are known after it."""
     run = RunFolder(Path(run_dir))
     frontier = exp.search.mode == "frontier"
     searched = run.search_results.exists()
-    models = planned_models(exp, run)
-    todo = {
-        "baseline": [0.0] if not run.model(BASELINE).exists() else [],
-        "search": ([] if searched else list(exp.search.sparsities)),
-        "finetune": [] if frontier else [s for s in models if not run.model(model_name(s)).exists()],
-        "evaluate": [s for s in [0.0, *models] if not run.evaluation(_evaluated(s)).exists()],
+    todo: dict[str, list[Any]] = {
+        "baseline": [BASELINE] if not run.model(BASELINE).exists() else [],
+        "search": [] if searched else list(exp.search.searched_sparsities()),
+        "finetune": [] if frontier else [s for s in planned_models(exp, run) if not run.model(model_name(s)).exists()],
+        "evaluate": [n for n in evaluated_models(exp, run) if not run.evaluation(n).exists()],
     }
     return {stage: todo[stage] for stage in todo if stage in stages}
 
@@ -239,7 +242,7 @@ def _connect(exp: ExperimentConfig, folder: RunFolder, stop: Any, address: str |
     return info
 
 
-def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[str, list[float]], state: Any,
+def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[str, list[Any]], state: Any,
                 stop: Any) -> None:
     """The stages that run as Tune experiments, those of ``todo`` with work left, in order."""
     from detector.job import tune as dtune
@@ -274,11 +277,10 @@ def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[s
         _drop(folder, exp, "finetune")
         state.stage("finetune", "done")
     if "evaluate" in todo:  # a frontier's probes are known only now
-        todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)]
-                            if not folder.evaluation(_evaluated(s)).exists()]
+        todo["evaluate"] = [n for n in evaluated_models(exp, folder) if not folder.evaluation(n).exists()]
     if todo.get("evaluate"):
-        for s in todo["evaluate"]:
-            _require(folder.model(_evaluated(s)), "evaluate", "baseline" if s == 0 else "finetune")
+        for name in todo["evaluate"]:
+            _require(folder.model(name), "evaluate", "baseline" if name == BASELINE else "finetune")
         state.stage("evaluate", "running")
         dtune.run_evaluate(ctx, todo["evaluate"], stop)
         _drop(folder, exp, "evaluate")
