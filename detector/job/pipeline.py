@@ -299,21 +299,24 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
 
     s = exp.search
     rule = FrontierRule(tuple(sorted(s.sparsities)), s.frontier.margin, s.frontier.resolution, s.frontier.parallel)
-    baseline = _read_json(folder.model_summary(BASELINE))["best_val_accuracy"]
-    record = FrontierRecord.open(folder.frontier, rule, baseline)
+    record = FrontierRecord.open(folder.frontier, rule, _read_json(folder.model_summary(BASELINE))["best_val_accuracy"])
+    # The probes are judged against the dense control where the run has one: it had the search and fine-tune
+    # every probe has, the baseline neither. Round 1 searches and fine-tunes it beside the first probes.
+    reference = CONTROL if s.control else BASELINE
     while probes := record.open_round():
         r = len(record.rounds)
+        trained = [*probes, *([CONTROL_SPARSITY] if s.control and r == 1 else [])]
         state.note(f"frontier round {r}: probes {', '.join(f'{p:g}' for p in probes)}")
-        log.info("frontier round %d: probing %s (baseline val accuracy %.4f, margin %g)", r, probes, baseline,
-                 rule.margin)
+        log.info("frontier round %d: probing %s (against %s, margin %g)", r, probes, reference, rule.margin)
         if not folder.round_results(r).exists():
-            atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, probes, name=f"search-r{r}"))
+            atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, trained, name=f"search-r{r}"))
             _drop(folder, exp, f"search-r{r}")
         best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.round_results(r))["best"].values()}
-        missing = [p for p in probes if not folder.model(model_name(p)).exists()]
+        missing = [p for p in trained if not folder.model(model_name(p)).exists()]
         if missing:
             dtune.run_finetune(dataclasses.replace(ctx, best_params=best), missing, stop, name=f"finetune-r{r}")
             _drop(folder, exp, f"finetune-r{r}")
+        record.judge_against(reference, _read_json(folder.model_summary(reference))["best_val_accuracy"])
         for p in probes:
             ok = record.decide(p, _read_json(folder.model_summary(model_name(p)))["best_val_accuracy"])
             log.info("frontier: %g %s", p, "non-inferior" if ok else "inferior")
