@@ -24,6 +24,9 @@ def tune_trial(status="TERMINATED", error_file=None, config=None, **last):
     ("evaluate", {"model": "prune-40"}, "prune-40"),
     ("evaluate", {"model": "dense-ft"}, "dense-ft"),
     ("evaluate", {"model": "baseline"}, "baseline"),
+    # an evaluate experiment started by an older version, resumed: its trials name a sparsity
+    ("evaluate", {"sparsity": 0.4}, "prune-40"),
+    ("evaluate", {"sparsity": 0.0}, "baseline"),
 ])
 def test_a_trial_is_named_by_what_it_is(experiment, config, name):
     assert trial_name(experiment, config) == name

@@ -26,8 +26,9 @@ from ray import tune
 
 import detector.job.tune.private_api as private_api
 from detector.job.experiment import ExperimentConfig
-from detector.job.runfolder import BASELINE, RunFolder, check_model_name, model_name, sparsity_label, trial_label
+from detector.job.runfolder import BASELINE, RunFolder, model_name, sparsity_label, trial_label
 from detector.job.search_space import param_names
+from detector.job.tune.trial_rows import evaluated_model
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ def detector_evaluate(config: dict[str, Any], ctx: StageContext) -> None:
     from detector.job import stages
 
     start = time.time()
-    name = check_model_name(config["model"])
+    name = evaluated_model(config)
     run = RunFolder(Path(ctx.run_dir))
     _announce("evaluate", name, {"checkpoint": run.model(name)})
     if run.evaluation(name).exists():  # restored by Tune after the evaluation was written

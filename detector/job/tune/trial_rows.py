@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from detector.job.experiment import CONTROL_SPARSITY
-from detector.job.runfolder import BASELINE, RunFolder, check_model_name, sparsity_label, trial_label, tune_stage
+from detector.job.runfolder import (BASELINE, RunFolder, check_model_name, model_name, sparsity_label, trial_label,
+                                    tune_stage)
 from detector.job.search_space import param_names
 
 
@@ -24,9 +25,19 @@ def trial_name(experiment: str, config: dict[str, Any]) -> str:
     if stage == "baseline":
         return BASELINE
     if stage == "evaluate":
-        return check_model_name(config["model"])
+        return evaluated_model(config)
     sparsity = float(config.get("sparsity", 0.0))
     return trial_label(sparsity, config.get("trial")) if stage == "search" else sparsity_label(sparsity)
+
+
+def evaluated_model(config: dict[str, Any]) -> str:
+    """The model an evaluation trial scores: its config's ``model``. An evaluate experiment started before
+    evaluations were named (a run folder resumed from an older version) gave a sparsity instead, 0 for the
+    baseline."""
+    if "model" in config:
+        return check_model_name(config["model"])
+    sparsity = float(config["sparsity"])
+    return BASELINE if sparsity == 0 else model_name(sparsity)
 
 
 def trial_state(trial: Any, finished: bool) -> str:
