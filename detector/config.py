@@ -223,20 +223,24 @@ def fill_saved_defaults(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     and in the sections inside. Read a saved config through this, never a new one: for a new config the
     dataclass's default holds.
 
+    A section the saved config leaves out is filled too: it held its defaults, the saved ones among them.
+
     >>> from dataclasses import dataclass
-    >>> from typing import ClassVar
     >>> @dataclass(frozen=True)
     ... class Search:
     ...     control: bool = True
-    ...     SAVED_DEFAULTS: ClassVar[dict] = {"control": False}
+    ...     SAVED_DEFAULTS = {"control": False}  # a class attribute, not a field
     >>> fill_saved_defaults(Search, {}), fill_saved_defaults(Search, {"control": True})
     ({'control': False}, {'control': True})
     """
     out = {**dict(getattr(cls, "SAVED_DEFAULTS", {})), **data}
-    for name, value in out.items():
-        inner_cls = _section_type(cls, name)
+    for f in dataclasses.fields(cls):
+        inner_cls = _section_type(cls, f.name)
+        value = out.get(f.name, {})  # a section the file leaves out holds its defaults: the saved ones too
         if inner_cls is not None and isinstance(value, Mapping):
-            out[name] = fill_saved_defaults(inner_cls, value)
+            inner = fill_saved_defaults(inner_cls, value)
+            if inner or f.name in out:
+                out[f.name] = inner
     return out
 
 

@@ -173,6 +173,9 @@ def test_a_run_folder_saved_before_the_control_existed_resumes_without_one(tmp_p
     assert todo["evaluate"] == ["baseline", "prune-10", "prune-20", "prune-30", "prune-40"]
     with pytest.raises(ConfigError, match=r"different config \(sections that differ: search\)"):
         check_run_config(load_experiment(CONFIGS / "demo.yaml"), run)
+    del older["search"]  # a hand-written one that left the whole section at its defaults
+    save_yaml(older, run.config)
+    assert not load_saved_experiment(run.config).search.control
 
 
 # Each mode's keys were flat in the search section before they had sections of their own; a value for each.
