@@ -39,7 +39,9 @@ def main() -> int:
     data = args.out / "data"
     if not (data / "manifest.json").exists():
         prepare(data, demo=DemoConfig(train=400, val=100, test=100), workers=2, progress=False)
-    search = {"trials_per_sparsity": args.trials, "tpe_startup_trials": args.trials, "lr_min": 1e-5, "lr_max": 1e-2}
+    # no dense control: the pruned searches alone, as docs/benchmarks.md measured them
+    search = {"trials_per_sparsity": args.trials, "tpe_startup_trials": args.trials, "lr_min": 1e-5, "lr_max": 1e-2,
+              "control": False}
     full = tiny_experiment(data, search=search, search_train={"max_epochs": args.epochs},
                            train={"batch_size": 32, "max_epochs": 3})
     asha = tiny_experiment(data, search={**search, "scheduler": "asha",

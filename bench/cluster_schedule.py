@@ -236,6 +236,8 @@ def experiment(scheduler: str, gpus: int, eval_concurrency: int | None):
     return load_experiment(PAPER_CONFIG, [
         "data.path=/nonexistent",  # never read: the modelled trials touch no data
         "resources.cpus_per_trial=0.01", "resources.gpus_per_trial=1", "resources.max_failures=0",
+        # the paper's shape, as docs/benchmarks.md measured it: 4 x 5 search trials, no dense control
+        "search.control=false",
         *mode,
         f"evaluate.concurrent_trials={eval_concurrency or gpus}",
     ])
@@ -285,6 +287,7 @@ def run_job(gpus: int, scheduler: str, work: WorkModel, *, gpus_per_node: int, e
     import ray
     from ray.cluster_utils import Cluster
 
+    from detector.job.runfolder import BASELINE, model_name
     from detector.job.tune import search_pending
 
     exp = experiment(scheduler, gpus, eval_concurrency)
@@ -326,7 +329,8 @@ def run_job(gpus: int, scheduler: str, work: WorkModel, *, gpus_per_node: int, e
                 ft_ctx = dtune.StageContext(run_dir=str(run_dir), experiment=exp, data=exp.data.path,
                                             best_params=best)
                 stage("finetune", lambda: dtune.run_finetune(ft_ctx, sparsities, stop))
-            stage("evaluate", lambda: dtune.run_evaluate(ctx, [0.0, *sparsities], stop))
+            models = [BASELINE, *(model_name(s) for s in sparsities)]
+            stage("evaluate", lambda: dtune.run_evaluate(ctx, models, stop))
     finally:
         ray.shutdown()
         cluster.shutdown()

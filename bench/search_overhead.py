@@ -90,7 +90,8 @@ def main() -> int:
     data = args.out / "data"
     if not (data / "manifest.json").exists():
         make_tiny_data(data)
-    exp = tiny_experiment(data, search={"trials_per_sparsity": args.trials},
+    # the pruned searches alone (the plain loop runs those): no dense control
+    exp = tiny_experiment(data, search={"trials_per_sparsity": args.trials, "control": False},
                           search_train={"max_epochs": args.epochs},
                           resources={"local_num_cpus": args.cpus, "cpus_per_trial": args.cpus_per_trial})
     figures = {}

@@ -10,6 +10,11 @@ own checks: one way to validate a section, whether it is read from YAML or built
 A section that has moved keys into a section of its own names them in ``MOVED_KEYS`` (``{"frontier_margin":
 "frontier.margin"}``): the old spelling is still read, as the new key, so older files and saved run folders
 load; an error about such a key names it as it was written.
+
+A key added with a default that changes what a run does names, in the section's ``SAVED_DEFAULTS``
+(``{"control": False}``), the value a config saved before it existed meant: ``fill_saved_defaults`` gives a
+saved config (a run folder's ``experiment.yaml``) that value, so an old run resumes as it was started, while a
+new config gets the dataclass's default.
 """
 
 from __future__ import annotations
@@ -210,6 +215,33 @@ def _section_type(cls: type, name: str) -> type | None:
 
 def _moved_keys(cls: type) -> Mapping[str, str]:
     return getattr(cls, "MOVED_KEYS", {})
+
+
+def fill_saved_defaults(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data``, a config saved by an earlier version (a run folder's), with every key that a section's
+    ``SAVED_DEFAULTS`` names (in its current spelling) and ``data`` lacks set to the value it meant then, here
+    and in the sections inside. Read a saved config through this, never a new one: for a new config the
+    dataclass's default holds.
+
+    A section the saved config leaves out is filled too: it held its defaults, the saved ones among them.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Search:
+    ...     control: bool = True
+    ...     SAVED_DEFAULTS = {"control": False}  # a class attribute, not a field
+    >>> fill_saved_defaults(Search, {}), fill_saved_defaults(Search, {"control": True})
+    ({'control': False}, {'control': True})
+    """
+    out = {**dict(getattr(cls, "SAVED_DEFAULTS", {})), **data}
+    for f in dataclasses.fields(cls):
+        inner_cls = _section_type(cls, f.name)
+        value = out.get(f.name, {})  # a section the file leaves out holds its defaults: the saved ones too
+        if inner_cls is not None and isinstance(value, Mapping):
+            inner = fill_saved_defaults(inner_cls, value)
+            if inner or f.name in out:
+                out[f.name] = inner
+    return out
 
 
 def _respell(cls: type, data: Mapping[str, Any], where: str) -> tuple[dict[str, Any], dict[str, str]]:

@@ -28,9 +28,12 @@ TINY: dict[str, Any] = {
 }
 
 
-def tiny_experiment(data: Path, /, **sections: dict[str, Any]) -> ExperimentConfig:
+def tiny_experiment(data: Path, /, *, control: bool = True, **sections: dict[str, Any]) -> ExperimentConfig:
+    """TINY on ``data``, each of ``sections`` merged into its section. ``control=False``: without the dense
+    control's search, fine-tune and evaluation, for tests about something else that need not pay for them."""
     cfg = copy.deepcopy(TINY)
     cfg["data"] = {"path": str(data)}
+    cfg["search"]["control"] = control
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values} if isinstance(values, dict) else values
     return from_dict(ExperimentConfig, cfg)

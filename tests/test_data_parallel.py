@@ -80,8 +80,9 @@ def finished(tmp_path_factory) -> tuple[Path, WorkerKiller]:
     data = tmp / "data"
     prepare(data, demo=DemoConfig(image_size=16, train=64, val=32, test=16), workers=1, progress=False)
     run_dir = tmp / "run"
+    # about data-parallel trials: without the dense control's search and fine-tune
     exp = tiny_experiment(
-        data, train={"image_size": 16}, baseline={"max_epochs": 2, "patience": None}, finetune={"max_epochs": 1},
+        data, control=False, train={"image_size": 16}, baseline={"max_epochs": 2, "patience": None}, finetune={"max_epochs": 1},
         search={"sparsities": [0.4], "trials_per_sparsity": 2},
         resources={"cpus_per_trial": 0.5, "max_failures": 2, "baseline": {"workers_per_trial": 2},
                    "search": {"workers_per_trial": 2}, "finetune": {"workers_per_trial": 2}})

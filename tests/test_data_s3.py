@@ -112,7 +112,7 @@ def test_tune_keeps_its_state_in_the_bucket(bucket, demo_shards, tmp_path):
     uri, s3, _ = bucket
     storage = uri.replace("detector/data?", "detector/runs?")
     run_dir = tmp_path / "run"
-    exp = tiny_experiment(demo_shards, train={"image_size": 16},
+    exp = tiny_experiment(demo_shards, control=False, train={"image_size": 16},  # about storage: no control
                           search={"sparsities": [0.2], "trials_per_sparsity": 1}, storage=storage)
     write_untrained_baseline(run_dir, exp)
     run(exp, run_dir, stages=["search"])

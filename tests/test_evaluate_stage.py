@@ -27,7 +27,10 @@ def models(demo_shards, tmp_path_factory) -> dict[str, Path]:
         "arch": "resnet18", "image_size": 16, "data_manifest_sha256": manifest_sha256(str(demo_shards))})
     train_stage(CFG, data=str(demo_shards), out_dir=folder / "ft", tb_dir=None, init=baseline, sparsity=0.3,
                 model_path=folder / "prune-30.pt")
-    return {"baseline": baseline, "prune-30": folder / "prune-30.pt"}
+    # the dense control: the same fine-tune from the same baseline, at sparsity 0
+    train_stage(CFG, data=str(demo_shards), out_dir=folder / "control", tb_dir=None, init=baseline, sparsity=0.0,
+                model_path=folder / "dense-ft.pt")
+    return {"baseline": baseline, "prune-30": folder / "prune-30.pt", "dense-ft": folder / "dense-ft.pt"}
 
 
 def test_a_pruned_model_is_also_scored_as_pruned_before_fine_tuning(models, demo_shards, tmp_path):
@@ -77,3 +80,30 @@ def test_the_threshold_is_calibrated_on_validation_images_only(models, demo_shar
     assert result["primary"] == {"configured": "faces140k", "source": None}
     # the data summary carries the shortcut audit (demo images: all PNG, one size: nothing to find)
     assert result["data"]["audit"]["classifier"]["warn"] is False
+
+
+def test_the_dense_control_starts_from_the_baseline_as_it_is_and_is_scored_from_there_too(models, demo_shards,
+                                                                                          tmp_path):
+    """Fine-tuned at sparsity 0, the control has no masks and no pruning; its evaluation carries
+    before_finetune like a pruned model's, which is the baseline itself (pruning at 0 % removes nothing), and
+    leaves the 2:4 benchmark of the dense architecture to the baseline's evaluation."""
+    import json
+
+    from detector.prune import PruningInfo
+
+    tuned, meta = load_model(models["dense-ft"])
+    assert not any(name.endswith("_orig") for name, _ in tuned.named_parameters())  # no pruning masks
+    assert PruningInfo.from_metadata(meta) == PruningInfo() and meta["init"] == str(models["baseline"])
+    assert json.loads(models["dense-ft"].with_suffix(".json").read_text())["config"]["max_epochs"] == 1
+
+    control = evaluate_stage(models["dense-ft"], data=str(demo_shards), cfg=EVALUATE, out=tmp_path / "c.json",
+                             predictions=tmp_path / "c.predictions.json", pruned_from=models["baseline"])
+    baseline = evaluate_stage(models["baseline"], data=str(demo_shards), cfg=EVALUATE, out=tmp_path / "b.json",
+                              predictions=tmp_path / "b.predictions.json")
+    assert (control["name"], baseline["name"]) == ("dense-ft", "baseline")
+    assert control["pruning"]["method"] == "none" and control["pruning"]["sparsity"] == 0
+    assert "semistructured" not in control and "before_finetune" not in baseline and "semistructured" in baseline
+    before = control["before_finetune"]
+    assert before["status"] == "measured" and before["pruned_from"] == str(models["baseline"])
+    assert before["pruning"] == PruningInfo().to_dict()
+    assert before["metrics"] == baseline["metrics"] and before["threshold"] == baseline["threshold"]

@@ -137,6 +137,47 @@ def test_a_run_folder_started_before_a_key_existed_still_resumes(tmp_path):
         check_run_config(exp, run)
 
 
+def test_the_dense_control_is_on_in_every_shipped_config_and_searched_last():
+    """sparsity 0 (dense-ft) joins the searches and fine-tunes after the pruned ones, so each pruned search keeps
+    its sampler's seed (seed + its position); false runs exactly the paper's searches."""
+    assert ExperimentConfig().search.control
+    for config in sorted(CONFIGS.glob("*.yaml")):
+        search = load_experiment(config).search
+        assert search.control, config
+        assert search.searched_sparsities() == (*search.sparsities, 0.0)
+    paper = load_experiment(CONFIGS / "paper.yaml", ["search.control=false"]).search
+    assert paper.searched_sparsities() == paper.sparsities == (0.1, 0.2, 0.3, 0.4)
+
+
+def test_a_run_folder_saved_before_the_control_existed_resumes_without_one(tmp_path):
+    """A new config without `search.control` has the control (the default); a run folder's experiment.yaml
+    without it was saved before the key existed, ran without a control, and resumes so: no control in its
+    pending work, and no "different config" error. Turning it on there is a different config."""
+    from detector.config import load_yaml, save_yaml
+    from detector.job.experiment import load_saved_experiment
+    from detector.job.pipeline import check_run_config, pending_work
+    from detector.job.runfolder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    (run.root / "models").mkdir(parents=True)  # it has results under its config
+    older = load_yaml(CONFIGS / "demo.yaml")
+    del older["search"]["control"]
+    save_yaml(older, run.config)
+    assert load_experiment(run.config).search.control  # read as a new config: the default
+
+    saved = load_saved_experiment(run.config)  # what `detector run --resume` reads
+    assert not saved.search.control
+    check_run_config(saved, run)
+    todo = pending_work(saved, run.root, ["search", "finetune", "evaluate"])
+    assert todo["search"] == todo["finetune"] == [0.1, 0.2, 0.3, 0.4]
+    assert todo["evaluate"] == ["baseline", "prune-10", "prune-20", "prune-30", "prune-40"]
+    with pytest.raises(ConfigError, match=r"different config \(sections that differ: search\)"):
+        check_run_config(load_experiment(CONFIGS / "demo.yaml"), run)
+    del older["search"]  # a hand-written one that left the whole section at its defaults
+    save_yaml(older, run.config)
+    assert not load_saved_experiment(run.config).search.control
+
+
 # Each mode's keys were flat in the search section before they had sections of their own; a value for each.
 FLAT_KEYS = {
     "frontier_margin": ("frontier", "margin", 0.01), "frontier_resolution": ("frontier", "resolution", 0.05),

@@ -33,6 +33,12 @@ def data(tmp_path_factory) -> Path:
     return make_tiny_data(tmp_path_factory.mktemp("data") / "shards")
 
 
+def experiment(data: Path, **sections):
+    """The tiny experiment of these tests, which are about surviving faults, not about the dense control:
+    without its search."""
+    return tiny_experiment(data, control=False, **sections)
+
+
 def search_trials(run_dir: Path) -> list[dict]:
     return read_status(RunFolder(run_dir))["trial_stages"].get("search", {}).get("trials", [])
 
@@ -68,7 +74,7 @@ def kill_processes_under(marker: str) -> None:
 @pytest.mark.timeout(600)
 def test_a_killed_driver_resumes_without_running_finished_trials_again(data, tmp_path):
     run_dir = tmp_path / "run"
-    exp = tiny_experiment(data, search_train={"max_epochs": 2})
+    exp = experiment(data, search_train={"max_epochs": 2})
     config = tmp_path / "tiny.yaml"
     save_yaml(exp, config)
     write_untrained_baseline(run_dir, exp)
@@ -131,7 +137,7 @@ def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
     from ray.cluster_utils import Cluster
 
     run_dir = tmp_path / "run"
-    exp = tiny_experiment(
+    exp = experiment(
         data,
         search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 2},
         search_train={"max_epochs": 4},
@@ -183,8 +189,8 @@ def test_a_lost_worker_node_costs_no_trial(data, tmp_path):
 def test_a_diverging_trial_fails_alone_with_its_reason(data, tmp_path):
     run_dir = tmp_path / "run"
     # Seed 6 draws lr 1.2e12 for sparsity 0.1 (diverges) and 2.4e-3 for sparsity 0.2 (trains).
-    exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1, "seed": 6,
-                                        "optimizers": ["sgd"], "lr_min": 1e-4, "lr_max": 1e14})
+    exp = experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1, "seed": 6,
+                                   "optimizers": ["sgd"], "lr_min": 1e-4, "lr_max": 1e14})
     write_untrained_baseline(run_dir, exp)
     with pytest.raises(RuntimeError, match="no trial at sparsity 0.1 completed"):
         run(exp, run_dir, stages=["search"])
@@ -221,8 +227,8 @@ def running_head():
 def _search_job(data: Path, tmp_path: Path) -> tuple[Path, Path]:
     """(config file, run folder): a search-only job of 2 sparsities, one trial each."""
     run_dir = tmp_path / "run"
-    exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
-                          resources={"cpus_per_trial": 1})
+    exp = experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
+                     resources={"cpus_per_trial": 1})
     config = tmp_path / "tiny.yaml"
     save_yaml(exp, config)
     write_untrained_baseline(run_dir, exp)

@@ -62,14 +62,51 @@ def test_a_record_resumes_the_round_under_way(tmp_path):
     rule = FrontierRule(grid=(0.5, 0.9), margin=0.005, resolution=0.1)
     record = FrontierRecord.open(tmp_path / "frontier.json", rule, 0.98)
     assert record.open_round() == [0.5, 0.9]
+    record.judge_against("dense-ft", 0.98)
     record.decide(0.5, 0.979)
     # the driver stops here; the next one opens the same round again, with its undecided probe
     again = FrontierRecord.open(tmp_path / "frontier.json", rule, 0.98)
     assert again.open_round() == [0.5, 0.9]
+    again.judge_against("dense-ft", 0.98)
     again.decide(0.9, 0.90)
     assert again.open_round() == [0.7]
     with pytest.raises(ValueError, match="another rule"):
         FrontierRecord.open(tmp_path / "frontier.json", FrontierRule(grid=(0.5,), margin=0.01, resolution=0.1), 0.98)
+
+
+def test_probes_are_judged_against_the_dense_control_not_the_baseline(tmp_path):
+    """The control (dense-ft) had the search and fine-tune every probe has; the baseline had neither, so a probe
+    beside the baseline would be credited with its extra training. frontier.json says which it used."""
+    import json
+
+    rule = FrontierRule(grid=(0.5, 0.9), margin=0.005, resolution=0.1)
+    record = FrontierRecord.open(tmp_path / "frontier.json", rule, baseline_val_accuracy=0.95)
+    record.open_round()
+    with pytest.raises(ValueError, match="no reference to judge probe 0.5 against"):
+        record.decide(0.5, 0.96)
+    record.judge_against("dense-ft", 0.97)
+    assert not record.decide(0.5, 0.96)  # 1 pp above the baseline, 1 pp below the control: inferior
+    assert record.decide(0.9, 0.966)
+    saved = json.loads((tmp_path / "frontier.json").read_text())
+    assert saved["reference"] == {"model": "dense-ft", "val_accuracy": 0.97} and saved["baseline_val_accuracy"] == 0.95
+    assert saved["rounds"][0]["probes"][0]["difference"] == pytest.approx(-0.01)
+    with pytest.raises(ValueError, match="judged against dense-ft, not baseline"):
+        FrontierRecord.open(tmp_path / "frontier.json", rule, 0.95).judge_against("baseline", 0.95)
+
+
+def test_a_record_written_before_the_reference_was_recorded_was_judged_against_the_baseline(tmp_path):
+    import json
+
+    rule = FrontierRule(grid=(0.5,), margin=0.005, resolution=0.1)
+    record = FrontierRecord.open(tmp_path / "frontier.json", rule, 0.98)
+    record.open_round()
+    record.judge_against("baseline", 0.98)
+    record.decide(0.5, 0.99)
+    older = json.loads((tmp_path / "frontier.json").read_text())
+    del older["reference"]
+    (tmp_path / "frontier.json").write_text(json.dumps(older))
+    assert FrontierRecord.open(tmp_path / "frontier.json", rule, 0.98).reference == {"model": "baseline",
+                                                                                     "val_accuracy": 0.98}
 
 
 def test_the_test_claim_is_on_the_primary_set_and_names_robustness():

@@ -1,6 +1,6 @@
 """A frontier search on a real local Ray: its probes are decided on validation data while the test shards
-are not even there, a driver killed mid-search resumes without repeating a finished probe, and the report
-states the frontier on the test set."""
+are not even there, against the dense control searched and fine-tuned in round 1, a driver killed mid-search
+resumes without repeating a finished probe, and the report states the frontier on the test set."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from detector.config import save_yaml
-from detector.job.runfolder import BASELINE, RunFolder
+from detector.job.runfolder import CONTROL, RunFolder, model_name
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -64,7 +64,7 @@ def test_a_frontier_search_decides_on_validation_resumes_and_reports(tmp_path):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     kill_leftovers(ray_tmp)
-    finished = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").glob("prune-*.pt")}
+    finished = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").glob("*.pt")}
     round1 = json.loads(run.round_results(1).read_text())
     rows = {t["trial_id"]: (run_dir / "tune" / "search-r1" / t["trial_id"] / "result.json").read_text()
             for t in round1["trials"]}
@@ -84,22 +84,25 @@ def test_a_frontier_search_decides_on_validation_resumes_and_reports(tmp_path):
     assert record["complete"] and record["answer"]["stopped_because"]
     probes = [p for r in record["rounds"] for p in r["probes"]]
     assert [p["sparsity"] for p in record["rounds"][0]["probes"]] == [0.3, 0.6, 0.9]
-    baseline = json.loads(run.model_summary(BASELINE).read_text())["best_val_accuracy"]
+    # judged against the dense control, which round 1 searched and fine-tuned beside its probes
+    assert sorted(json.loads(run.round_results(1).read_text())["best"]) == ["0", "0.3", "0.6", "0.9"]
+    control = json.loads(run.model_summary(CONTROL).read_text())["best_val_accuracy"]
+    assert record["reference"] == {"model": CONTROL, "val_accuracy": control}
     for p in probes:  # each decision is the rule applied to that probe's validation accuracy
-        val = json.loads(run.model_summary(p["sparsity"]).read_text())["best_val_accuracy"]
-        assert p["val_accuracy"] == val and p["non_inferior"] == (val >= baseline - 0.005 - 1e-12)
+        val = json.loads(run.model_summary(model_name(p["sparsity"])).read_text())["best_val_accuracy"]
+        assert p["val_accuracy"] == val and p["non_inferior"] == (val >= control - 0.005 - 1e-12)
     ans = record["answer"]
     if ans["first_inferior"] is not None:
         assert ans["first_inferior"] - (ans["sparsity"] or 0.0) <= 0.15 + 1e-9
     results = json.loads(run.search_results.read_text())
-    assert sorted(results["best"]) == sorted(f"{p['sparsity']:g}" for p in probes)
+    assert sorted(results["best"]) == sorted(["0", *(f"{p['sparsity']:g}" for p in probes)])
     assert not list(run.root.glob("eval/*.json"))  # nothing has looked at test data yet
 
     # Now the evaluation, with the test shards back, and the report's frontier section.
     shutil.move(str(hidden), data / "shards" / "test")
     assert subprocess.run([sys.executable, "-m", "detector.cli", "run", "--resume", "--out", str(run_dir),
                            "--stages", "evaluate,report"], capture_output=True, text=True, timeout=600).returncode == 0
-    assert len(run.evaluation_files()) == 1 + len(probes)
+    assert len(run.evaluation_files()) == 2 + len(probes)  # the baseline, the control and every probe
     md = (run.report / "report.md").read_text()
     assert "The sparsity frontier" in md and (run.report / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert ("Up to" in md and "on the combined test set the accuracy difference" in md) or "found no sparsity" in md

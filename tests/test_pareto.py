@@ -40,7 +40,7 @@ def test_a_pareto_run_completes_with_its_front_in_the_report_and_the_study_in_op
     import optuna
 
     from detector.job.pipeline import run
-    from detector.job.runfolder import RunFolder, model_name
+    from detector.job.runfolder import CONTROL, RunFolder, model_name
 
     data = make_tiny_data(tmp_path / "data")
     run_dir = tmp_path / "run"
@@ -53,8 +53,18 @@ def test_a_pareto_run_completes_with_its_front_in_the_report_and_the_study_in_op
     assert len(results["trials"]) == 4 and results["front"]
     for t in results["trials"]:
         assert 0.2 <= t["sparsity"] <= 0.9 and set(t["objectives"]) == {"val_accuracy", "nonzero_params", "model_bytes"}
-    picks = sorted(b["sparsity"] for b in results["best"].values())
+    picks = sorted(b["sparsity"] for b in results["best"].values() if b["sparsity"] > 0)
     assert 1 <= len(picks) <= 2 and all(folder.model(model_name(s)).exists() and folder.evaluation(model_name(s)).exists() for s in picks)
+    # The dense control is the front's fixed dense end: sparsity 0, fine-tuned with the picks' budget and the
+    # parameters of the front's least pruned trial, evaluated like them.
+    front = sorted((t for t in results["trials"] if t["trial_id"] in results["front"]), key=lambda t: t["sparsity"])
+    control = results["best"]["0"]
+    assert control["sparsity"] == 0 and control["params"] == front[0]["params"]
+    assert control["params_from"] == {k: front[0][k] for k in ("trial_id", "name", "sparsity")}
+    fit = json.loads(folder.model_summary(CONTROL).read_text())
+    assert {k: fit["config"][k] for k in ("optimizer", "lr")} == control["params"]
+    assert json.loads(folder.evaluation(CONTROL).read_text())["before_finetune"]["status"] == "measured"
+    assert not [t for t in results["trials"] if t["sparsity"] == 0]  # no trial of the study is dense
     md = (folder.report / "report.md").read_text()
     assert "Pareto front" in md and (folder.report / "pareto_front.png").read_bytes()[:4] == b"\x89PNG"
     # Optuna's own API finds the study and every trial, with a value per objective

@@ -1,4 +1,5 @@
-"""The whole job on a real local Ray: four concurrent sparsity searches, fine-tunes, evaluation, report."""
+"""The whole job on a real local Ray: four concurrent sparsity searches and the dense control's beside them,
+fine-tunes, evaluation, report."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from detector.job.pipeline import pending_work, run
-from detector.job.runfolder import RunFolder
+from detector.job.runfolder import BASELINE, CONTROL, RunFolder
 from detector.job.status import read_status
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
@@ -27,8 +28,15 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(data, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
-    run(tiny_experiment(data, data={"pixels": True}), run_dir)  # decoded once, read by every stage
+    # with the dense control (the default); decoded once, read by every stage
+    run(tiny_experiment(data, data={"pixels": True}), run_dir)
     return run_dir
+
+
+def search_experiment(data: Path, **sections):
+    """The tiny experiment of the tests below that run the search alone, about its machinery (ASHA, where Tune
+    stores trials), not about the dense control: without its search."""
+    return tiny_experiment(data, control=False, **sections)
 
 
 def report(run_dir: Path) -> dict:
@@ -37,8 +45,8 @@ def report(run_dir: Path) -> dict:
 
 def test_trials_of_different_sparsities_run_at_the_same_time(finished_run):
     trials = report(finished_run)["trials"]
-    assert len(trials) == 8 and all(t["status"] == "completed" for t in trials)
-    assert sorted(t["sparsity"] for t in trials) == [0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4]
+    assert len(trials) == 10 and all(t["status"] == "completed" for t in trials)
+    assert sorted(t["sparsity"] for t in trials) == [0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4]
     overlapping = [(a, b) for a, b in itertools.combinations(trials, 2)
                    if a["sparsity"] != b["sparsity"] and a["start"] < b["end"] and b["start"] < a["end"]]
     assert overlapping, "no two trials of different sparsities overlapped in time"
@@ -60,7 +68,7 @@ def test_each_sparsity_gets_its_own_best_parameters(finished_run):
 
 def test_report_holds_every_model_on_every_test_set(finished_run):
     r = report(finished_run)
-    assert [m["name"] for m in r["models"]] == ["baseline", "prune-10", "prune-20", "prune-30", "prune-40"]
+    assert [m["name"] for m in r["models"]] == ["baseline", "dense-ft", "prune-10", "prune-20", "prune-30", "prune-40"]
     for m in r["models"]:
         assert abs(m["efficiency"]["sparsity"] - m["sparsity"]) < 1e-3
         for name in ("combined_val", "combined_test"):
@@ -99,8 +107,8 @@ def test_tensorboard_has_a_run_per_trial_and_fine_tune_named_by_what_it_is(finis
 
     tb = finished_run / "tensorboard"
     assert sorted(p.name for p in (tb / "search").iterdir()) == [
-        f"s{s}-t{t}" for s in (10, 20, 30, 40) for t in (1, 2)]
-    assert sorted(p.name for p in (tb / "finetune").iterdir()) == ["s10", "s20", "s30", "s40"]
+        f"s{s}-t{t}" for s in (0, 10, 20, 30, 40) for t in (1, 2)]  # s0: the dense control's
+    assert sorted(p.name for p in (tb / "finetune").iterdir()) == ["s0", "s10", "s20", "s30", "s40"]
     runs = sorted(p for p in (tb / "search").iterdir()) + sorted((tb / "finetune").iterdir())
     for run_dir in runs:
         acc = EventAccumulator(str(run_dir))
@@ -116,6 +124,43 @@ def test_tensorboard_has_a_run_per_trial_and_fine_tune_named_by_what_it_is(finis
         assert [m.name.tag for m in experiment.metric_infos][:2] == ["hparam/val_accuracy", "hparam/best_val_accuracy"]
 
 
+def test_the_dense_control_has_the_search_fine_tune_and_evaluation_of_every_sparsity(finished_run):
+    """dense-ft: sparsity 0 through the same search (trials s0-t1, s0-t2, its own study) and the same fine-tune
+    as every sparsity, from the baseline's weights, with its own best parameters; evaluated like a pruned
+    model, its "pruning alone" being the baseline itself."""
+    from detector.checkpoint import load_checkpoint
+
+    folder = RunFolder(finished_run)
+    results = json.loads(folder.search_results.read_text())
+    mine = [t for t in results["trials"] if t["sparsity"] == 0]
+    assert sorted(t["name"] for t in mine) == ["search/s0-t1", "search/s0-t2"]
+    assert all(t["status"] == "completed" and t["epochs"] == 1 for t in mine)
+    best = results["best"]["0"]
+    assert best["trial_id"] == max(mine, key=lambda t: t["objective"])["trial_id"]
+
+    fit = json.loads(folder.model_summary(CONTROL).read_text())  # what the report reads
+    assert fit["epochs_run"] == 1 and fit["best_epoch"] == 1
+    assert (fit["config"]["max_epochs"], fit["config"]["optimizer"], fit["config"]["lr"]) == (
+        1, best["params"]["optimizer"], best["params"]["lr"])
+    meta = load_checkpoint(folder.model(CONTROL))["metadata"]
+    assert meta["pruning"]["method"] == "none" and meta["init"] == str(folder.model(BASELINE))
+
+    evaluation = json.loads(folder.evaluation(CONTROL).read_text())
+    baseline = json.loads(folder.evaluation(BASELINE).read_text())
+    assert evaluation["name"] == CONTROL and evaluation["pruning"]["method"] == "none"
+    assert evaluation["pruning"]["sparsity"] == 0 and folder.predictions(CONTROL).is_file()
+    before = evaluation["before_finetune"]
+    assert before["status"] == "measured" and before["metrics"] == baseline["metrics"]
+    assert "semistructured" in baseline and "semistructured" not in evaluation  # the dense architecture's: once
+
+    rows = read_status(folder)["trial_stages"]
+    assert [r["sparsity"] for r in rows["finetune"]["trials"] if r["name"] == "finetune/s0"] == [0.0]
+    assert {r["name"]: r["sparsity"] for r in rows["evaluate"]["trials"]} == {
+        "evaluate/baseline": 0.0, "evaluate/dense-ft": 0.0, "evaluate/prune-10": 0.1, "evaluate/prune-20": 0.2,
+        "evaluate/prune-30": 0.3, "evaluate/prune-40": 0.4}
+    assert report(finished_run)["run"]["search"]["control"] is True
+
+
 def test_status_says_the_run_finished_and_lists_every_trial(finished_run):
     out = subprocess.run([sys.executable, "-m", "detector.cli", "status", str(finished_run), "--json"],
                          capture_output=True, text=True, check=True)
@@ -123,7 +168,7 @@ def test_status_says_the_run_finished_and_lists_every_trial(finished_run):
     assert status["state"] == "finished" and set(status["stages"].values()) == {"done"}
     assert sorted(status["trial_stages"]) == ["baseline", "evaluate", "finetune", "search"]
     search = status["trial_stages"]["search"]["trials"]
-    assert sorted(r["name"] for r in search) == [f"search/s{s}-t{t}" for s in (10, 20, 30, 40) for t in (1, 2)]
+    assert sorted(r["name"] for r in search) == [f"search/s{s}-t{t}" for s in (0, 10, 20, 30, 40) for t in (1, 2)]
     assert all(r["state"] == "done" and r["epochs"] == r["epochs_planned"] == 1 for r in search)
     assert out.stderr == ""  # nothing from Tune's internals
     text = subprocess.run([sys.executable, "-m", "detector.cli", "status", str(finished_run)],
@@ -155,10 +200,10 @@ def test_asha_stops_weak_trials_and_saves_trial_epochs(data, tmp_path):
 
     run_dir = tmp_path / "run"
     # val_loss, not val_accuracy: on tiny data accuracies tie at chance, and ASHA cannot rank ties.
-    exp = tiny_experiment(data, search={"sparsities": [0.2], "trials_per_sparsity": 6, "scheduler": "asha",
+    exp = search_experiment(data, search={"sparsities": [0.2], "trials_per_sparsity": 6, "scheduler": "asha",
                                         "metric": "val_loss", "direction": "min",
                                         "asha": {"grace_period": 1, "reduction_factor": 2}},
-                          search_train={"max_epochs": 4})
+                              search_train={"max_epochs": 4})
     write_untrained_baseline(run_dir, exp)
     run(exp, run_dir, stages=["search", "report"])
     results = json.loads((run_dir / "search" / "results.json").read_text())
@@ -179,8 +224,8 @@ def test_trial_storage_can_live_outside_the_run_folder(data, tmp_path):
     from detector.job.status import read_status
 
     run_dir, remote = tmp_path / "run", tmp_path / "bucket"
-    exp = tiny_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
-                          storage=f"file://{remote}")
+    exp = search_experiment(data, search={"sparsities": [0.1, 0.2], "trials_per_sparsity": 1},
+                            storage=f"file://{remote}")
     write_untrained_baseline(run_dir, exp)
     run(exp, run_dir, stages=["search"])
     assert list((remote / "run" / "search").glob("experiment_state-*.json"))
@@ -201,7 +246,7 @@ def test_every_search_trial_is_in_the_run_s_optuna_storage(finished_run):
     journal = finished_run / "search" / "optuna.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     results = json.loads((finished_run / "search" / "results.json").read_text())
-    for sparsity in (0.1, 0.2, 0.3, 0.4):
+    for sparsity in (0.0, 0.1, 0.2, 0.3, 0.4):
         study = optuna.load_study(study_name=f"sparsity-{sparsity:g}", storage=storage)
         assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
         mine = sorted(t["objective"] for t in results["trials"] if t["sparsity"] == sparsity)

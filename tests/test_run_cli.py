@@ -125,3 +125,24 @@ def test_a_bad_value_in_the_file_blames_the_file_and_a_set_may_repair_it(tmp_pat
     with pytest.raises(ConfigError, match=rf"^{config}: train\.lr: expected a number, got 'fast'$"):
         load_experiment(config, ["search.trials_per_sparsity=2"])
     assert load_experiment(config, ["train.lr=3.0e-4"]).train.lr == 3e-4
+
+
+def test_resuming_a_run_saved_before_the_dense_control_keeps_it_without_one(tmp_path):
+    """`detector run --resume` reads the run folder's own config as saved: a run started before
+    `search.control` existed had no control and goes on without one (its config is saved so, explicitly).
+    (Asking for the control there is another config, refused: test_experiment_config.py.)"""
+    import yaml
+
+    from detector.job.runfolder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    (run.root / "models").mkdir(parents=True)  # it has results under its config
+    older = yaml.safe_load((Path(PAPER).parent / "demo.yaml").read_text())
+    del older["search"]["control"]
+    run.config.write_text(yaml.safe_dump(older))
+
+    # the report stage alone: nothing to train, and nothing to report on yet
+    resumed = detector("run", "--resume", "--out", str(run.root), "--stages", "report", cwd=tmp_path)
+    assert "neither evaluations (eval/) nor search results" in resumed.stderr
+    assert "different config" not in resumed.stderr
+    assert yaml.safe_load(run.config.read_text())["search"]["control"] is False

@@ -65,7 +65,7 @@ def test_status_and_report_never_run_what_was_planted_in_the_run_folder(tmp_path
 def test_resume_refuses_tune_state_that_others_could_have_written(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     run_dir, marker = tmp_path / "run", tmp_path / "PWNED"
-    exp = tiny_experiment(data, search={"sparsities": [0.1], "trials_per_sparsity": 1})
+    exp = tiny_experiment(data, control=False, search={"sparsities": [0.1], "trials_per_sparsity": 1})
     config = tmp_path / "tiny.yaml"
     save_yaml(exp, config)
     write_untrained_baseline(run_dir, exp)

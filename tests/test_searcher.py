@@ -126,3 +126,44 @@ def test_the_searches_may_wait_for_resources_one_per_sparsity_or_as_many_as_fit(
     from detector.job.tune import search_pending
 
     assert search_pending(budget, sparsities, fit) == pending
+
+
+def test_the_dense_control_searched_last_leaves_the_pruned_searches_draws_as_they_were():
+    """search.control adds sparsity 0 after the pruned sparsities: each pruned study keeps its seed (seed + its
+    position), so it draws the same parameters with the control as without it."""
+    alone = make()
+    with_control = SparsitySearcher([0.1, 0.2, 0.3, 0.4, 0.0], trials_per_sparsity=2, space=SPACE,
+                                    metric="val_accuracy", seed=0, tpe_startup_trials=1)
+    drawn = [alone.suggest(f"t{i}") for i in range(8)]
+    drawn_with = [with_control.suggest(f"t{i}") for i in range(10)]
+    assert [c["sparsity"] for c in drawn_with] == [0.1, 0.2, 0.3, 0.4, 0.0] * 2
+    key = lambda c: (c["sparsity"], c["trial"])  # noqa: E731
+    assert sorted((c for c in drawn_with if c["sparsity"] > 0), key=key) == sorted(drawn, key=key)
+    assert with_control.study_name(0.0) == "sparsity-0"
+
+
+def test_asha_keeps_the_dense_control_s_trials_in_rungs_of_their_own():
+    """With the control, a pruned trial is stopped only for being behind pruned trials: the control's would
+    otherwise stop pruned trials that no rung stopped without it, and cut short the searches it controls."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from detector.job.tune.schedulers import asha
+
+    def first_epochs(control_apart: bool, results: list[tuple[str, float, float]]) -> list[str]:
+        scheduler = asha(metric="val_accuracy", mode="max", max_t=4, grace_period=1, reduction_factor=2,
+                         control_apart=control_apart)
+        assert scheduler.set_search_properties(None, None)
+        decisions = []
+        for name, sparsity, accuracy in results:
+            trial = SimpleNamespace(trial_id=name, config={"sparsity": sparsity})
+            scheduler.on_trial_add(None, trial)
+            decisions.append(scheduler.on_trial_result(None, trial, {"training_iteration": 1,
+                                                                    "val_accuracy": accuracy}))
+        return decisions
+
+    go, stop = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    results = [("c1", 0.0, 0.95), ("p1", 0.4, 0.60), ("p2", 0.4, 0.55), ("c2", 0.0, 0.90)]
+    assert first_epochs(True, results) == [go, go, stop, stop]  # each behind the first of its own rung
+    assert first_epochs(False, results) == [go, stop, stop, go]  # one rung: the control stops p1 too

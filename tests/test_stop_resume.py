@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from detector.config import save_yaml
-from detector.job.runfolder import BASELINE, RunFolder
+from detector.job.runfolder import BASELINE, CONTROL, RunFolder
 from detector.job.status import read_status
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
@@ -110,6 +110,7 @@ def result_rows(run_dir: Path, stage: str) -> dict[str, list[dict]]:
 def config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stop")
     data = make_tiny_data(root / "shards")
+    # with the dense control (the default): its search, fine-tune and evaluation stop and resume as the others'
     exp = tiny_experiment(data, train={"max_epochs": 3, "patience": 3}, search_train={"max_epochs": 2},
                           finetune={"max_epochs": 2},
                           search={"sparsities": [0.2, 0.4], "trials_per_sparsity": 2})
@@ -153,9 +154,10 @@ def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
     assert time.monotonic() - t0 < 30
     assert_stopped(run_dir, "finetune", code, signal.SIGINT)
     results = json.loads(RunFolder(run_dir).search_results.read_text())
-    assert len(results["trials"]) == 4 and all(t["status"] == "completed" and t["epochs"] == 2
+    assert len(results["trials"]) == 6 and all(t["status"] == "completed" and t["epochs"] == 2
                                                for t in results["trials"])
-    assert not list((run_dir / "models").glob("prune-*.pt"))
+    assert sorted(results["best"]) == ["0", "0.2", "0.4"]  # the dense control's search among them
+    assert not list((run_dir / "models").glob("prune-*.pt")) and not RunFolder(run_dir).model(CONTROL).exists()
 
     # SIGTERM during the evaluation.
     fourth = Driver(resume, tmp_path / "4.log")
@@ -170,7 +172,8 @@ def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
     status = read_status(RunFolder(run_dir))
     assert status["state"] == "finished" and set(status["stages"].values()) <= {"done", "reused"}
     assert (run_dir / "report" / "report.md").exists()
-    assert len(RunFolder(run_dir).evaluation_files()) == 3
+    assert [p.name for p in RunFolder(run_dir).evaluation_files()] == [
+        "baseline.json", "dense-ft.json", "prune-20.json", "prune-40.json"]
     after = result_rows(run_dir, "search")
     assert all(after[k] == v for k, v in rows_before.items()), "a finished trial ran again"
     assert json.loads((run_dir / "status" / "run.json").read_text())["runs"] == 5

@@ -54,17 +54,19 @@ def main(args: argparse.Namespace) -> int:
     else:
         config = args.config
     return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address,
-                   trust_run_folder=args.trust_run_folder)
+                   trust_run_folder=args.trust_run_folder, saved=args.resume and args.config is None)
 
 
 def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str | None,
-            address: str | None, trust_run_folder: bool = False) -> int:
+            address: str | None, trust_run_folder: bool = False, saved: bool = False) -> int:
+    """``saved``: ``config`` is a run folder's own (``--resume`` without ``--config``), written perhaps by an
+    earlier version: a key it lacks means what it meant then (``load_saved_experiment``)."""
     from detector.commands._common import fail
-    from detector.job.experiment import STAGES, load_experiment
+    from detector.job.experiment import STAGES, load_experiment, load_saved_experiment
     from detector.job.pipeline import run
     from detector.job.stop import StageIncomplete
 
-    exp = load_experiment(config, overrides)
+    exp = (load_saved_experiment if saved else load_experiment)(config, overrides)
     out = out or Path("runs") / exp.name
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else list(STAGES)
     try:

@@ -46,7 +46,9 @@ def format_status(status: dict[str, Any]) -> str:
     for stage, table in status["trial_stages"].items():
         for r in table["trials"]:
             epochs = f"{r.get('epochs', 0)}/{r.get('epochs_planned', '?')}"
-            rows.append({"trial": r.get("name"), "sparsity": f"{r.get('sparsity', 0):g}", **(r.get("params") or {}),
+            sparsity = r.get("sparsity")  # an evaluation's comes with its result
+            rows.append({"trial": r.get("name"), "sparsity": "-" if sparsity is None else f"{sparsity:g}",
+                         **(r.get("params") or {}),
                          "state": r["state"] + (f" ({r['reason']})" if r.get("reason") else ""),
                          "epochs": epochs, "val_accuracy": r.get("val_accuracy"),
                          "best_val_accuracy": r.get("best_val_accuracy"),

@@ -22,6 +22,7 @@ from detector.config import (
     Range,
     Seed,
     check_fields,
+    fill_saved_defaults,
     from_dict,
     from_dict_with_overrides,
     load_yaml,
@@ -38,6 +39,7 @@ from detector.prune.schedule import PruningSchedule, ScheduleKeys
 from detector.train import OBJECTIVES, TrainConfig
 
 STAGES = ("prepare", "baseline", "search", "finetune", "evaluate", "report")
+CONTROL_SPARSITY = 0.0  # the dense control's place among the sparsities: nothing pruned (model_name: dense-ft)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,12 @@ class SearchSection(ScheduleKeys):
     # Stop weak trials early with ASHA (beyond the paper; off in paper.yaml), as `asha` says.
     scheduler: Literal["none", "asha"] = "none"
     asha: AshaSection = field(default_factory=AshaSection)
+    # The equal-budget dense control (beyond the paper; Liu et al. 2019, Blalock et al. 2020): every pruned
+    # model trains more than the baseline did (search trials pick its parameters, then a fine-tune), so the
+    # baseline alone would credit pruning with what the extra training did. With `control`, sparsity 0 goes
+    # through the same search and fine-tune as every sparsity, from the same baseline weights: the model
+    # dense-ft. false: the paper's compute exactly.
+    control: bool = True
 
     # The modes' keys as versions before their sections spelled them, flat in this section: still read (files,
     # --set, saved run folders), as the key each names now; detector.config.from_dict.
@@ -183,6 +191,9 @@ class SearchSection(ScheduleKeys):
         "pareto_sparsity_max": "pareto.sparsity_max", "pareto_models": "pareto.models",
         "asha_grace_period": "asha.grace_period", "asha_reduction_factor": "asha.reduction_factor",
     }
+    # What a run folder saved before a key existed meant by its absence (detector.config.fill_saved_defaults):
+    # such a run had no control, and resumes without one.
+    SAVED_DEFAULTS: ClassVar[dict[str, Any]] = {"control": False}
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -214,6 +225,12 @@ class SearchSection(ScheduleKeys):
         if self.objective == "best" and self.metric != "val_accuracy":
             raise ConfigError(f"search.objective: best is tracked for metric val_accuracy only, not {self.metric!r}; "
                               "use objective: last")
+
+    def searched_sparsities(self) -> tuple[float, ...]:
+        """What the grid's search and fine-tune stages run: ``sparsities``, then 0 (the dense control, model
+        dense-ft) when ``control`` is on. The control comes last, so each pruned search keeps the sampler seed
+        it has without it (``seed + i``, by position) and draws the same parameters."""
+        return (*self.sparsities, CONTROL_SPARSITY) if self.control else tuple(self.sparsities)
 
     def pruning_schedule(self) -> PruningSchedule:
         """The schedule every search trial and fine-tune follows (``stages.train_stage(schedule=...)``)."""
@@ -404,3 +421,11 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     """Read a YAML experiment config, apply ``key.sub=value`` overrides, validate; an error names the key
     and where its value came from (the file, or the ``--set``)."""
     return from_dict_with_overrides(ExperimentConfig, load_yaml(path), overrides or [], source=str(path))
+
+
+def load_saved_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """A run folder's saved config (``RUN/experiment.yaml``), as ``load_experiment`` reads a config, except
+    that a key added since it was saved means what its absence meant then (``SearchSection.SAVED_DEFAULTS``):
+    ``detector run --resume``, the config check of a run folder and its report read it so."""
+    data = fill_saved_defaults(ExperimentConfig, load_yaml(path))
+    return from_dict_with_overrides(ExperimentConfig, data, overrides or [], source=str(path))

@@ -1,14 +1,17 @@
 """How far can it be pruned? The search for the sparsity frontier, on validation data only.
 
-The frontier is the largest sparsity whose fine-tuned model is **non-inferior** to the baseline on the
-validation set: its val accuracy is at least the baseline's minus a margin δ (``search.frontier.margin``).
-Both are the best epoch's val accuracy, the value each model is saved at. The search runs in rounds; each
-round's probes are sparsities, and each probe is what a sparsity of the grid search is: its own Optuna search
+The frontier is the largest sparsity whose fine-tuned model is **non-inferior** to the reference on the
+validation set: its val accuracy is at least the reference's minus a margin δ (``search.frontier.margin``).
+The reference is the dense control (``dense-ft``, ``search.control``: sparsity 0 through the same search and
+fine-tune as every probe, searched and fine-tuned in round 1 beside the first probes), or the baseline in a
+run without one: judged against the baseline, a probe would be credited with its extra training. Both are the
+best epoch's val accuracy, the value each model is saved at. The search runs in rounds; each round's probes
+are sparsities, and each probe is what a sparsity of the grid search is: its own Optuna search
 (``search.trials_per_sparsity`` trials, concurrent Tune trials) and a fine-tune with the best parameters.
 
 - Round 1 probes the coarse grid ``search.sparsities`` (e.g. 0.5, 0.7, 0.8, 0.9, 0.95).
-- Then: ``lo`` = the largest non-inferior probe below ``hi``, the smallest inferior probe (0, the baseline
-  itself, when no probe below ``hi`` is non-inferior). The next round probes ``search.frontier.parallel``
+- Then: ``lo`` = the largest non-inferior probe below ``hi``, the smallest inferior probe (0, the dense
+  model itself, when no probe below ``hi`` is non-inferior). The next round probes ``search.frontier.parallel``
   points evenly inside (lo, hi) (one: bisection).
 - It stops when ``hi - lo <= search.frontier.resolution``, or when no probe is inferior (the frontier is then
   at least the largest probe: the grid did not reach it, and the answer says so).
@@ -38,20 +41,20 @@ _Fraction = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
 class FrontierRule:
     # the first round's probes: sparsities
     grid: Annotated[tuple[_Fraction, ...], Items(at_least=1)]
-    margin: Annotated[float, Range(0, 1, high_open=True)]  # non-inferior: val accuracy >= the baseline's - margin
+    margin: Annotated[float, Range(0, 1, high_open=True)]  # non-inferior: val accuracy >= the reference's - margin
     resolution: _Fraction  # stop when the bracket (last non-inferior, first inferior) is this narrow
     parallel: AtLeastOne = 1  # probes per refinement round
 
     def __post_init__(self) -> None:
         check_fields(self, where="frontier")
 
-    def non_inferior(self, val_accuracy: float, baseline: float) -> bool:
-        return val_accuracy >= baseline - self.margin - 1e-12
+    def non_inferior(self, val_accuracy: float, reference: float) -> bool:
+        return val_accuracy >= reference - self.margin - 1e-12
 
 
 def bracket(outcomes: Mapping[float, bool]) -> tuple[float, float | None]:
     """(lo, hi): hi is the smallest inferior sparsity probed (None: none was), lo the largest non-inferior one
-    below hi (0.0, the baseline, when there is none)."""
+    below hi (0.0, the dense model, when there is none)."""
     inferior = sorted(s for s, ok in outcomes.items() if not ok)
     hi = inferior[0] if inferior else None
     good = [s for s, ok in outcomes.items() if ok and (hi is None or s < hi)]
@@ -96,12 +99,15 @@ def answer(rule: FrontierRule, outcomes: Mapping[float, bool]) -> dict[str, Any]
 
 @dataclass
 class FrontierRecord:
-    """``search/frontier.json``: the rule, the baseline's val accuracy, and every round's probes."""
+    """``search/frontier.json``: the rule, the baseline's val accuracy, the reference the probes are judged
+    against, and every round's probes."""
 
     path: Path
     rule: FrontierRule
     baseline_val_accuracy: float
     rounds: list[dict[str, Any]]
+    # {"model": name, "val_accuracy": x}: the model every probe is judged against (``judge_against``)
+    reference: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, path: Path, rule: FrontierRule, baseline_val_accuracy: float) -> "FrontierRecord":
@@ -112,8 +118,21 @@ class FrontierRecord:
             if (tuple(saved.get("grid", ())), saved.get("margin"), saved.get("resolution"), saved.get("parallel")) != (
                     rule.grid, rule.margin, rule.resolution, rule.parallel):
                 raise ValueError(f"{path}: was searched with another rule {saved}; use a new --out folder")
-            return cls(path, rule, float(data["baseline_val_accuracy"]), list(data["rounds"]))
+            # a record written before the reference was recorded judged every probe against the baseline
+            old = {"model": "baseline", "val_accuracy": data["baseline_val_accuracy"]} if data["rounds"] else None
+            return cls(path, rule, float(data["baseline_val_accuracy"]), list(data["rounds"]),
+                       data.get("reference", old))
         return cls(path, rule, baseline_val_accuracy, [])
+
+    def judge_against(self, model: str, val_accuracy: float) -> None:
+        """Judge every probe against ``model``'s ``val_accuracy`` (best epoch), once: a search resumed later
+        keeps the reference it started with."""
+        if self.reference is None:
+            self.reference = {"model": model, "val_accuracy": val_accuracy}
+            self.save()
+        elif self.reference["model"] != model:
+            raise ValueError(f"{self.path}: the probes were judged against {self.reference['model']}, not {model}; "
+                             "use a new --out folder")
 
     @property
     def outcomes(self) -> dict[float, bool]:
@@ -135,11 +154,13 @@ class FrontierRecord:
         return probes
 
     def decide(self, sparsity: float, val_accuracy: float) -> bool:
-        ok = self.rule.non_inferior(val_accuracy, self.baseline_val_accuracy)
+        if self.reference is None:
+            raise ValueError(f"{self.path}: no reference to judge probe {sparsity:g} against (judge_against first)")
+        reference = float(self.reference["val_accuracy"])
+        ok = self.rule.non_inferior(val_accuracy, reference)
         for p in self.rounds[-1]["probes"]:
             if math.isclose(p["sparsity"], sparsity):
-                p.update(val_accuracy=val_accuracy, difference=val_accuracy - self.baseline_val_accuracy,
-                         non_inferior=ok)
+                p.update(val_accuracy=val_accuracy, difference=val_accuracy - reference, non_inferior=ok)
         self.save()
         return ok
 
@@ -149,8 +170,11 @@ class FrontierRecord:
         return {
             "rule": {"grid": list(self.rule.grid), "margin": self.rule.margin, "resolution": self.rule.resolution,
                      "parallel": self.rule.parallel, "metric": "val_accuracy (best epoch) of the fine-tuned model",
-                     "non_inferior": "val_accuracy >= baseline val_accuracy - margin"},
+                     "non_inferior": "val_accuracy >= the reference's val_accuracy - margin"},
             "baseline_val_accuracy": self.baseline_val_accuracy,
+            # the model the probes were judged against (dense-ft: the dense control; or the baseline), and the
+            # val accuracy every probe's difference is from
+            "reference": self.reference,
             "rounds": self.rounds,
             "complete": done,
             "answer": answer(self.rule, self.outcomes) if done else None,

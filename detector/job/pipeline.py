@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from detector.config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
+from detector.config import ConfigError, save_yaml, to_dict
 from detector.io import atomic_write_json
-from detector.job.experiment import STAGES, ExperimentConfig
-from detector.job.runfolder import BASELINE, RunFolder, model_name
+from detector.job.experiment import CONTROL_SPARSITY, STAGES, ExperimentConfig, load_saved_experiment
+from detector.job.runfolder import BASELINE, CONTROL, RunFolder, model_name
 from detector.paths import is_uri
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,10 @@ def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
     """A run folder belongs to one experiment: refuse to mix a different config into finished results."""
     if not run.config.exists() or not run.produced():
         return  # nothing was produced under the old config: the new one may take its place
-    # Read back as a config, so that a key added since (at its default, which keeps the old behaviour) is no
-    # difference; a changed value still is, and a key this version no longer knows is refused by name.
-    saved = to_dict(from_dict(ExperimentConfig, load_yaml(run.config), where=str(run.config)))
+    # Read back as a config, so that a key added since is no difference (at its default, or where the default
+    # would change what the run does, at what its absence meant: SAVED_DEFAULTS); a changed value still is, and
+    # a key this version no longer knows is refused by name.
+    saved = to_dict(load_saved_experiment(run.config))
     current = to_dict(exp)
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -86,36 +87,39 @@ def prepare_data(exp: ExperimentConfig, data: str) -> None:
 
 
 def planned_models(exp: ExperimentConfig, run: RunFolder) -> list[float]:
-    """The pruned models the run makes: the grid's sparsities, or every probe of a frontier search (known
-    once it has finished; none before)."""
+    """The fine-tuned models the run makes, by sparsity (0: the dense control, dense-ft): the grid's
+    sparsities, or every probe of a frontier search, or a Pareto search's picks (both known once the search
+    has finished; none before); with ``search.control``, the control among them."""
     if exp.search.mode == "frontier":
         from detector.job.frontier import frontier_models
 
-        return list(frontier_models(run.frontier)) if run.search_results.exists() else []
-    if exp.search.mode == "pareto":  # the front's picks, known once the search has run
+        if not run.search_results.exists():
+            return []
+        return [*frontier_models(run.frontier), *([CONTROL_SPARSITY] if exp.search.control else [])]
+    if exp.search.mode == "pareto":  # the front's picks (and the control), known once the search has run
         if not run.search_results.exists():
             return []
         return sorted(float(b["sparsity"]) for b in _read_json(run.search_results)["best"].values())
-    return list(exp.search.sparsities)
+    return list(exp.search.searched_sparsities())
 
 
-def _evaluated(sparsity: float) -> str:
-    """The model the evaluate stage scores at ``sparsity`` (0: the baseline)."""
-    return BASELINE if sparsity == 0 else model_name(sparsity)
+def evaluated_models(exp: ExperimentConfig, run: RunFolder) -> list[str]:
+    """The models the evaluate stage scores, by name: the baseline and every planned fine-tuned model."""
+    return [BASELINE, *(model_name(s) for s in planned_models(exp, run))]
 
 
-def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[float]]:
-    """Per Ray stage, the sparsities (0 = the baseline) whose outputs are not in the run folder yet. A
-    frontier search fine-tunes its probes itself (its decision needs them); its evaluations are known after it."""
+def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> dict[str, list[Any]]:
+    """Per Ray stage, what has no outputs in the run folder yet: the baseline and the evaluations by model
+    name, the searches and fine-tunes by sparsity (0: the dense control). A frontier search fine-tunes its
+    probes itself (its decision needs them); its evaluations are known after it."""
     run = RunFolder(Path(run_dir))
     frontier = exp.search.mode == "frontier"
     searched = run.search_results.exists()
-    models = planned_models(exp, run)
-    todo = {
-        "baseline": [0.0] if not run.model(BASELINE).exists() else [],
-        "search": ([] if searched else list(exp.search.sparsities)),
-        "finetune": [] if frontier else [s for s in models if not run.model(model_name(s)).exists()],
-        "evaluate": [s for s in [0.0, *models] if not run.evaluation(_evaluated(s)).exists()],
+    todo: dict[str, list[Any]] = {
+        "baseline": [BASELINE] if not run.model(BASELINE).exists() else [],
+        "search": [] if searched else list(exp.search.searched_sparsities()),
+        "finetune": [] if frontier else [s for s in planned_models(exp, run) if not run.model(model_name(s)).exists()],
+        "evaluate": [n for n in evaluated_models(exp, run) if not run.evaluation(n).exists()],
     }
     return {stage: todo[stage] for stage in todo if stage in stages}
 
@@ -238,7 +242,7 @@ def _connect(exp: ExperimentConfig, folder: RunFolder, stop: Any, address: str |
     return info
 
 
-def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[str, list[float]], state: Any,
+def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[str, list[Any]], state: Any,
                 stop: Any) -> None:
     """The stages that run as Tune experiments, those of ``todo`` with work left, in order."""
     from detector.job import tune as dtune
@@ -273,11 +277,10 @@ def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[s
         _drop(folder, exp, "finetune")
         state.stage("finetune", "done")
     if "evaluate" in todo:  # a frontier's probes are known only now
-        todo["evaluate"] = [s for s in [0.0, *planned_models(exp, folder)]
-                            if not folder.evaluation(_evaluated(s)).exists()]
+        todo["evaluate"] = [n for n in evaluated_models(exp, folder) if not folder.evaluation(n).exists()]
     if todo.get("evaluate"):
-        for s in todo["evaluate"]:
-            _require(folder.model(_evaluated(s)), "evaluate", "baseline" if s == 0 else "finetune")
+        for name in todo["evaluate"]:
+            _require(folder.model(name), "evaluate", "baseline" if name == BASELINE else "finetune")
         state.stage("evaluate", "running")
         dtune.run_evaluate(ctx, todo["evaluate"], stop)
         _drop(folder, exp, "evaluate")
@@ -296,21 +299,24 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
 
     s = exp.search
     rule = FrontierRule(tuple(sorted(s.sparsities)), s.frontier.margin, s.frontier.resolution, s.frontier.parallel)
-    baseline = _read_json(folder.model_summary(BASELINE))["best_val_accuracy"]
-    record = FrontierRecord.open(folder.frontier, rule, baseline)
+    record = FrontierRecord.open(folder.frontier, rule, _read_json(folder.model_summary(BASELINE))["best_val_accuracy"])
+    # The probes are judged against the dense control where the run has one: it had the search and fine-tune
+    # every probe has, the baseline neither. Round 1 searches and fine-tunes it beside the first probes.
+    reference = CONTROL if s.control else BASELINE
     while probes := record.open_round():
         r = len(record.rounds)
+        trained = [*probes, *([CONTROL_SPARSITY] if s.control and r == 1 else [])]
         state.note(f"frontier round {r}: probes {', '.join(f'{p:g}' for p in probes)}")
-        log.info("frontier round %d: probing %s (baseline val accuracy %.4f, margin %g)", r, probes, baseline,
-                 rule.margin)
+        log.info("frontier round %d: probing %s (against %s, margin %g)", r, probes, reference, rule.margin)
         if not folder.round_results(r).exists():
-            atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, probes, name=f"search-r{r}"))
+            atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, trained, name=f"search-r{r}"))
             _drop(folder, exp, f"search-r{r}")
         best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.round_results(r))["best"].values()}
-        missing = [p for p in probes if not folder.model(model_name(p)).exists()]
+        missing = [p for p in trained if not folder.model(model_name(p)).exists()]
         if missing:
             dtune.run_finetune(dataclasses.replace(ctx, best_params=best), missing, stop, name=f"finetune-r{r}")
             _drop(folder, exp, f"finetune-r{r}")
+        record.judge_against(reference, _read_json(folder.model_summary(reference))["best_val_accuracy"])
         for p in probes:
             ok = record.decide(p, _read_json(folder.model_summary(model_name(p)))["best_val_accuracy"])
             log.info("frontier: %g %s", p, "non-inferior" if ok else "inferior")

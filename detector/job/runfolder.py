@@ -180,7 +180,8 @@ class RunFolder:
 
     def tensorboard_run(self, stage: str, sparsity: float = 0.0, trial: int | None = None) -> Path:
         """One TensorBoard run, named by what it is: ``baseline``, ``search/s40-t3`` (the 3rd trial of the
-        40 % search) or ``finetune/s40``. ``tensorboard --logdir RUN/tensorboard`` shows these names."""
+        40 % search) or ``finetune/s40`` (``s0``: the dense control's, as its trials are named in Tune and
+        ``detector status``). ``tensorboard --logdir RUN/tensorboard`` shows these names."""
         if stage == "baseline":
             return self.tensorboard / "baseline"
         if stage == "search":

@@ -21,7 +21,7 @@ from detector.data.loader import ReadSpec, ShardLoader, build_loader, manifest_s
 from detector.device import resolve_device
 from detector.io import atomic_write_json
 from detector.job.experiment import EvaluateSection
-from detector.job.runfolder import model_name
+from detector.job.runfolder import BASELINE, model_name
 from detector.job.search_space import param_names
 from detector.model import build_model
 from detector.prune import PruningInfo, measured_sparsity, prune
@@ -131,11 +131,16 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     (labels and probabilities per image, for ROC curves, paired tests and video-level scores). Metrics are
     at 0.5 and at a threshold calibrated on the validation set (``cfg.threshold_calibration``; never on
     test). With ``cfg.robustness.enabled`` the model is also scored under every perturbation
-    (``detector.evaluate.robustness``), on the primary test set (``cfg.primary_set``). For a pruned model,
-    ``out`` also holds ``before_finetune``: the same sets scored by the unpruned model it was fine-tuned
-    from (``pruned_from``; default: the checkpoint's recorded ``init``), pruned the same way to the same
-    sparsity and not trained: what pruning alone costs, beside what fine-tuning recovers. ``name``: the
-    model's name in the run (default: that of the fine-tune at its sparsity, ``model_name``).
+    (``detector.evaluate.robustness``), on the primary test set (``cfg.primary_set``). For a fine-tuned model
+    (pruned, or the dense control), ``out`` also holds ``before_finetune``: the same sets scored by the
+    unpruned model it was fine-tuned from (``pruned_from``; default: the checkpoint's recorded ``init``),
+    pruned the same way to the same sparsity and not trained: what pruning alone costs, beside what
+    fine-tuning recovers. For the dense control, pruned by nothing, that is the baseline itself, scored again
+    here (the same numbers as the baseline's own evaluation: the same model on the same images), so that
+    every fine-tuned model's evaluation carries its starting point the same way. A model trained from
+    scratch (the baseline) gets the 2:4 semi-structured benchmark instead: it times the dense architecture,
+    once per run. ``name``: the model's name in the run (default: the baseline's for a model trained from
+    scratch, else that of the fine-tune at its sparsity, ``model_name``).
     """
     from detector.data.loader import read_manifest
     from detector.evaluate.efficiency import efficiency_row
@@ -144,6 +149,7 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, meta = load_model(checkpoint, device=device)
     pruning = PruningInfo.from_metadata(meta, where=str(checkpoint))
+    source = pruned_from if pruned_from is not None else meta.get("init")  # None: trained from scratch
     image_size = int(meta["image_size"])
     manifest = read_manifest(data)
     tested = [s for s, c in manifest["splits"].get("test", {}).items() if c.get("real", 0) + c.get("fake", 0)]
@@ -156,7 +162,7 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
     eff = efficiency_row(model, device=device, image_size=image_size, repeats=cfg.latency_repeats,
                          throughput_batch=cfg.throughput_batch)
     result = {
-        "name": name or model_name(pruning.sparsity),
+        "name": name or (model_name(pruning.sparsity) if source else BASELINE),
         "checkpoint": str(checkpoint),
         "arch": meta["arch"],
         "pruning": pruning.to_dict(),
@@ -175,13 +181,12 @@ def evaluate_stage(checkpoint: Path, *, data: str, cfg: EvaluateSection, out: Pa
         result["robustness"], preds["robustness"] = evaluate_robustness(
             model, data, cfg.robustness, primary_source=primary, image_size=image_size,
             batch_size=cfg.batch_size, calibrated=threshold["value"], device=device, num_workers=cfg.num_workers)
-    if pruning.method == "none":
+    if source is None and pruning.method == "none":
         from detector.prune.semistructured import semistructured_benchmark
 
         result["semistructured"] = semistructured_benchmark(model, image_size=image_size, repeats=cfg.latency_repeats)
     else:
         del model  # one model in memory at a time
-        source = pruned_from if pruned_from is not None else meta.get("init")
         result["before_finetune"] = _before_finetune(Path(source) if source else None, pruning, score,
                                                      device=device)
     # The predictions first: the evaluation file is what says the model is evaluated.
@@ -238,7 +243,9 @@ def _before_finetune(source: Path | None, pruning: PruningInfo, score: Callable[
     model, meta = load_model(source, device=device)
     if PruningInfo.from_metadata(meta, where=str(source)).method != "none":
         return {"status": f"not measured: {source} is itself pruned"}
-    again = prune(model, pruning.sparsity, method=pruning.method, arch=meta["arch"])
+    # the dense control's "pruning" removed nothing: its starting point is the unpruned model as it is
+    again = PruningInfo() if pruning.method == "none" else prune(model, pruning.sparsity, method=pruning.method,
+                                                                 arch=meta["arch"])
     metrics, _, threshold = score(model)
     log.info("%s pruned to %g (%s), before fine-tuning: test accuracy %.4f", source, pruning.sparsity,
              pruning.method, metrics["test"]["all"]["accuracy"])

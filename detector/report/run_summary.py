@@ -20,13 +20,13 @@ DEFAULT_RESAMPLES = 1000  # bootstrap resamples when the run folder has no confi
 
 def load_experiment_config(run: RunFolder) -> Any:
     """The run's saved config as an ``ExperimentConfig``, or None when the folder has none."""
-    from detector.config import ConfigError, from_dict, load_yaml
-    from detector.job.experiment import ExperimentConfig
+    from detector.config import ConfigError
+    from detector.job.experiment import load_saved_experiment
 
     if not run.config.is_file():
         return None
     try:
-        return from_dict(ExperimentConfig, load_yaml(run.config))
+        return load_saved_experiment(run.config)
     except ConfigError as e:
         message = str(e)
         raise ConfigError(message if str(run.config) in message else f"{run.config}: {message}") from None
@@ -108,7 +108,7 @@ def run_summary(run: RunFolder, evaluations: list[dict[str, Any]]) -> dict[str, 
                     "sampler": (f"Optuna TPE after {exp.search.tpe_startup_trials} random start-up "
                                 f"trial{'s' if exp.search.tpe_startup_trials != 1 else ''}"),
                     "scheduler": exp.search.scheduler, "metric": exp.search.metric, "direction": exp.search.direction,
-                    "objective": exp.search.objective},
+                    "objective": exp.search.objective, "control": exp.search.control},
             pruning={"method": exp.search.method, "sparsities": list(exp.search.sparsities)},
             evaluate={"batch_size": exp.evaluate.batch_size, "latency_repeats": exp.evaluate.latency_repeats,
                       "throughput_batch": exp.evaluate.throughput_batch,

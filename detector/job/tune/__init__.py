@@ -8,14 +8,16 @@ worker dies, and resumes when the driver dies:
 - ``search``: all sparsities' Optuna searches in ONE experiment. Tune does not support several experiments
   on one cluster at once (its FAQ on multi-tenancy), and an experiment has one searcher for all its trials
   (ray-project/ray#21329), so a ``SparsitySearcher`` keeps one Optuna study (through ``OptunaSearch``) per
-  sparsity and hands out trials round-robin; the four searches then share the cluster and run concurrently;
-- ``finetune``: one trial per sparsity with its best parameters;
-- ``evaluate``: one trial per model.
+  sparsity and hands out trials round-robin; the four searches then share the cluster and run concurrently
+  (with ``search.control``, the dense control's search at sparsity 0 is a fifth beside them);
+- ``finetune``: one trial per sparsity with its best parameters (0: the control, ``dense-ft``);
+- ``evaluate``: one trial per model, named by it (``baseline``, ``dense-ft``, ``prune-40``).
 
 The work itself is done by ``detector.job.stages`` (Ray-free); the trainables only translate between Tune
 (config, checkpoints, reports) and those functions. The modules, one job each:
 
 - ``searchers``: the Optuna searchers and their state as data;
+- ``schedulers``: ASHA for the search, the dense control's trials in rungs of their own;
 - ``trainables``: what a trial runs (in its own process, or as the driver of a Ray Train run), by stage;
 - ``live_status``: the live trial table of a running experiment, and stopping it;
 - ``trial_rows``: a trial's name and rows (status table, search results), each built in one place;

@@ -15,16 +15,17 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import Searcher
 
-from detector.job.experiment import ExperimentConfig, TrialResources
-from detector.job.runfolder import RunFolder, tune_stage
+from detector.job.experiment import CONTROL_SPARSITY, ExperimentConfig, TrialResources
+from detector.job.runfolder import RunFolder, check_model_name, tune_stage
 from detector.job.search_space import Categorical, Domain, LogUniform, search_space
 from detector.job.selection import OBJECTIVE_EPOCH, objective_key, select_best
 from detector.job.stop import StageIncomplete, StopSignals
 from detector.job.tune.cluster import apply_tune_defaults, env_default
 from detector.job.tune.live_status import LiveStatus, StageSink, registered
+from detector.job.tune.schedulers import asha
 from detector.job.tune.searchers import ParetoSearcher, SparsitySearcher
 from detector.job.tune.trainables import StageContext, trainable
-from detector.job.tune.trial_rows import best_entry, read_status_rows, trial_name, trial_row
+from detector.job.tune.trial_rows import best_entry, control_entry, read_status_rows, trial_name, trial_row
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +166,13 @@ def _run_search_trials(ctx: StageContext, stop: StopSignals, name: str, searcher
 def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float] | None = None,
                name: str = "search") -> dict[str, Any]:
     """Stage 1: every sparsity's Optuna search in one Tune experiment (``name``: ``search``, or a frontier
-    round's ``search-rN`` over its probes); returns trials and best params."""
-    from ray.tune.schedulers import ASHAScheduler
-
+    round's ``search-rN`` over its probes); returns trials and best params. ``sparsities`` default to the
+    grid's, with the dense control's 0 when ``search.control`` is on: one more search like the others."""
     exp = ctx.experiment
     s = exp.search
     run = RunFolder(Path(ctx.run_dir))
     max_epochs = exp.stage_train("search_train").max_epochs
-    sparsities = list(s.sparsities if sparsities is None else sparsities)
+    sparsities = list(s.searched_sparsities() if sparsities is None else sparsities)
     key = objective_key(s.metric, s.objective)  # what the searcher, ASHA and the pick judge a trial by
     searcher = SparsitySearcher(
         sparsities, trials_per_sparsity=s.trials_per_sparsity, space=_search_space(ctx), metric=key,
@@ -181,10 +181,8 @@ def run_search(ctx: StageContext, stop: StopSignals, sparsities: Sequence[float]
     )
     scheduler = None
     if s.scheduler == "asha":
-        scheduler = ASHAScheduler(
-            metric=key, mode=s.direction, time_attr="training_iteration", max_t=max_epochs,
-            grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor,
-        )
+        scheduler = asha(metric=key, mode=s.direction, max_t=max_epochs, grace_period=s.asha.grace_period,
+                         reduction_factor=s.asha.reduction_factor, control_apart=CONTROL_SPARSITY in sparsities)
     budget = len(sparsities) * s.trials_per_sparsity
     # With a searcher, Tune keeps one trial pending at a time (so that it can learn from results first);
     # a cluster scaling up from zero GPUs would then start the searches one after another. One pending
@@ -235,6 +233,14 @@ def run_pareto(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
         raise StageIncomplete("search: no Pareto trial completed")
     front = non_dominated(done, s.pareto.objectives)
     picks = pick_models(front, s.pareto.models)
+    best = {f"{t['sparsity']:g}": best_entry(t) for t in picks}
+    if s.control:
+        # The dense control is the front's fixed dense end: sparsity 0, fine-tuned with the budget of every
+        # pick, with the parameters of the front's least pruned trial (the nearest to dense the study went;
+        # with val_accuracy among the objectives, its most accurate trial). It has no trials of its own: the
+        # study searches sparsity and parameters together, and a dense trial would sit on the front it is
+        # there to be compared with.
+        best[f"{CONTROL_SPARSITY:g}"] = control_entry(front[0])
     return {
         "mode": "pareto",
         "metric": s.metric,
@@ -246,7 +252,7 @@ def run_pareto(ctx: StageContext, stop: StopSignals) -> dict[str, Any]:
         "epochs_budget": s.pareto.trials * exp.stage_train("search_train").max_epochs,
         "trials": trials,
         "front": [t["trial_id"] for t in front],
-        "best": {f"{t['sparsity']:g}": best_entry(t) for t in picks},
+        "best": best,
     }
 
 
@@ -296,9 +302,10 @@ def run_finetune(ctx: StageContext, sparsities: Sequence[float], stop: StopSigna
     return rows
 
 
-def run_evaluate(ctx: StageContext, sparsities: Sequence[float], stop: StopSignals) -> None:
-    rows = run_experiment("evaluate", ctx, stop=stop, expected=len(sparsities),
-                          param_space={"sparsity": tune.grid_search(list(sparsities))},
+def run_evaluate(ctx: StageContext, models: Sequence[str], stop: StopSignals) -> None:
+    """The evaluate stage: a trial per model, by name (``baseline``, ``dense-ft``, ``prune-40``)."""
+    rows = run_experiment("evaluate", ctx, stop=stop, expected=len(models),
+                          param_space={"model": tune.grid_search([check_model_name(m) for m in models])},
                           max_concurrent_trials=ctx.experiment.evaluate.concurrent_trials)
     _raise_if_failed("evaluate", rows)
 

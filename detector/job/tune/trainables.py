@@ -28,6 +28,7 @@ import detector.job.tune.private_api as private_api
 from detector.job.experiment import ExperimentConfig
 from detector.job.runfolder import BASELINE, RunFolder, model_name, sparsity_label, trial_label
 from detector.job.search_space import param_names
+from detector.job.tune.trial_rows import evaluated_model
 
 log = logging.getLogger(__name__)
 
@@ -221,12 +222,14 @@ def detector_baseline(config: dict[str, Any], ctx: StageContext) -> None:
 
 def _train_pruned(ctx: StageContext, sparsity: float, params: dict[str, Any], *, stage: str,
                   trial: int | None, save: bool) -> None:
-    """Prune the baseline to ``sparsity`` and train it with the searched ``params`` for a stage."""
+    """Prune the baseline to ``sparsity`` and train it with the searched ``params`` for a stage. At sparsity 0
+    (the dense control) pruning removes nothing: the baseline trains as it is, with no masks or schedule."""
     run = RunFolder(Path(ctx.run_dir))
     section = "search_train" if stage == "search" else stage
     searched = {name: params[name] for name in param_names()}
     label = trial_label(sparsity, trial) if stage == "search" else sparsity_label(sparsity)
-    _announce(stage, label, {"sparsity": sparsity, "method": ctx.experiment.search.method, **searched})
+    method = ctx.experiment.search.method if sparsity > 0 else "none (the dense control)"
+    _announce(stage, label, {"sparsity": sparsity, "method": method, **searched})
     if save and _already_saved(run.model(model_name(sparsity)), {"sparsity": sparsity}):
         return
     extra: dict[str, Any] = {"sparsity": sparsity}
@@ -271,21 +274,25 @@ def detector_finetune(config: dict[str, Any], ctx: StageContext) -> None:
 
 
 def detector_evaluate(config: dict[str, Any], ctx: StageContext) -> None:
+    """An evaluation's trainable: the model ``config["model"]`` names. Every model but the baseline was
+    fine-tuned from the baseline, pruned (the dense control: by nothing), and is also scored as it was
+    before its fine-tune."""
     from detector.job import stages
 
     start = time.time()
-    sparsity = float(config["sparsity"])
+    name = evaluated_model(config)
     run = RunFolder(Path(ctx.run_dir))
-    name = BASELINE if sparsity == 0 else model_name(sparsity)
     _announce("evaluate", name, {"checkpoint": run.model(name)})
     if run.evaluation(name).exists():  # restored by Tune after the evaluation was written
         result = json.loads(run.evaluation(name).read_text())
     else:
         result = stages.evaluate_stage(
             run.model(name), data=ctx.data, cfg=ctx.experiment.evaluate, out=run.evaluation(name),
-            predictions=run.predictions(name), pruned_from=run.model(BASELINE) if sparsity > 0 else None, name=name,
+            predictions=run.predictions(name), pruned_from=None if name == BASELINE else run.model(BASELINE),
+            name=name,
         )
-    tune.report({"sparsity": sparsity, "trial_start": start, "time_now": time.time(),
+    # the sparsity for display (detector status): the model's target, as its evaluation records it
+    tune.report({"sparsity": float(result["pruning"]["sparsity"]), "trial_start": start, "time_now": time.time(),
                  "test_accuracy": result["metrics"]["test"]["all"]["accuracy"]})
 
 

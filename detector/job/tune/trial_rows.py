@@ -11,18 +11,33 @@ import math
 from pathlib import Path
 from typing import Any
 
-from detector.job.runfolder import BASELINE, RunFolder, model_name, sparsity_label, trial_label, tune_stage
+from detector.job.experiment import CONTROL_SPARSITY
+from detector.job.runfolder import (BASELINE, RunFolder, check_model_name, model_name, sparsity_label, trial_label,
+                                    tune_stage)
 from detector.job.search_space import param_names
 
 
 def trial_name(experiment: str, config: dict[str, Any]) -> str:
-    """A trial's name within its experiment (``search``: its sparsity and number; ``evaluate``: its model)."""
+    """A trial's name within its experiment: ``baseline``; a search trial's sparsity and number (``s40-t3``,
+    ``s0-t3`` for the dense control's); a fine-tune's sparsity (``s40``, ``s0``); an evaluation's model
+    (``prune-40``, ``dense-ft``, ``baseline``)."""
     stage = tune_stage(experiment)
+    if stage == "baseline":
+        return BASELINE
+    if stage == "evaluate":
+        return evaluated_model(config)
     sparsity = float(config.get("sparsity", 0.0))
-    if stage == "search":
-        return trial_label(sparsity, config.get("trial"))
-    return (BASELINE if sparsity == 0 else model_name(sparsity)) if stage == "evaluate" else ("baseline" if stage == "baseline"
-                                                             else sparsity_label(sparsity))
+    return trial_label(sparsity, config.get("trial")) if stage == "search" else sparsity_label(sparsity)
+
+
+def evaluated_model(config: dict[str, Any]) -> str:
+    """The model an evaluation trial scores: its config's ``model``. An evaluate experiment started before
+    evaluations were named (a run folder resumed from an older version) gave a sparsity instead, 0 for the
+    baseline."""
+    if "model" in config:
+        return check_model_name(config["model"])
+    sparsity = float(config["sparsity"])
+    return BASELINE if sparsity == 0 else model_name(sparsity)
 
 
 def trial_state(trial: Any, finished: bool) -> str:
@@ -49,7 +64,8 @@ def status_row(trial: Any, experiment: str, *, finished: bool, epochs_planned: i
         "trial_id": trial.trial_id,
         "name": f"{experiment}/{trial_name(experiment, config)}",
         "trial": config.get("trial"),
-        "sparsity": float(config.get("sparsity", 0.0)),
+        # an evaluation's trial is named by its model; its sparsity comes with its result (None until then)
+        "sparsity": _sparsity(config, last),
         "params": {k: config[k] for k in param_names() if k in config},
         "state": trial_state(trial, finished),
         # fit's own epoch count: Tune's training_iteration starts again at 1 in a data-parallel trial
@@ -103,6 +119,19 @@ def best_entry(trial: dict[str, Any]) -> dict[str, Any]:
     trains with, and which trial it was."""
     return {"sparsity": trial["sparsity"], "params": trial["params"], "objective": trial["objective"],
             "val_accuracy": trial["val_accuracy"], "trial_id": trial["trial_id"], "name": trial["name"]}
+
+
+def control_entry(trial: dict[str, Any]) -> dict[str, Any]:
+    """A Pareto search's pick for the dense control (results.json's ``best["0"]``): sparsity 0, trained with
+    the parameters of ``trial`` (a ``trial_row``), which it names; the control has no search trial of its own,
+    so no objective."""
+    return {"sparsity": CONTROL_SPARSITY, "params": trial["params"], "objective": None, "val_accuracy": None,
+            "trial_id": None, "name": None, "params_from": {k: trial[k] for k in ("trial_id", "name", "sparsity")}}
+
+
+def _sparsity(config: dict[str, Any], last: dict[str, Any]) -> float | None:
+    value = config.get("sparsity", last.get("sparsity"))
+    return None if value is None else float(value)
 
 
 def _finite_or_none(x: Any) -> float | None:
