@@ -1,7 +1,7 @@
 """The report's answer to "how far can it be pruned?" for a frontier search (``search.mode: frontier``).
 
-The frontier was chosen on validation data (``search/frontier.json``), against the baseline's validation
-accuracy; this section then states it on the test set as a non-inferiority claim against the reference (the
+The frontier was chosen on validation data (``search/frontier.json``), against the validation accuracy of
+the reference it records (the equal-budget control, or the baseline in a run without one); this section then states it on the test set as a non-inferiority claim against the reference (the
 equal-budget control where the run has one, else the baseline, named with the epochs each side had): the
 frontier model's accuracy difference on the same test images, with its paired interval, against the margin.
 It claims non-inferiority only when the whole interval lies above minus the margin.
@@ -35,6 +35,13 @@ def frontier_data(run: RunFolder) -> dict[str, Any] | None:
         raise ValueError(f"{run.frontier}: not valid JSON: {e}") from None
 
 
+def judged_against(frontier: dict[str, Any]) -> tuple[str, float]:
+    """The model the probes were judged against on validation, and its val accuracy (a record written before
+    the reference was recorded judged them against the baseline)."""
+    ref = frontier.get("reference") or {"model": "baseline", "val_accuracy": frontier["baseline_val_accuracy"]}
+    return str(ref["model"]), float(ref["val_accuracy"])
+
+
 def _pp(x: float) -> str:
     return f"{100 * x:+.2f}"
 
@@ -45,7 +52,8 @@ def test_claim(data: dict[str, Any], frontier: dict[str, Any]) -> str:
     margin = frontier["rule"]["margin"]
     s = ans.get("sparsity")
     if s is None:
-        return ("No probed sparsity was non-inferior to the baseline on validation data: the search found no "
+        return (f"No probed sparsity was non-inferior to {judged_against(frontier)[0]} on validation data: the "
+                "search found no "
                 "sparsity that can be pruned within the margin.")
     models = data["models"]
     model = next((m for m in pruned_models(models) if abs(m["sparsity"] - s) < 1e-9), None)
@@ -77,22 +85,25 @@ def frontier_section(data: dict[str, Any]) -> Section:
              "difference": p.get("difference"),
              "non_inferior": {True: "yes", False: "no", None: "not decided"}[p.get("non_inferior")]}
             for r in frontier["rounds"] for p in r["probes"]]
-    md = [f"The frontier is the largest sparsity whose fine-tuned model is non-inferior to the baseline on the "
-          f"validation set: val accuracy (best epoch) at least the baseline's {100 * frontier['baseline_val_accuracy']:.2f} % "
+    judge, judge_val = judged_against(frontier)
+    fair = (f"{judge} is the equal-budget control (the same search and fine-tune budget as every probe)"
+            if judge != "baseline" else
+            "the baseline trained fewer epochs than each probe (its own, against its own plus a fine-tune's): "
+            "the search's rule, not a like-for-like verdict")
+    md = [f"The frontier is the largest sparsity whose fine-tuned model is non-inferior to {judge} on the "
+          f"validation set: val accuracy (best epoch) at least {judge}'s {100 * judge_val:.2f} % "
           f"minus {100 * rule['margin']:g} pp. Round 1 probed {', '.join(f'{100 * s:g} %' for s in rule['grid'])}; "
           f"each later round probed {rule['parallel']} sparsit{'y' if rule['parallel'] == 1 else 'ies'} inside the "
           f"bracket of the last non-inferior and the first inferior probe, until it was {100 * rule['resolution']:g} pp "
-          "wide. Every probe had its own Optuna search and fine-tune; the choice read validation data only. "
-          "On validation each probe, trained the baseline's epochs plus its fine-tune's, is held against the "
-          "baseline's own epochs: the search's rule, not a like-for-like verdict; the test-set claim below is "
-          f"against {reference_words(data['models'])}.", ""]
+          f"wide. Every probe had its own Optuna search and fine-tune; the choice read validation data only. {fair}; "
+          f"the test-set claim below is against {reference_words(data['models'])}.", ""]
     if ans:
         md += [f"**{test_claim(data, frontier)}** Stopped because {ans['stopped_because']}.", ""]
     else:
         md += ["The search has not finished: the probes so far are below.", ""]
     md += [markdown(rows, [Column("round", "Round"), Column("sparsity", "Sparsity", lambda s: f"{100 * s:g} %"),
                            Column("val_accuracy", "Val accuracy (best epoch)", pct),
-                           Column("difference", "Difference from the baseline (pp)",
+                           Column("difference", f"Difference from {judge} (pp)",
                                   lambda d: "n/a" if d is None else _pp(d)),
                            Column("non_inferior", "Non-inferior (val)")])]
     return Section("How far can it be pruned? The sparsity frontier", md)
@@ -106,12 +117,13 @@ def frontier_figure(data: dict[str, Any], save: Callable[[Any, str], None]) -> N
         return
     import matplotlib.pyplot as plt
 
-    base, margin = frontier["baseline_val_accuracy"], frontier["rule"]["margin"]
+    judge, base = judged_against(frontier)
+    margin = frontier["rule"]["margin"]
     probes = sorted((p for r in frontier["rounds"] for p in r["probes"] if p.get("val_accuracy") is not None),
                     key=lambda p: p["sparsity"])
     fig, ax = plt.subplots(figsize=(8.5, 4), layout="constrained")
     ax.axhspan(100 * (base - margin), 100 * base, color="tab:green", alpha=0.12, label="within the margin")
-    ax.axhline(100 * base, color="k", lw=1, label="baseline (val)")
+    ax.axhline(100 * base, color="k", lw=1, label=f"{judge} (val)")
     for ok, colour, label in ((True, "tab:green", "non-inferior probe (val)"), (False, "tab:red", "inferior probe (val)")):
         pts = [p for p in probes if p["non_inferior"] is ok]
         if pts:

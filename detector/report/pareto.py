@@ -17,7 +17,8 @@ UNITS = {"nonzero_params": ("non-zero weights (millions)", 1e-6), "model_bytes":
 def _front(data: dict[str, Any]) -> tuple[list[dict[str, Any]], set[str], set[float]]:
     search = data.get("search") or {}
     front_ids = set(search.get("front", []))
-    picks = {float(b["sparsity"]) for b in search.get("best", {}).values()}
+    # the front's picks; the dense control (best["0"]) is fine-tuned beside them, not picked from the front
+    picks = {float(b["sparsity"]) for b in search.get("best", {}).values() if float(b["sparsity"]) > 0}
     trials = [t for t in data["trials"] if t.get("objectives") and t["status"] == "completed"]
     return trials, front_ids, picks
 

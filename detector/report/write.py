@@ -201,7 +201,8 @@ def table4(data: dict[str, Any]) -> Table:
                      "trial_id": b.get("trial_id"), "tied_with": " ".join(tied) or None, "trials": len(mine)})
     param_columns = [Column(k, f"Best {k}", _param) for k in params]
     return Table("table4_best_params.csv", rows, [
-        Column("sparsity", "Sparsity", lambda s: f"{100 * s:.0f}%"), *param_columns,
+        Column("sparsity", "Sparsity", lambda s: f"{100 * s:.0f}%" if s else "0% (dense-ft, the control)"),
+        *param_columns,
         Column("objective", _objective_title(metric, (data["run"].get("search") or {}).get("objective", "last")),
                pct if "accuracy" in metric else fixed(4)),
         Column("trial_id", "Trial"), Column("tied_with", "Tied with (same objective)", lambda v: v or "none"),
