@@ -84,11 +84,13 @@ def add_statistics(models: list[dict[str, Any]], *, resamples: int, primary: str
             m[f"robustness_{key}"] = {p: x["vs_reference"] for p, x in mine.items() if "vs_reference" in x} or None
             if ref is not None and "unpaired" in (m[key] or {}):
                 notes.append(f"{name}: not compared with {ref['name']}: {m[key]['unpaired']}")
+    videos = any(iv.get("unit") == "video" for m in models for iv in (m.get("intervals") or {}).values())
     return {
         "confidence": CONFIDENCE,
-        "interval_method": "percentile bootstrap over the videos and images of each data set (a video's frames "
-                           "drawn together)",
-        "resampling_unit": "videos (Celeb-DF frames grouped by video), images otherwise",
+        "interval_method": ("percentile bootstrap over the videos and images of each data set (a video's frames "
+                            "drawn together)" if videos else "percentile bootstrap over the images of each data set"),
+        "resampling_unit": ("videos (Celeb-DF frames grouped by video), images otherwise" if videos else
+                            "images (no data set holds frames of a video)"),
         "bootstrap_resamples": resamples,
         "seed": SEED,
         "paired_test": f"McNemar {MCNEMAR_METHOD}; on a set with frames of a video, the {CLUSTERED_MCNEMAR_METHOD}",
