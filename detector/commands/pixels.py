@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.data.pixels import MANIFEST, derive_pixels
-from detector.system import usable_cpus
+from detector.data.pixels import MANIFEST, ROWS_PER_WORKER, derive_pixels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="a dataset written by `detector prepare` (folder or URI)")
     parser.add_argument("--out", required=True, type=Path, help="the pixel dataset's folder")
     parser.add_argument("--size", type=int, default=224, help="image size the loader will ask for (default 224)")
-    parser.add_argument("--workers", type=int, default=usable_cpus(),
-                        help="processes, one shard each (default: the CPUs this process may use)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes, one shard each (default: the CPUs this process may use, one per "
+                             f"{ROWS_PER_WORKER} images)")
 
 
 def main(args: argparse.Namespace) -> int:
