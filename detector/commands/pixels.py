@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detector.data.pixels import MANIFEST, ROWS_PER_WORKER, derive_pixels
+from detector.data.pixels import MANIFEST, derive_pixels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="the pixel dataset's folder")
     parser.add_argument("--size", type=int, default=224, help="image size the loader will ask for (default 224)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="processes, one shard each (default: the CPUs this process may use, one per "
-                             f"{ROWS_PER_WORKER} images)")
+                        help="processes, one shard each (default: the CPUs this process may use, fewer for a "
+                             "small dataset)")
 
 
 def main(args: argparse.Namespace) -> int:
