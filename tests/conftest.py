@@ -12,11 +12,26 @@ from PIL import Image
 
 from detector.data.sources import CELEBDF_TEST_LIST, FACES140K_IMAGES, SYNTHBUSTER_GENERATORS
 
+# One thread per process, set before any test module imports torch (and inherited by the CLIs, Ray workers
+# and ranks the tests start). The tensors here are tiny, so a second thread gains nothing; on 2 cores shared
+# by two pytest workers and the processes they start, a torch op's threads wait at every barrier for a
+# sibling that is not scheduled: tests/test_train.py::test_a_tiny_run_learns took 3-4 s with one thread and
+# 3-39 s with two (2026-12-07, the 2-core VM under load). bench/gpu_check.py --tiny does the same.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 # The optional real-photo sample (176 JPEGs, 1024 px; not in the repo): its location is this one setting,
 # a path relative to the repository root unless absolute.
 REALORFAKE_ENV = "DETECTOR_REALORFAKE_SAMPLES"
 REALORFAKE_DEFAULT = "../shared/samples/realorfake"
+
+
+def pytest_configure(config):
+    # pytest-xdist's --dist loadfile hands out the modules with the most tests first (--loadscope-reorder, on
+    # by default since xdist 3.6), which undoes the order below: the slow modules, a few tests each, started
+    # last, and the run ended with them.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -15,7 +15,10 @@ from detector.job.experiment import ExperimentConfig
 from detector.model import build_model
 from detector.job.runfolder import BASELINE, RunFolder
 
-# The paper's workflow in miniature: 4 sparsities x 2 trials, resnet18 at 32 px, a few dozen images.
+# The paper's workflow in miniature: 4 sparsities x 2 trials, resnet18 at 32 px, a few dozen images. Two
+# trials at a time on the 2 CPUs: each trial process first imports torch, torchvision and Ray (~5 s of CPU),
+# and four at a time made the same pipeline run cost a third more CPU (116-123 s against 84-92 s,
+# measured 2026-12-07 on the 2-core VM).
 TINY: dict[str, Any] = {
     "name": "tiny",
     "train": {"arch": "resnet18", "image_size": 32, "batch_size": 16, "max_epochs": 2, "patience": 2,
@@ -23,7 +26,7 @@ TINY: dict[str, Any] = {
     "search_train": {"max_epochs": 1, "patience": None},  # a trial's epochs are its budget
     "search": {"trials_per_sparsity": 2, "lr_min": 1e-5, "lr_max": 1e-3, "tpe_startup_trials": 1},
     "finetune": {"max_epochs": 1},
-    "resources": {"cpus_per_trial": 0.5, "gpus_per_trial": 0, "local_num_cpus": 2, "max_failures": 1},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "local_num_cpus": 2, "max_failures": 1},
     "evaluate": {"batch_size": 32, "latency_repeats": 2, "throughput_batch": 4, "bootstrap": 10},
 }
 

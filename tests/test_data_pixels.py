@@ -88,6 +88,19 @@ def test_an_interrupted_derivation_is_finished_by_running_it_again(demo_shards, 
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_small_dataset_is_converted_without_a_pool(demo_shards, pixels16, tmp_path, monkeypatch):
+    """Each pool worker takes seconds to start (it imports torch): by default, one per ROWS_PER_WORKER images."""
+    import detector.data.pixels as pixels
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool for 75 images")
+
+    monkeypatch.setattr(pixels, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(pixels, "usable_cpus", lambda: 4)
+    manifest = derive_pixels(str(demo_shards), tmp_path / "px", size=16, progress=False)
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in read_manifest(str(pixels16))["shards"]]
+
+
 def test_the_source_can_be_a_uri(demo_shards, pixels16, tmp_path):
     manifest = derive_pixels(demo_shards.as_uri(), tmp_path / "px", size=16, workers=1, progress=False)
     assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in read_manifest(str(pixels16))["shards"]]

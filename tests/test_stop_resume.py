@@ -110,9 +110,12 @@ def result_rows(run_dir: Path, stage: str) -> dict[str, list[dict]]:
 def config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stop")
     data = make_tiny_data(root / "shards")
-    # with the dense control (the default): its search, fine-tune and evaluation stop and resume as the others'
-    exp = tiny_experiment(data, train={"max_epochs": 3, "patience": 3}, search_train={"max_epochs": 2},
-                          finetune={"max_epochs": 2},
+    # With the dense control (the default): its search, fine-tune and evaluation stop and resume as the
+    # others'. A stop comes a second or more after wait_for saw a trial's first epoch (the status file, the poll, the
+    # signal), and an epoch here takes about one: the baseline and the fine-tunes keep several epochs
+    # left by then, so none of them can finish (and write its model) before the stop lands.
+    exp = tiny_experiment(data, train={"max_epochs": 6, "patience": None}, search_train={"max_epochs": 2},
+                          finetune={"max_epochs": 5},
                           search={"sparsities": [0.2, 0.4], "trials_per_sparsity": 2})
     path = root / "tiny.yaml"
     save_yaml(exp, path)

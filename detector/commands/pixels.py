@@ -12,15 +12,15 @@ import argparse
 from pathlib import Path
 
 from detector.data.pixels import MANIFEST, derive_pixels
-from detector.system import usable_cpus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="a dataset written by `detector prepare` (folder or URI)")
     parser.add_argument("--out", required=True, type=Path, help="the pixel dataset's folder")
     parser.add_argument("--size", type=int, default=224, help="image size the loader will ask for (default 224)")
-    parser.add_argument("--workers", type=int, default=usable_cpus(),
-                        help="processes, one shard each (default: the CPUs this process may use)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes, one shard each (default: the CPUs this process may use, fewer for a "
+                             "small dataset)")
 
 
 def main(args: argparse.Namespace) -> int:
