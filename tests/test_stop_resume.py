@@ -73,8 +73,9 @@ def ray_processes(marker: str) -> list[int]:
     return pids
 
 
-def wait_for(run_dir: Path, driver: Driver, stage: str, *, timeout: float = 240) -> dict:
-    """Until the run is in ``stage``, and for a Tune stage until one of its trials has trained an epoch."""
+def wait_for(run_dir: Path, driver: Driver, stage: str, *, timeout: float = 240, done: int = 0) -> dict:
+    """Until the run is in ``stage``, and for a Tune stage until one of its trials has trained an epoch (and
+    ``done`` of its trials have finished)."""
     deadline = time.monotonic() + timeout
     while True:
         assert driver.proc.poll() is None, f"the driver ended early:\n{driver.output()[-3000:]}"
@@ -82,8 +83,9 @@ def wait_for(run_dir: Path, driver: Driver, stage: str, *, timeout: float = 240)
         status = read_status(RunFolder(run_dir))
         if status.get("stage") == stage and status["stages"].get(stage) == "running":
             trials = status["trial_stages"].get(stage, {}).get("trials", [])
-            if stage not in ("baseline", "search", "finetune") or any(t["epochs"] >= 1 and t["state"] == "running"
-                                                                      for t in trials):
+            trained = stage not in ("baseline", "search", "finetune") or any(
+                t["epochs"] >= 1 and t["state"] == "running" for t in trials)
+            if trained and sum(t["state"] == "done" for t in trials) >= done:
                 return status
         time.sleep(0.3)
 
@@ -135,9 +137,10 @@ def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
     assert not RunFolder(run_dir).model(BASELINE).exists()
     assert "--resume" in first.output()
 
-    # SIGTERM during the search (as `kill` or `ray job stop` send it, to the driver alone).
+    # SIGTERM during the search (as `kill` or `ray job stop` send it, to the driver alone), once a trial has
+    # finished and another is training (most of the 6 are still to come).
     second = Driver(resume, tmp_path / "2.log")
-    wait_for(run_dir, second, "search")
+    wait_for(run_dir, second, "search", done=1)
     second.proc.send_signal(signal.SIGTERM)
     assert_stopped(run_dir, "search", second.wait(), signal.SIGTERM)
     assert RunFolder(run_dir).model(BASELINE).exists()
@@ -145,6 +148,7 @@ def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
     searched = read_status(RunFolder(run_dir))["trial_stages"]["search"]["trials"]
     done_before = {t["trial_id"] for t in searched if t["state"] == "done"}
     rows_before = {k: v for k, v in result_rows(run_dir, "search").items() if k in done_before}
+    assert done_before and len(rows_before) == len(done_before)
 
     # Two Ctrl-Cs during the fine-tunes: the second one stops at once.
     third = Driver(resume, tmp_path / "3.log")
