@@ -39,8 +39,14 @@ def check_stages(stages: Sequence[str]) -> None:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
 
 
-def _at_once(exp: ExperimentConfig) -> str:
+def _at_once(exp: ExperimentConfig, res: TrialResources, local_cpus: int | None) -> str:
+    """How many of a stage's trials run at once: on an embedded local Ray (``local_cpus``), as many CPU-only
+    trials as its CPUs hold; on a cluster, as many as it fits then (known only there)."""
     cap = exp.resources.max_concurrent_trials
+    if local_cpus and res.gpus_per_trial == 0:
+        fits = max(1, int(local_cpus // (res.cpus_per_trial * res.workers_per_trial)))
+        n = min(fits, cap) if cap else fits
+        return f"{n} at once on the {local_cpus} local CPUs"
     return f"at most {cap} at once" if cap else "as many at once as the cluster fits"
 
 
@@ -49,9 +55,10 @@ def _picks_unknown(exp: ExperimentConfig, run: RunFolder) -> bool:
     return exp.search.mode != "grid" and not run.search_results.exists()
 
 
-def _search_plan(exp: ExperimentConfig, pending: list[float]) -> StagePlan:
+def _search_plan(exp: ExperimentConfig, pending: list[float], local_cpus: int | None) -> StagePlan:
     s, epochs = exp.search, exp.stage_train("search_train").max_epochs
-    res, at_once = exp.resources.stage("search"), _at_once(exp)
+    res = exp.resources.stage("search")
+    at_once = _at_once(exp, res, local_cpus)
     control = " and the dense control (0 %)" if s.control else ""
     asha = f"; ASHA may stop trials after {s.asha.grace_period} epoch(s)" if s.scheduler == "asha" else ""
     if s.mode == "pareto":
@@ -66,11 +73,11 @@ def _search_plan(exp: ExperimentConfig, pending: list[float]) -> StagePlan:
             f"{s.trials_per_sparsity} trials x {epochs} epochs{asha}")
     if s.mode == "frontier":
         work = (f"frontier round 1: {work}; then rounds of {s.frontier.parallel} probe(s) each until the "
-                f"bracket is {s.frontier.resolution:g} wide (as many as the results need: counted here: round 1)")
+                f"bracket is {s.frontier.resolution:g} wide, as many as the results need (counted below: round 1)")
     return StagePlan("search", "run" if pending else "reuse", work, trials, trials * epochs, res, at_once)
 
 
-def _finetune_plan(exp: ExperimentConfig, run: RunFolder, pending: list[float]) -> StagePlan:
+def _finetune_plan(exp: ExperimentConfig, run: RunFolder, pending: list[float], local_cpus: int | None) -> StagePlan:
     epochs = exp.stage_train("finetune").max_epochs
     res = exp.resources.stage("finetune")
     models = planned_models(exp, run)
@@ -78,17 +85,32 @@ def _finetune_plan(exp: ExperimentConfig, run: RunFolder, pending: list[float]) 
         return StagePlan("finetune", "within", f"each probe of the frontier is fine-tuned inside the search "
                          f"stage, with its search's best parameters, up to {epochs} epochs")
     if _picks_unknown(exp, run):
-        return StagePlan("finetune", "run", f"the {exp.search.pareto.models} models of the Pareto front, each with "
-                         f"its trial's parameters, up to {epochs} epochs", None, None, res, _at_once(exp))
+        control = " and the dense control" if exp.search.control else ""
+        return StagePlan("finetune", "run", f"the {exp.search.pareto.models} models of the Pareto front{control}, "
+                         f"each with its trial's parameters, up to {epochs} epochs", None, None, res,
+                         _at_once(exp, res, local_cpus))
     names = ", ".join(model_name(s) for s in models)
     return StagePlan("finetune", "run" if pending else "reuse",
                      f"one fine-tune per model ({names}) with its search's best parameters, up to {epochs} epochs "
-                     "(early stopping)", len(models), len(models) * epochs, res, _at_once(exp))
+                     "(early stopping)", len(models), len(models) * epochs, res,
+                     _at_once(exp, res, local_cpus))
 
 
-def plan(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> list[StagePlan]:
+def _evaluate_plan(exp: ExperimentConfig, run: RunFolder, pending: list[str]) -> StagePlan:
+    unknown = _picks_unknown(exp, run)
+    evaluated = [BASELINE, *(model_name(s) for s in planned_models(exp, run))]
+    return StagePlan("evaluate", "run" if pending or unknown else "reuse",
+                     f"score every model on every test set ({', '.join(evaluated)}"
+                     + (", and the models the search picks" if unknown else "") + ")",
+                     None if unknown else len(evaluated), None, exp.resources.stage("evaluate"),
+                     f"{exp.evaluate.concurrent_trials} at once (evaluate.concurrent_trials)")
+
+
+def plan(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str], *, local_cpus: int | None = None
+         ) -> list[StagePlan]:
     """The plan of ``stages`` of ``exp`` in ``run_dir`` (which need not exist yet), every stage listed in
-    order. Raises ``ConfigError`` where the run itself would: an unknown stage, a folder of another config."""
+    order; ``local_cpus``: the CPUs of an embedded local Ray (None: a cluster). Raises ``ConfigError`` where
+    the run itself would: an unknown stage, a folder of another config."""
     check_stages(stages)
     run = RunFolder(Path(run_dir))
     check_run_config(exp, run)
@@ -96,7 +118,6 @@ def plan(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> list[St
     data = run.resolve(exp.data.path)
     imported = (Path(data) / "manifest.json").exists()
     base_epochs = exp.stage_train("baseline").max_epochs
-    evaluated = [BASELINE, *(model_name(s) for s in planned_models(exp, run))]
     plans = {
         "prepare": StagePlan("prepare", "reuse" if imported else "run",
                              f"{'use' if imported else 'import'} the data in {data}"
@@ -104,13 +125,9 @@ def plan(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) -> list[St
         "baseline": StagePlan("baseline", "run" if todo["baseline"] else "reuse",
                               f"train {exp.train.arch} from scratch, up to {base_epochs} epochs (early stopping)",
                               1, base_epochs, exp.resources.stage("baseline"), "one trial"),
-        "search": _search_plan(exp, todo["search"]),
-        "finetune": _finetune_plan(exp, run, todo["finetune"]),
-        "evaluate": StagePlan("evaluate", "run" if todo["evaluate"] or _picks_unknown(exp, run) else "reuse",
-                              f"score every model on every test set ({', '.join(evaluated)}"
-                              + (", and the models the search picks" if exp.search.mode != "grid" else "") + ")",
-                              len(evaluated), None, exp.resources.stage("evaluate"),
-                              f"{exp.evaluate.concurrent_trials} at once (evaluate.concurrent_trials)"),
+        "search": _search_plan(exp, todo["search"], local_cpus),
+        "finetune": _finetune_plan(exp, run, todo["finetune"], local_cpus),
+        "evaluate": _evaluate_plan(exp, run, todo["evaluate"]),
         "report": StagePlan("report", "run", f"(re)write {run.report / 'report.md'} from the run folder"),
     }
     return [p if p.stage in stages else StagePlan(p.stage, "skip", "not among --stages") for p in plans.values()]
@@ -125,12 +142,14 @@ def _resources_words(r: TrialResources) -> str:
 
 def format_plan(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str], *, address: str | None) -> str:
     """The plan as ``detector run --dry-run`` prints it."""
-    steps = plan(exp, run_dir, stages)
-    run = RunFolder(Path(run_dir))
+    from detector.system import usable_cpus
+
     address = address or os.environ.get("RAY_ADDRESS")  # as the run connects
+    local_cpus = None if address else exp.resources.local_num_cpus or usable_cpus()
+    steps = plan(exp, run_dir, stages, local_cpus=local_cpus)
+    run = RunFolder(Path(run_dir))
     where = (f"the Ray cluster at {address}" if address else
-             f"an embedded local Ray with {exp.resources.local_num_cpus or 'all the'} CPUs "
-             "(resources.local_num_cpus)")
+             f"an embedded local Ray with {local_cpus} CPUs (resources.local_num_cpus)")
     lines = [f"plan of {exp.name} in {run.root} ({'exists' if run.root.exists() else 'new'}) on {where}:"]
     for p in steps:
         lines.append(f"  {p.stage:<9} {p.action:<6} {p.work}")
@@ -144,6 +163,6 @@ def format_plan(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str], *, 
         total = sum(p.trial_epochs for p in running)  # type: ignore[misc]
         lines.append(f"  in all: at most {total} trial-epochs in {', '.join(p.stage for p in running)}")
     lines.append(f"models: {', '.join([BASELINE, *(model_name(s) for s in planned_models(exp, run))])}"
-                 + ("" if exp.search.mode == "grid" else ", then those the search picks"))
+                 + (", then those the search picks" if _picks_unknown(exp, run) else ""))
     lines.append("nothing was started (--dry-run)")
     return "\n".join(lines)
