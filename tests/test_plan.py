@@ -100,3 +100,15 @@ def test_nothing_is_started(command, tmp_path):
     assert out.stdout.splitlines()[-1] == "0 False"
     assert "nothing was started (--dry-run)" in out.stdout
     assert not (tmp_path / "r").exists()  # no run folder, no samples
+
+
+def test_what_a_frontier_or_pareto_search_decides_is_not_counted_before_it_runs(tmp_path):
+    stages = ["baseline", "search", "finetune", "evaluate"]
+    frontier = by_stage(plan(load_experiment(PAPER, ["search.mode=frontier"]), tmp_path / "f", stages))
+    assert frontier["search"].trials == 25 and "frontier round 1" in frontier["search"].work
+    assert frontier["finetune"].action == "within"  # each probe is fine-tuned inside the search
+    assert frontier["evaluate"].trials is None
+    pareto = by_stage(plan(load_experiment(PAPER, ["search.mode=pareto"]), tmp_path / "p", stages))
+    assert (pareto["search"].trials, pareto["search"].trial_epochs) == (20, 200)  # pareto.trials x 10 epochs
+    assert pareto["finetune"].trials is None and "3 models of the Pareto front and the dense control" in \
+        pareto["finetune"].work
