@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 import textwrap
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -82,7 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_text() -> str:
+    """``detector 0.1.0 (torch 2.x, ray 2.x)``: the installed distributions' versions, read from their
+    metadata so that ``--version`` stays as fast as ``--help`` (neither torch nor Ray is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"detector {installed('detector')} (torch {installed('torch')}, ray {installed('ray')})"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``detector`` command; its exit status. A reader that stops reading early (``detector status RUN |
+    head``) ends it quietly with status 141, as a shell reports a process ended by SIGPIPE."""
+    try:
+        status = run_command(argv)
+        sys.stdout.flush()  # a closed pipe shows here, where it can be caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # Python's recipe (docs of the signal module, "Note on SIGPIPE"): point stdout at devnull so that the
+        # interpreter's own flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def run_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -370,7 +370,9 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, cfg: Tra
                  "image_size": cfg.image_size, "config": to_dict(cfg)}
     set_epoch = getattr(getattr(train_loader, "dataset", None), "set_epoch", None)
     on_step = (lambda: schedule.after_step(model)) if schedule is not None else None
-    with TensorBoardLog(tb_dir if primary else None) as tensorboard:
+    # a resumed fit may find epochs past its checkpoint in the run (written before that checkpoint was saved)
+    with TensorBoardLog(tb_dir if primary else None,
+                        purge_step=progress.next_epoch if resume is not None else None) as tensorboard:
         for epoch in range(progress.next_epoch, cfg.max_epochs + 1):
             if progress.stopped:
                 break

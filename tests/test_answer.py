@@ -257,3 +257,17 @@ def test_the_answer_figure_and_the_others_are_written(report):
     run, _, _ = report
     for name in ("answer", "robustness", "roc_curves", "confusion_matrices", "accuracy_vs_sparsity"):
         assert (run / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_the_model_to_use_is_the_largest_non_inferior_sparsity_else_the_reference(report, tmp_path):
+    from detector.report.answer import model_to_use
+
+    _, md, data = report
+    assert model_to_use(data) == "prune-20"
+    assert ("The model to use: prune-20, `RUN/models/prune-20.pt`; `detector predict --checkpoint "
+            "RUN/models/prune-20.pt IMAGES`") in section(md, "The answer: how far can it be pruned?")
+    inferior = {**data, "models": [m for m in data["models"] if m["name"] not in ("prune-10", "prune-20")]}
+    assert model_to_use(inferior) == "dense-ft"  # no pruned model non-inferior: the equal-budget control
+    alone = {**data, "models": [m for m in data["models"] if m["name"] == "baseline"]}
+    assert model_to_use(alone) == "baseline"
+    assert model_to_use({**data, "models": []}) is None

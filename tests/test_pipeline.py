@@ -121,7 +121,7 @@ def test_tensorboard_has_a_run_per_trial_and_fine_tune_named_by_what_it_is(finis
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
         # at most five: TensorBoard ticks five by default, and sparsity must be among them
         assert [h.name for h in experiment.hparam_infos] == ["sparsity", "optimizer", "lr", "method", "batch_size"]
-        assert [m.name.tag for m in experiment.metric_infos][:2] == ["hparam/val_accuracy", "hparam/best_val_accuracy"]
+        assert [m.name.tag for m in experiment.metric_infos][:2] == ["val/accuracy", "val/best_accuracy"]
 
 
 def test_the_dense_control_has_the_search_fine_tune_and_evaluation_of_every_sparsity(finished_run):

@@ -29,6 +29,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_required: bool) -> N
                         "embedded local Ray)")
     p.add_argument("--trust-run-folder", action="store_true",
                    help="resume Tune's saved state even where others could have written it (it is unpickled)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and print the plan (stages, models, trials, trial-epochs, resources); "
+                        "start nothing")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,11 +57,12 @@ def main(args: argparse.Namespace) -> int:
     else:
         config = args.config
     return execute(config, args.overrides, out=args.out, stages=args.stages, address=args.address,
-                   trust_run_folder=args.trust_run_folder, saved=args.resume and args.config is None)
+                   trust_run_folder=args.trust_run_folder, saved=args.resume and args.config is None,
+                   dry_run=args.dry_run)
 
 
 def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str | None,
-            address: str | None, trust_run_folder: bool = False, saved: bool = False) -> int:
+            address: str | None, trust_run_folder: bool = False, saved: bool = False, dry_run: bool = False) -> int:
     """``saved``: ``config`` is a run folder's own (``--resume`` without ``--config``), written perhaps by an
     earlier version: a key it lacks means what it meant then (``load_saved_experiment``)."""
     from detector.commands._common import fail
@@ -69,6 +73,11 @@ def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str
     exp = (load_saved_experiment if saved else load_experiment)(config, overrides)
     out = out or Path("runs") / exp.name
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else list(STAGES)
+    if dry_run:
+        from detector.job.plan import format_plan
+
+        print(format_plan(exp, out, chosen, address=address))
+        return 0
     try:
         result = run(exp, out, address=address, stages=chosen, trust_run_folder=trust_run_folder)
     except StageIncomplete as e:
@@ -82,4 +91,8 @@ def execute(config: Path, overrides: list[str], *, out: Path | None, stages: str
         print(f"Ray dashboard (while the run was live): {result['dashboard']} "
               "(sign in with the token `ray get-auth-token` prints)")
     print(f"trials:       detector status {result['run_dir']}")
+    from detector.commands.predict import try_command
+
+    if try_it := try_command(Path(result["run_dir"])):
+        print(f"try it:       {try_it}")
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -146,3 +147,19 @@ def demo_png(*, split: str, index: int, seed: int = 0, image_size: int = DEMO_IM
     buf = io.BytesIO()
     Image.fromarray(arr, mode="RGB").save(buf, format="PNG", compress_level=6)
     return buf.getvalue(), label, generator
+
+
+def write_demo_samples(folder: Path, *, count: int = 8, seed: int = 0,
+                       image_size: int = DEMO_IMAGE_SIZE) -> list[Path]:
+    """The first ``count`` images of the demo's test split (never trained on) as PNG files in ``folder``,
+    their labels in their names: ``real-0.png``, ``fake-1-bilinear.png`` (the generator that made it), ...
+    Something to try ``detector predict`` on, whose answers can be checked by eye. Returns the files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index in range(count):
+        png, label, generator = demo_png(split="test", index=index, seed=seed, image_size=image_size)
+        name = f"real-{index}" if label == REAL else f"fake-{index}-{generator}"
+        path = folder / f"{name}.png"
+        path.write_bytes(png)
+        files.append(path)
+    return files

@@ -27,8 +27,9 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 # ~16 MP) and stops a crafted file from expanding to gigabytes of RAM in a worker.
 MAX_PIXELS = 64_000_000
 
-# Pillow itself warns above Image.MAX_IMAGE_PIXELS (89 MP) and refuses above twice that; we silence the
-# warning and apply our own limit with a clearer message. Pillow's refusal still caps --max-pixels.
+# Pillow itself warns above Image.MAX_IMAGE_PIXELS (89 MP) and refuses above twice that, before our own check
+# runs; we silence the warning and apply our own limit with a clearer message. Pillow's refusal caps any limit.
+PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 _WHITE = (255, 255, 255)
 
@@ -122,7 +123,7 @@ def open_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS, cou
                 raise ImageDecodeError(
                     name,
                     f"decompression bomb: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-                    f"{max_pixels:,} (raise --max-pixels if the file is genuine)",
+                    f"{max_pixels:,} (raise it with --max-pixels if the file is genuine)",
                 )
             fmt = img.format or "unknown"
             mode = img.mode
@@ -141,8 +142,11 @@ def open_image(data: bytes, *, name: str = "", max_pixels: int = MAX_PIXELS, cou
         reason = (f"corrupt {kind}: it starts like one but its header cannot be read" if kind
                   else "not an image (format not recognised)")
         raise ImageDecodeError(name, reason) from None
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(name, f"decompression bomb: more than {max_pixels:,} pixels ({e})") from None
+    except Image.DecompressionBombError:
+        # Pillow's refusal, above PILLOW_MAX_PIXELS: no --max-pixels admits the file, so no hint to raise it,
+        # and Pillow's own message (which quotes a second, different limit) is left out
+        raise ImageDecodeError(name, f"decompression bomb: more than {PILLOW_MAX_PIXELS:,} pixels, more than any "
+                                     "--max-pixels admits") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
             struct.error, MemoryError, ZeroDivisionError) as e:
         # Pillow reports damage through many exception types depending on the codec and where it broke.

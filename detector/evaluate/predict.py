@@ -7,7 +7,6 @@ with an ``error`` instead of stopping the run.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -16,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from detector.data.images import MAX_PIXELS
 from detector.device import autocast
 
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -61,11 +60,12 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, files: list[Path], image_size: int) -> None:
+    def __init__(self, files: list[Path], image_size: int, max_pixels: int) -> None:
         from detector.data.transforms import ClassificationPresetEval
 
         self.files = files
         self.transform = ClassificationPresetEval(image_size=image_size)
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -76,7 +76,7 @@ class _ImageFiles(Dataset):
 
         path = self.files[i]
         try:
-            image = decode_image(path.read_bytes(), name=str(path))
+            image = decode_image(path.read_bytes(), name=str(path), max_pixels=self.max_pixels)
         except (OSError, ValueError) as e:  # missing, unreadable, not an image, corrupt
             return i, None, str(e) if str(path) in str(e) else f"{path}: {e}"
         return i, self.transform(image), image.size
@@ -100,12 +100,15 @@ def predict_images(
     precision: str = "fp32",
     threshold: float = 0.5,
     num_workers: int = 0,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[Prediction]:
-    """One ``Prediction`` per file (folders expanded by ``find_images``), in input order."""
+    """One ``Prediction`` per file (folders expanded by ``find_images``), in input order. A file that cannot be
+    read (missing, not an image, more than ``max_pixels`` pixels) is a row with its ``error``, reported by the
+    caller, once."""
     device = torch.device(device)
     files = find_images(paths)
     model.eval().to(device)
-    loader = DataLoader(_ImageFiles(files, image_size), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(_ImageFiles(files, image_size, max_pixels), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda")
     for scored, images, errors in loader:
         rows: dict[int, Prediction] = {i: Prediction(str(files[i]), None, None, e) for i, e in errors}
@@ -115,6 +118,4 @@ def predict_images(
             for (i, size), p in zip(scored, torch.sigmoid(logits.float()).cpu().tolist()):
                 rows[i] = Prediction(str(files[i]), p, "real" if p >= threshold else "fake", size=tuple(size))
         for i in sorted(rows):
-            if rows[i].error:
-                log.warning("unreadable: %s", rows[i].error)
             yield rows[i]

@@ -14,6 +14,7 @@
     RUN/tensorboard/...                   one TensorBoard run per trial and fine-tune
     RUN/tune/<stage>/                     Ray Tune's experiments (or <storage>/<run name>/<stage>/)
     RUN/report/                           report.md, report.json, CSV tables, figures
+    RUN/samples/                          a few test images to try `detector predict` on (the demo's)
 
 Stages, the Ray module, ``detector status`` and the report all ask here; nothing else joins these names.
 """
@@ -172,6 +173,11 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def samples(self) -> Path:
+        """Image files to try ``detector predict`` on, their labels in their names (the demo writes them)."""
+        return self.root / "samples"
 
     # -- TensorBoard -----------------------------------------------------------------------------------
     @property

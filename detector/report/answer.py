@@ -278,6 +278,16 @@ def _sample_size_lines(rows: list[dict[str, Any]], margin: float) -> list[str]:
     return [" ".join(lines), ""] if lines else []
 
 
+def model_to_use(data: dict[str, Any]) -> str | None:
+    """The model a run recommends (``data``: ``report.json``): the largest sparsity non-inferior to the
+    reference, else the equal-budget control (dense-ft), else the baseline; None when no model was evaluated."""
+    ok = [r for r in answer_rows(data) if r["verdict"] == "non-inferior"] if has_answer(data) else []
+    if ok:
+        return max(ok, key=lambda r: r["sparsity"])["model"]
+    fallback = reference(data["models"])  # the control where the run has one, else the baseline
+    return fallback["name"] if fallback else None
+
+
 def has_answer(data: dict[str, Any]) -> bool:
     """Whether the run has something to answer with: a pruned model and a reference, both evaluated."""
     return bool(pruned_models(data["models"])) and reference(data["models"]) is not None
@@ -300,6 +310,9 @@ def answer_section(data: dict[str, Any]) -> Section:
     if note:
         md += [f"**Against the baseline, not an equal-budget control.** {note}", ""]
     md += [markdown(rows, _columns(ref["name"])), _answer_sentence(rows, data), ""]
+    use = model_to_use(data)
+    md += [f"The model to use: {use}, `RUN/models/{use}.pt`; `detector predict --checkpoint RUN/models/{use}.pt "
+           "IMAGES` scores image files with it (the demo leaves a few in `RUN/samples/`).", ""]
     md += _sample_size_lines(rows, margin)
     md += [f"![answer]({FIGURE})", ""]
     return Section("The answer: how far can it be pruned?", md, [Table("answer.csv", rows, ANSWER_CSV)])
