@@ -116,3 +116,47 @@ def test_garbage_in_a_state_file_is_named(tmp_path):
         assert again.returncode == 2
         line = error_line(again.stderr)
         assert str(folder.config) in line and "not valid YAML at line 2" in line, line
+
+
+def test_a_search_whose_journal_lost_its_last_trials_to_a_repair_goes_on(tmp_path):
+    """The searcher's state was saved after records that a cut journal lost: the trials Tune was told of but
+    whose Optuna trials are gone are finished without telling their study, and those whose results were lost
+    are failed in it; the search goes on to its end."""
+    import optuna
+    from ray import tune
+
+    from detector.job.repair import check_journal, repair_journal
+    from detector.job.tune import SparsitySearcher
+
+    journal, saved = tmp_path / "optuna.journal", str(tmp_path / "searcher-state.json")
+
+    def searcher() -> SparsitySearcher:
+        return SparsitySearcher([0.1, 0.2], trials_per_sparsity=2, space={"lr": tune.loguniform(1e-6, 1e-4)},
+                                metric="val_accuracy", seed=0, tpe_startup_trials=1, storage=str(journal))
+
+    s = searcher()
+    for i in range(3):
+        s.suggest(f"t{i}")
+    s.on_trial_complete("t0", {"val_accuracy": 0.6, "training_iteration": 1})
+    s.save(saved)
+    # cut in the middle of the record that made t2's Optuna trial: t0's result went with it
+    records = journal.read_bytes().splitlines(keepends=True)
+    last_made = max(i for i, r in enumerate(records) if b'"op_code":4' in r)
+    journal.write_bytes(b"".join(records[:last_made]) + records[last_made][:20])
+    with pytest.raises(ValueError, match="detector repair"):
+        check_journal(journal)
+    assert repair_journal(journal).kept == last_made
+
+    resumed = searcher()
+    resumed.restore(saved)
+    resumed.on_trial_complete("t2", {"val_accuracy": 0.7, "training_iteration": 1})  # no Optuna trial: not told
+    resumed.on_trial_complete("t1", {"val_accuracy": 0.5, "training_iteration": 1})
+    resumed.suggest("t3")
+    resumed.on_trial_complete("t3", {"val_accuracy": 0.8, "training_iteration": 1})
+    assert resumed.suggest("t4") == SparsitySearcher.FINISHED
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    states = {st.study_name: sorted(t.state.name for t in optuna.load_study(study_name=st.study_name,
+                                                                            storage=storage).trials)
+              for st in optuna.get_all_study_summaries(storage)}
+    # t0 and t2 were 0.1's (round robin): t0's result lost, t2's trial lost; 0.2's t1 and t3 told as usual
+    assert states == {"sparsity-0.1": ["FAIL"], "sparsity-0.2": ["COMPLETE", "COMPLETE"]}

@@ -17,8 +17,6 @@ from detector.job.runfolder import RunFolder
 from driver_helpers import resume_search, stop_during_search, tree_digest
 from pipeline_helpers import make_tiny_data, tiny_experiment, write_untrained_baseline
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
 SPARSITIES = [0.2, 0.4]
 TRIALS = 3  # per sparsity: two trials wait at a time on 2 CPUs, so the last ones are made after the resume
 EPOCHS = 2  # per trial: a trial stopped after its first epoch has an epoch left to run
@@ -44,6 +42,8 @@ def assert_finished_once(run_dir: Path) -> None:
     assert studies(journal) == {f"sparsity-{s:g}": ["COMPLETE"] * TRIALS for s in SPARSITIES}
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_copied_and_a_moved_run_folder_resume_where_they_are(tmp_path):
     data = make_tiny_data(tmp_path / "shards")
@@ -74,3 +74,36 @@ def test_a_copied_and_a_moved_run_folder_resume_where_they_are(tmp_path):
     assert resumed.proc.returncode == 0, resumed.output()[-3000:]
     assert not run_dir.exists()
     assert_finished_once(moved)
+
+
+def test_a_restored_searcher_opens_the_journal_it_is_driven_with(tmp_path):
+    """What Tune pickles (tuner.pkl) holds the journal's path where the search began; restored beside a
+    copy of that journal, the searcher writes to the copy, and the original is left as it was."""
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+    from ray import tune
+
+    from detector.job.tune.searchers import SparsitySearcher, driving
+
+    def searcher(journal: Path) -> SparsitySearcher:
+        return SparsitySearcher([0.1], trials_per_sparsity=2, space={"lr": tune.loguniform(1e-6, 1e-4)},
+                                metric="val_accuracy", seed=0, tpe_startup_trials=1, storage=str(journal))
+
+    old, new = tmp_path / "run" / "optuna.journal", tmp_path / "copy" / "optuna.journal"
+    first = searcher(old)
+    first.suggest("t0")
+    first.suggest("t1")
+    first.on_trial_complete("t0", {"val_accuracy": 0.6, "training_iteration": 1})
+    first.save(str(tmp_path / "searcher-state.json"))
+    pickled = cloudpickle.dumps(first)
+    new.parent.mkdir()
+    shutil.copy2(old, new)
+    before = old.read_bytes()
+
+    restored = pickle.loads(pickled)
+    with driving(searcher(new)):
+        restored.restore(str(tmp_path / "searcher-state.json"))
+    restored.on_trial_complete("t1", {"val_accuracy": 0.7, "training_iteration": 1})
+    assert old.read_bytes() == before
+    assert studies(new) == {"sparsity-0.1": ["COMPLETE", "COMPLETE"]}
