@@ -82,7 +82,7 @@ def run_experiment(
     fn = tune.with_resources(tune.with_parameters(trainable(tune_stage(name)), ctx=ctx),
                              _resources(exp.resources.stage(tune_stage(name))))
     # driving: a searcher restored with the experiment opens this run folder's studies, wherever it was made
-    with registered(_sink(run, name, exp)) as sink, driving(search_alg):
+    with registered(_sink(run, name, exp)) as sink, driving(search_alg, path):
         if tune.Tuner.can_restore(path):
             log.info("resuming the %s experiment from %s", name, path)
             _check_trusted(path, ctx.trust_run_folder)

@@ -44,24 +44,26 @@ def optuna_storage(url: str) -> Any:
     return optuna.storages.RDBStorage(url)
 
 
-# The storage of the search the driver runs now (its run folder's journal, or search.storage). Tune pickles
-# a searcher with its experiment (tuner.pkl), and the one ``Tuner.restore`` brings back holds the storage
-# URL of the folder it was created in: a copied or moved run folder would resume the studies of the old
-# folder (or start empty ones at the old path). A restored searcher opens this one instead.
-_DRIVEN: dict[str, str] = {}
+# The search the driver runs now: its storage (the run folder's journal, or search.storage) and its Tune
+# experiment's folder. Tune pickles a searcher with its experiment (tuner.pkl), and the one that
+# ``Tuner.restore`` brings back held the storage URL of the folder it was created in: a copied or moved run
+# folder would resume the studies of the old folder (or start empty ones at the old path). A restored
+# searcher opens this storage instead, and names its state file in this experiment folder (Tune reads a
+# copy of it in Ray's session folder).
+_DRIVEN: dict[str, tuple[str, str]] = {}
 
 
 @contextlib.contextmanager
-def driving(searcher: Searcher | None) -> Iterator[None]:
+def driving(searcher: Searcher | None, experiment: str) -> Iterator[None]:
     """While the block runs, a restored searcher of ``searcher``'s kind opens ``searcher``'s storage: the
-    one the current driver computed from the current run folder. ``None`` or a searcher without a storage
-    changes nothing."""
+    one the current driver computed from the current run folder; ``experiment``: the Tune experiment's
+    folder. ``None`` or a searcher without a storage changes nothing."""
     url = getattr(searcher, "storage_url", None)
     kind = getattr(searcher, "kind", "")
     if not url:
         yield
         return
-    _DRIVEN[kind] = url
+    _DRIVEN[kind] = (url, experiment)
     try:
         yield
     finally:
@@ -143,13 +145,38 @@ class StudySearcher(Searcher):
                        **self._state()}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        state = _read_searcher_state(checkpoint_path)
-        self._check_state(checkpoint_path, state)
+        storage, experiment = _DRIVEN.get(self.kind, (self.storage_url, ""))
+        named = str(Path(experiment) / Path(checkpoint_path).name) if experiment else checkpoint_path
+        try:
+            state = _read_searcher_state(checkpoint_path, named)
+            self._check_state(named, state)
+            if not storage:
+                raise ValueError(f"{named}: {self.keeps} kept in memory only; nothing to resume from")
+        except ValueError as e:
+            self.unrestored = str(e)  # Tune logs a failed restore and starts over: suggest refuses (below)
+            raise
         # the saved URL is where the studies were when the experiment began, perhaps another folder's
-        self.storage_url = _DRIVEN.get(self.kind, self.storage_url)
-        if not self.storage_url:
-            raise ValueError(f"{checkpoint_path}: {self.keeps} kept in memory only; nothing to resume from")
+        self.storage_url = storage
         self._load_state(state)
+        self.unrestored = None
+
+    # Tune pickles the searcher with its experiment (tuner.pkl), studies and all; the studies hold the
+    # storage of the folder the search began in. A searcher read back opens its studies in ``restore`` only,
+    # from the current folder's storage, and until then suggests nothing: where Tune failed to restore the
+    # experiment it would start it over, asking the old studies (maybe another run folder's) for new trials.
+    unrestored: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("studies", "study")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({k: v for k, v in state.items() if k not in ("studies", "study")})
+        self.unrestored = ("Tune could not restore the search's saved state (its log above says why); the search "
+                           "is not started over in studies that hold trials already: start a new --out folder")
+
+    def _check_restored(self) -> None:
+        if self.unrestored:
+            raise ValueError(self.unrestored)
 
 
 class SparsitySearcher(StudySearcher):
@@ -209,6 +236,7 @@ class SparsitySearcher(StudySearcher):
         return sum(1 for s in self.trial_sparsity.values() if s == sparsity)
 
     def suggest(self, trial_id: str) -> dict | None:
+        self._check_restored()
         if trial_id in self.trial_sparsity:
             sparsity = self.trial_sparsity[trial_id]
         else:
@@ -275,6 +303,7 @@ class ParetoSearcher(StudySearcher):
                                storage=self._storage())
 
     def suggest(self, trial_id: str) -> dict | None:
+        self._check_restored()
         if trial_id not in self.trial_number:
             if len(self.trial_number) >= self.trials:
                 return Searcher.FINISHED
@@ -302,15 +331,16 @@ class ParetoSearcher(StudySearcher):
         restore_study(self.study, state["study"])
 
 
-def _read_searcher_state(checkpoint_path: str) -> dict[str, Any]:
+def _read_searcher_state(checkpoint_path: str, named: str) -> dict[str, Any]:
+    """The state in ``checkpoint_path`` (Tune's copy of the file ``named``, which errors name)."""
     try:
         with open(checkpoint_path) as f:
             state = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{checkpoint_path}: not the JSON state this searcher writes ({e}): damaged, or from an "
-                         "older version; the search cannot resume from it: start a new --out folder") from None
+        raise ValueError(f"{named}: not the JSON state this searcher writes ({e}): damaged, or from an older "
+                         "version; the search cannot resume from it: start a new --out folder") from None
     if not isinstance(state, dict) or state.get("format") != "detector-searcher":
-        raise ValueError(f"{checkpoint_path}: not a detector searcher state")
+        raise ValueError(f"{named}: not a detector searcher state; start a new --out folder")
     return state
 
 
