@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("detector.commands.demo", "the whole job on an embedded local Ray with the built-in demo data"),
     "report": ("detector.commands.report", "(re)write a run's report from its run folder"),
     "status": ("detector.commands.status", "a table of a run's trials, live or finished"),
+    "repair": ("detector.commands.repair", "cut a run's damaged Optuna journal back to its last complete record"),
     "train": ("detector.commands.train", "train one model (the baseline, or a fine-tune of a checkpoint)"),
     "prune": ("detector.commands.prune", "prune a checkpoint to a sparsity (global L1, or L1 channels)"),
     "evaluate": ("detector.commands.evaluate", "metrics of checkpoints on every test set (Tables 3, 5)"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.checkpoint import save_checkpoint
-from detector.config import from_dict
+from detector.config import from_dict, save_yaml
 from detector.data.demo import DemoConfig
 from detector.data.loader import manifest_sha256
 from detector.data.prepare import prepare
@@ -48,8 +48,10 @@ def make_tiny_data(out: Path) -> Path:
 
 
 def write_untrained_baseline(run_dir: Path, exp: ExperimentConfig) -> Path:
-    """Stand-in for the baseline stage where a test is about the search only."""
+    """Stand-in for the baseline stage where a test is about the search only; with the config a run saves
+    first (a run folder with outputs and no config is refused)."""
     cfg = exp.stage_train("baseline")
+    save_yaml(exp, RunFolder(run_dir).config)
     path = RunFolder(run_dir).model(BASELINE)
     save_checkpoint(path, build_model(cfg.arch, seed=0), metadata={
         "arch": cfg.arch, "image_size": cfg.image_size, "data_manifest_sha256": manifest_sha256(exp.data.path),

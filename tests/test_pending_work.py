@@ -23,6 +23,12 @@ def write(path: Path, data: object = None) -> None:
     path.write_text(json.dumps(data or {}))
 
 
+def write_model(run: RunFolder, name: str) -> None:
+    """A model as a stage saves it: its weights, then its summary (what says it is done)."""
+    write(run.model(name))
+    write(run.model_summary(name))
+
+
 def test_a_new_run_has_everything_to_do_the_control_last():
     todo = pending_work(experiment(), Path("/nonexistent/run"), STAGES)
     assert todo == {"baseline": [BASELINE], "search": [0.2, 0.4, 0.0], "finetune": [0.2, 0.4, 0.0],
@@ -35,13 +41,15 @@ def test_a_new_run_has_everything_to_do_the_control_last():
 def test_what_exists_is_done_and_only_the_rest_is_pending(tmp_path):
     run = RunFolder(tmp_path)
     for name in (BASELINE, "prune-20", "prune-40"):
-        write(run.model(name))
+        write_model(run, name)
         write(run.evaluation(name))
     write(run.search_results)
     todo = pending_work(experiment(), tmp_path, STAGES)
     assert todo == {"baseline": [], "search": [], "finetune": [0.0], "evaluate": [CONTROL]}
     assert pending_work(experiment(), tmp_path, ["evaluate"]) == {"evaluate": [CONTROL]}
-    write(run.model(CONTROL))
+    write(run.model(CONTROL))  # a fine-tune cut between its two writes: its model is not done
+    assert pending_work(experiment(), tmp_path, ["finetune"]) == {"finetune": [0.0]}
+    write(run.model_summary(CONTROL))
     write(run.evaluation(CONTROL))
     assert not any(pending_work(experiment(), tmp_path, STAGES).values())
 

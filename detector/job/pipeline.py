@@ -48,9 +48,16 @@ def pixel_data(exp: ExperimentConfig, run: RunFolder, data: str, *, derive: bool
 
 
 def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
-    """A run folder belongs to one experiment: refuse to mix a different config into finished results."""
-    if not run.config.exists() or not run.produced():
+    """A run folder belongs to one experiment: refuse to mix a different config into finished results, or
+    into results whose config is gone (nothing could tell whether they were made with this one)."""
+    produced = run.produced()
+    if not produced:
         return  # nothing was produced under the old config: the new one may take its place
+    if not run.config.exists():
+        raise ConfigError(
+            f"{run.config}: missing, but the run folder holds outputs ({', '.join(produced)}) made under the "
+            "config it recorded; put back the config the run was started with, or use a new --out folder")
+    _check_saved_yaml(run.config)
     # Read back as a config, so that a key added since is no difference (at its default, or where the default
     # would change what the run does, at what its absence meant: SAVED_DEFAULTS); a changed value still is, and
     # a key this version no longer knows is refused by name.
@@ -62,6 +69,16 @@ def check_run_config(exp: ExperimentConfig, run: RunFolder) -> None:
             f"{run.config}: this run folder was started with a different config "
             f"(sections that differ: {', '.join(changed)}); use a new --out folder, or the saved config"
         )
+
+
+def _check_saved_yaml(path: Path) -> None:
+    """A saved config that is no longer YAML, named with what to do about it."""
+    from detector.config import load_yaml
+
+    try:
+        load_yaml(path)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; put back the config the run was started with, or use a new --out folder") from None
 
 
 def prepare_data(exp: ExperimentConfig, data: str) -> None:
@@ -116,9 +133,9 @@ def pending_work(exp: ExperimentConfig, run_dir: Path, stages: Sequence[str]) ->
     frontier = exp.search.mode == "frontier"
     searched = run.search_results.exists()
     todo: dict[str, list[Any]] = {
-        "baseline": [BASELINE] if not run.model(BASELINE).exists() else [],
+        "baseline": [] if run.has_model(BASELINE) else [BASELINE],
         "search": [] if searched else list(exp.search.searched_sparsities()),
-        "finetune": [] if frontier else [s for s in planned_models(exp, run) if not run.model(model_name(s)).exists()],
+        "finetune": [] if frontier else [s for s in planned_models(exp, run) if not run.has_model(model_name(s))],
         "evaluate": [n for n in evaluated_models(exp, run) if not run.evaluation(n).exists()],
     }
     return {stage: todo[stage] for stage in todo if stage in stages}
@@ -264,7 +281,7 @@ def _ray_stages(exp: ExperimentConfig, folder: RunFolder, ctx: Any, todo: dict[s
             _drop(folder, exp, "search")
         state.stage("search", "done")
     if "finetune" in todo and exp.search.mode == "pareto":  # the front's picks are known only now
-        todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.model(model_name(s)).exists()]
+        todo["finetune"] = [s for s in planned_models(exp, folder) if not folder.has_model(model_name(s))]
     if todo.get("finetune"):
         _require(folder.search_results, "finetune", "search")
         best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.search_results)["best"].values()}
@@ -312,7 +329,7 @@ def _frontier_search(exp: ExperimentConfig, folder: RunFolder, ctx: Any, state: 
             atomic_write_json(folder.round_results(r), dtune.run_search(ctx, stop, trained, name=f"search-r{r}"))
             _drop(folder, exp, f"search-r{r}")
         best = {float(v["sparsity"]): v["params"] for v in _read_json(folder.round_results(r))["best"].values()}
-        missing = [p for p in trained if not folder.model(model_name(p)).exists()]
+        missing = [p for p in trained if not folder.has_model(model_name(p))]
         if missing:
             dtune.run_finetune(dataclasses.replace(ctx, best_params=best), missing, stop, name=f"finetune-r{r}")
             _drop(folder, exp, f"finetune-r{r}")
@@ -342,6 +359,6 @@ def _require(path: Path, stage: str, needs: str) -> None:
 
 
 def _read_json(path: Path) -> Any:
-    import json
+    from detector.job.repair import read_state_json
 
-    return json.loads(path.read_text())
+    return read_state_json(path, fix="restore it from a copy of the run folder, or use a new --out folder")

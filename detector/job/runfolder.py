@@ -9,6 +9,7 @@
     RUN/models/baseline.pt, prune-10.pt   final models (+ .json: fit summary); dense-ft.pt: the control
     RUN/search/results.json               every search trial, best parameters per sparsity
     RUN/search/optuna.journal             the searches' Optuna studies (unless search.storage names a database)
+    RUN/search/optuna.journal.damaged-*   a damaged journal as `detector repair` found it (detector.job.repair)
     RUN/finetune/results.json             the fine-tune trials
     RUN/eval/<model>.json                 metrics and efficiency (+ .predictions.json: per image)
     RUN/tensorboard/...                   one TensorBoard run per trial and fine-tune
@@ -136,6 +137,11 @@ class RunFolder:
 
     def model_summary(self, name: str) -> Path:
         return self.model(name).with_suffix(".json")
+
+    def has_model(self, name: str) -> bool:
+        """Whether model ``name`` is done: its weights and its summary, which is written after them (a
+        stage cut between the two writes made no model)."""
+        return self.model(name).exists() and self.model_summary(name).exists()
 
     # -- stage results ---------------------------------------------------------------------------------
     @property

@@ -103,6 +103,8 @@ def train_stage(
             "metrics": {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch},
             "config": to_dict(cfg),
         })
+        # The summary last: it is what says the model is done (RunFolder.has_model), so a stage cut
+        # between the two writes trains the model again instead of taking a model without its summary.
         atomic_write_json(model_path.with_suffix(".json"), {"config": to_dict(cfg), **summary,
                                                            "best_checkpoint": str(model_path)})
         log.info("saved %s (best val accuracy %.4f at epoch %d)", model_path, result.best_val_accuracy,

@@ -11,7 +11,6 @@ cannot run code planted in it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,11 +30,17 @@ TRIAL_FIELDS = ("trial_id", "name", "trial", "sparsity", "params", "state", "epo
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    """The record in ``path``, None where there is none yet; a damaged one is named (``DamagedState``)."""
+    from detector.job.repair import DamagedState, read_state_json
+
+    fix = "it is the driver's record of the run: delete it, and the next `detector run --resume` writes it anew"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_state_json(path, fix=fix)
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise DamagedState(f"{path}: damaged, not a JSON object; {fix}")
+    return data
 
 
 class RunState:

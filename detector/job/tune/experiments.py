@@ -20,10 +20,12 @@ from detector.job.runfolder import RunFolder, check_model_name, tune_stage
 from detector.job.search_space import Categorical, Domain, LogUniform, search_space
 from detector.job.selection import OBJECTIVE_EPOCH, objective_key, select_best
 from detector.job.stop import StageIncomplete, StopSignals
+from detector.paths import is_uri
+import detector.job.tune.private_api as private_api
 from detector.job.tune.cluster import apply_tune_defaults, env_default
 from detector.job.tune.live_status import LiveStatus, StageSink, registered
 from detector.job.tune.schedulers import asha
-from detector.job.tune.searchers import ParetoSearcher, SparsitySearcher
+from detector.job.tune.searchers import ParetoSearcher, SparsitySearcher, driving
 from detector.job.tune.trainables import StageContext, trainable
 from detector.job.tune.trial_rows import best_entry, control_entry, read_status_rows, trial_name, trial_row
 
@@ -79,10 +81,13 @@ def run_experiment(
     apply_tune_defaults()
     fn = tune.with_resources(tune.with_parameters(trainable(tune_stage(name)), ctx=ctx),
                              _resources(exp.resources.stage(tune_stage(name))))
-    with registered(_sink(run, name, exp)) as sink:
+    # driving: a searcher restored with the experiment opens this run folder's studies, wherever it was made
+    with registered(_sink(run, name, exp)) as sink, driving(search_alg, path):
         if tune.Tuner.can_restore(path):
             log.info("resuming the %s experiment from %s", name, path)
             _check_trusted(path, ctx.trust_run_folder)
+            if not is_uri(path) and private_api.rehome_search_state(Path(path), run.tune_root(exp.storage)):
+                log.info("%s: the run folder was copied or moved; its new trials are made here", path)
             tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
@@ -97,6 +98,36 @@ def trial_handle(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> optun
 
 
 # -- Ray ---------------------------------------------------------------------------------------------------
+
+def rehome_search_state(experiment_dir: Path, storage_fs_path: str) -> bool:
+    """Point the search generator's saved experiment at ``storage_fs_path``, where the experiment is restored
+    from now; whether a file needed it.
+
+    Tune pickles its ``Experiment`` with the search generator's state (``search_gen_state-*.json``), and the
+    trials the generator creates after a restore take their storage from it. Tune moves the trials it
+    restores to the experiment's new place itself (``TuneController._restore_trials``), but not this: the
+    new trials of a copied run folder would be written into the folder it was copied from.
+    """
+    import ray.cloudpickle as cloudpickle
+
+    from detector.io import atomic_write_bytes
+
+    changed = False
+    for path in sorted(experiment_dir.glob("search_gen_state-*.json")):
+        state = cloudpickle.loads(path.read_bytes())
+        experiment = state.get("experiment")
+        if experiment is None:
+            continue
+        storages = {id(s): s for s in (_attr(experiment, "storage"), _attr(experiment, "spec").get("storage"))
+                    if s is not None}
+        stale = [s for s in storages.values() if _attr(s, "storage_fs_path") != storage_fs_path]
+        for storage in stale:
+            _set(storage, "storage_fs_path", storage_fs_path)
+        if stale:
+            atomic_write_bytes(path, cloudpickle.dumps(state))
+            changed = True
+    return changed
+
 
 def train_v2() -> tuple[bool, str]:
     """Whether Ray Train's V2 API is on, and the environment variable that turns it off."""

@@ -9,10 +9,11 @@ uninterrupted one would have drawn.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import optuna
@@ -28,13 +29,45 @@ SEARCHER_STATE_VERSION = 1
 
 def optuna_storage(url: str) -> Any:
     """An Optuna storage from a URL: a journal file (``journal:///path``, or a plain path) or any RDB URL
-    (``sqlite:///...``, ``postgresql://...``). ``optuna-dashboard URL`` shows the studies in it."""
+    (``sqlite:///...``, ``postgresql://...``). ``optuna-dashboard URL`` shows the studies in it.
+
+    A journal is read whole before it is opened: Optuna's file backend opens it for appending, and a new
+    record after a cut one would make the damage permanent (``detector.job.repair``)."""
     if url.startswith("journal://"):
         url = url[len("journal://"):]
     if "://" not in url:
+        from detector.job.repair import check_journal
+
         Path(url).parent.mkdir(parents=True, exist_ok=True)
+        check_journal(Path(url))
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
     return optuna.storages.RDBStorage(url)
+
+
+# The search the driver runs now: its storage (the run folder's journal, or search.storage) and its Tune
+# experiment's folder. Tune pickles a searcher with its experiment (tuner.pkl), and the one that
+# ``Tuner.restore`` brings back held the storage URL of the folder it was created in: a copied or moved run
+# folder would resume the studies of the old folder (or start empty ones at the old path). A restored
+# searcher opens this storage instead, and names its state file in this experiment folder (Tune reads a
+# copy of it in Ray's session folder).
+_DRIVEN: dict[str, tuple[str, str]] = {}
+
+
+@contextlib.contextmanager
+def driving(searcher: Searcher | None, experiment: str) -> Iterator[None]:
+    """While the block runs, a restored searcher of ``searcher``'s kind opens ``searcher``'s storage: the
+    one the current driver computed from the current run folder; ``experiment``: the Tune experiment's
+    folder. ``None`` or a searcher without a storage changes nothing."""
+    url = getattr(searcher, "storage_url", None)
+    kind = getattr(searcher, "kind", "")
+    if not url:
+        yield
+        return
+    _DRIVEN[kind] = (url, experiment)
+    try:
+        yield
+    finally:
+        _DRIVEN.pop(kind, None)
 
 
 class StudySearcher(Searcher):
@@ -75,8 +108,18 @@ class StudySearcher(Searcher):
         """The study that proposed ``trial_id`` (None: a trial this searcher did not hand out)."""
         raise NotImplementedError
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def _asked(self, trial_id: str) -> OptunaSearch | None:
+        """The study that proposed ``trial_id`` if it still holds that Optuna trial: a journal cut back by
+        ``detector repair`` may have lost the records of the last trials asked for."""
         study = self._study_of(trial_id)
+        if study is None or trial_id in private_api.trial_map(study):
+            return study
+        log.warning("study %s: no Optuna trial for Tune trial %s (its records were cut off the journal by a repair); "
+                    "its result is not told to the study", private_api.study(study).study_name, trial_id)
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        study = self._asked(trial_id)
         if study is None:
             return
         if result and result.get("trial_failed"):
@@ -102,11 +145,38 @@ class StudySearcher(Searcher):
                        **self._state()}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        state = _read_searcher_state(checkpoint_path)
-        self._check_state(checkpoint_path, state)
-        if not self.storage_url:
-            raise ValueError(f"{checkpoint_path}: {self.keeps} kept in memory only; nothing to resume from")
+        storage, experiment = _DRIVEN.get(self.kind, (self.storage_url, ""))
+        named = str(Path(experiment) / Path(checkpoint_path).name) if experiment else checkpoint_path
+        try:
+            state = _read_searcher_state(checkpoint_path, named)
+            self._check_state(named, state)
+            if not storage:
+                raise ValueError(f"{named}: {self.keeps} kept in memory only; nothing to resume from")
+        except ValueError as e:
+            self.unrestored = str(e)  # Tune logs a failed restore and starts over: suggest refuses (below)
+            raise
+        # the saved URL is where the studies were when the experiment began, perhaps another folder's
+        self.storage_url = storage
         self._load_state(state)
+        self.unrestored = None
+
+    # Tune pickles the searcher with its experiment (tuner.pkl), studies and all; the studies hold the
+    # storage of the folder the search began in. A searcher read back opens its studies in ``restore`` only,
+    # from the current folder's storage, and until then suggests nothing: where Tune failed to restore the
+    # experiment it would start it over, asking the old studies (maybe another run folder's) for new trials.
+    unrestored: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("studies", "study")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({k: v for k, v in state.items() if k not in ("studies", "study")})
+        self.unrestored = ("Tune could not restore the search's saved state (its log above says why); the search "
+                           "is not started over in studies that hold trials already: start a new --out folder")
+
+    def _check_restored(self) -> None:
+        if self.unrestored:
+            raise ValueError(self.unrestored)
 
 
 class SparsitySearcher(StudySearcher):
@@ -166,6 +236,7 @@ class SparsitySearcher(StudySearcher):
         return sum(1 for s in self.trial_sparsity.values() if s == sparsity)
 
     def suggest(self, trial_id: str) -> dict | None:
+        self._check_restored()
         if trial_id in self.trial_sparsity:
             sparsity = self.trial_sparsity[trial_id]
         else:
@@ -184,7 +255,7 @@ class SparsitySearcher(StudySearcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         study = self._study_of(trial_id)
-        if study is not None and not result.get("trial_failed"):
+        if study is not None and trial_id in private_api.trial_map(study) and not result.get("trial_failed"):
             study.on_trial_result(trial_id, result)
 
     def _state(self) -> dict[str, Any]:
@@ -232,6 +303,7 @@ class ParetoSearcher(StudySearcher):
                                storage=self._storage())
 
     def suggest(self, trial_id: str) -> dict | None:
+        self._check_restored()
         if trial_id not in self.trial_number:
             if len(self.trial_number) >= self.trials:
                 return Searcher.FINISHED
@@ -259,15 +331,16 @@ class ParetoSearcher(StudySearcher):
         restore_study(self.study, state["study"])
 
 
-def _read_searcher_state(checkpoint_path: str) -> dict[str, Any]:
+def _read_searcher_state(checkpoint_path: str, named: str) -> dict[str, Any]:
+    """The state in ``checkpoint_path`` (Tune's copy of the file ``named``, which errors name)."""
     try:
         with open(checkpoint_path) as f:
             state = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{checkpoint_path}: not the JSON state this searcher writes ({e}); a run folder "
-                         "from an older version cannot be resumed: start it in a new --out folder") from None
+        raise ValueError(f"{named}: not the JSON state this searcher writes ({e}): damaged, or from an older "
+                         "version; the search cannot resume from it: start a new --out folder") from None
     if not isinstance(state, dict) or state.get("format") != "detector-searcher":
-        raise ValueError(f"{checkpoint_path}: not a detector searcher state")
+        raise ValueError(f"{named}: not a detector searcher state; start a new --out folder")
     return state
 
 
@@ -287,13 +360,17 @@ def restore_study(search: OptunaSearch, saved: dict[str, Any]) -> None:
               for tid, n in saved["optuna_trials"].items() if n in by_number}
     private_api.set_trial_state(search, trials, set(saved["completed"]))
     _set_rng_state(search, saved.get("rng"))
-    # An Optuna trial asked for just before the driver died, never handed to Tune: not a result.
+    # An Optuna trial asked for just before the driver died, never handed to Tune: not a result. One whose
+    # Tune trial was told complete, still running in the storage: its result was cut off the journal by a
+    # repair (``detector.job.repair``), and Tune will not report it again.
     known = set(saved["optuna_trials"].values())
+    told = {n for tid, n in saved["optuna_trials"].items() if tid in set(saved["completed"])}
     for t in by_number.values():
-        if t.state == optuna.trial.TrialState.RUNNING and t.number not in known:
+        if t.state == optuna.trial.TrialState.RUNNING and (t.number not in known or t.number in told):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            log.warning("study %s: trial %d was asked for but never ran (driver stopped); marked failed",
-                        study.study_name, t.number)
+            log.warning("study %s: trial %d %s; marked failed", study.study_name, t.number,
+                        "lost its result to a journal repair" if t.number in told
+                        else "was asked for but never ran (driver stopped)")
 
 
 def _rng_state(search: OptunaSearch) -> dict[str, Any]:
