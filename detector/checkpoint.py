@@ -344,3 +344,39 @@ def read_sparse(path: str | Path, *, map_location: str | torch.device = "cpu") -
         raise CheckpointError(f"{path}: metadata (arch, image_size) or tensors missing")
     state = {name: decode_tensor(entry, where=f"{path}: {name}").to(map_location) for name, entry in tensors.items()}
     return {"format": FORMAT, "version": VERSION, "model": state, "metadata": meta, "optimizer": None}
+
+
+def is_whole(path: str | Path) -> bool:
+    """Whether ``path`` holds a whole model file, as far as its ends tell (no tensor is read): a checkpoint is
+    a zip whose central directory ``torch.save`` writes last, a sparse file one zlib stream that ends. A
+    write cut short (a full disk, a killed copy) fails this; a whole file of someone else's format too."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(len(SPARSE_MAGIC)) != SPARSE_MAGIC:
+            return zipfile.is_zipfile(path)
+        stream = zlib.decompressobj()
+        try:
+            while chunk := f.read(1 << 20):
+                stream.decompress(chunk, 1 << 16)  # bounded output: only whether the stream ends is wanted
+                while stream.unconsumed_tail:
+                    stream.decompress(stream.unconsumed_tail, 1 << 16)
+        except zlib.error:
+            return False
+        return stream.eof
+
+
+def remove_cut_model_files(root: str | Path) -> list[Path]:
+    """Delete every ``*.pt`` under ``root`` that a cut-short write left (``is_whole`` says no); returns them.
+    Our own writes are atomic, but Tune copies each trial's checkpoint into the run folder file by file,
+    and a full disk leaves its half-copied ``state.pt`` looking like a checkpoint."""
+    removed = []
+    for path in sorted(Path(root).rglob("*.pt")):
+        try:
+            if path.is_file() and not path.is_symlink() and not is_whole(path):
+                path.unlink()
+                removed.append(path)
+        except OSError as e:  # unreadable: leave it, and say so
+            log.warning("could not check %s: %s", path, e)
+    for path in removed:
+        log.warning("removed %s: cut short by a failed write, it is no checkpoint", path)
+    return removed

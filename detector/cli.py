@@ -3,7 +3,7 @@
 Each subcommand lives in its own module of ``detector.commands``, which provides ``add_arguments(parser)``
 and ``main(args) -> int``. Modules import torch/Ray inside ``main`` so that ``detector --help`` stays fast.
 A user error (bad config value, file, checkpoint, data) raised by any of them is reported here, one way:
-``detector COMMAND: error: ...`` and exit status 2.
+``detector COMMAND: error: ...`` and exit status 2; a full disk the same way, with exit status 1.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 from detector.commands._common import USER_ERRORS, fail
+from detector.io import NoSpaceError, no_space
 from detector.job.stop import RunStopped
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,13 @@ def run_command(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
+    except Exception as e:
+        # A full disk is one line too, wherever it struck and whatever library wrapped it (-v: the traceback).
+        full = no_space(e)
+        if full is None and not isinstance(e, USER_ERRORS):
+            raise
         log.debug("detector %s failed", args.command, exc_info=True)
-        return fail(args.command, str(e))
+        return fail(args.command, str(NoSpaceError.of(full)), status=1) if full else fail(args.command, str(e))
 
 
 if __name__ == "__main__":

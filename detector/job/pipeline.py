@@ -159,7 +159,7 @@ def run(
     """
     from detector.job.lease import DriverLease
     from detector.job.status import RunState
-    from detector.job.stop import RunStopped, StopSignals, stop_in_chain
+    from detector.job.stop import RunStopped, StopSignals, exit_promptly, stop_in_chain
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -179,12 +179,16 @@ def run(
             except BaseException as e:
                 stopped = stop_in_chain(e)
                 if stopped is None:
-                    state.end("failed", f"{type(e).__name__}: {e}")
+                    full = _no_space(e, folder)
+                    state.end("failed", str(full) if full else f"{type(e).__name__}: {e}")
+                    if full:
+                        raise full from e
                     raise
                 stopped.stage = stopped.stage or state.data.get("stage")
                 message = f"stopped by {signal.Signals(stopped.signum).name} during the {stopped.stage} stage"
                 state.end("stopped", f"{message}; `detector run --resume --out {run_dir}` continues it")
                 log.warning("%s; resume with: detector run --resume --out %s", message, run_dir)
+                exit_promptly(stopped)
                 raise RunStopped(stopped.signum, stopped.stage) from None
             state.end("finished")
     finally:
@@ -195,6 +199,27 @@ def run(
         "tensorboard": str(folder.tensorboard),
         "dashboard": info.dashboard_url if info else None,
     }
+
+
+def _no_space(error: BaseException, folder: RunFolder) -> Any:
+    """A ``NoSpaceError`` saying what to do, when ``error`` is a full disk: the driver's own writes raise one
+    (``detector.io``), a trial's reaches the driver as the text of Tune's trial error. Model files that the
+    full disk cut short are removed first: none may stay looking like a checkpoint."""
+    import re
+
+    from detector.checkpoint import remove_cut_model_files
+    from detector.io import NoSpaceError, no_space
+
+    then = f"`detector run --resume --out {folder.root}`"
+    found = no_space(error)
+    text = str(error)
+    if found is None and "No space left on device" not in text:
+        return None
+    remove_cut_model_files(folder.root)
+    if found is not None:
+        return NoSpaceError.of(found, then)
+    named = re.search(r"No space left on device: '([^']+)'", text)
+    return NoSpaceError.at(named.group(1) if named else folder.root, then)
 
 
 def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str], state: Any, stop: Any, *,

@@ -5,20 +5,25 @@ cannot run code planted in it.
 - ``RUN/status/run.json`` (the driver, at every change): ``{"state": running|stopped|failed|finished,
   "stage", "stages": {stage: pending|running|done|reused|stopped|failed}, "message", "started", "updated"}``.
 - ``RUN/status/<stage>.json`` (the Ray module, while a Tune stage runs): one row per trial, ``TRIAL_FIELDS``.
+- ``RUN/status/.reserve``: 1 MiB of the disk held while a driver works, released to make room for the record of
+  its end when the disk is full (``RunState.end``).
 - ``RUN/driver.json``: the driver's lease (``detector.job.lease``), whose heartbeat tells a live run from a
   driver that died without a word (SIGKILL, a lost head node).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from detector.io import atomic_write_json
+from detector.io import atomic_write_bytes, atomic_write_json, no_space
 from detector.job.lease import holder_state, read_holder
 from detector.job.runfolder import RunFolder
 
+# Far more than a run.json (a few KiB) needs, in whole blocks of any file system.
+RESERVE_BYTES = 1 << 20
 STAGE_STATES = ("pending", "running", "done", "reused", "stopped", "failed")
 TRIAL_STATES = ("pending", "running", "done", "failed", "error", "stopped")
 # A trial row in RUN/status/<stage>.json. `val_accuracy` is the last reported epoch's (what the search's
@@ -44,10 +49,21 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 class RunState:
-    """The driver's record of the run (``RUN/status/run.json``), rewritten atomically at every change."""
+    """The driver's record of the run (``RUN/status/run.json``), rewritten atomically at every change.
+
+    The record of the run's end must be written even when the disk is full, the failure it most often
+    records. So while the run works it holds a reserve, a file of real (random, incompressible) bytes beside
+    the record; an end that finds no space deletes the reserve and writes again into the space it freed. A
+    reserve rather than an in-place overwrite of run.json: the record stays atomic, a reader never sees half
+    of it. (On a file system whose deletes free nothing, a snapshot's or a copy-on-write one's, the second
+    try fails too, and ``detector status`` then says the driver is gone.)
+    """
 
     def __init__(self, run: RunFolder, stages: Iterable[str]) -> None:
         self.path = run.run_status
+        self.reserve = self.path.with_name(".reserve")
+        if not self.reserve.is_file() or self.reserve.stat().st_size < RESERVE_BYTES:
+            atomic_write_bytes(self.reserve, os.urandom(RESERVE_BYTES))
         previous = _read(self.path) or {}
         now = time.time()
         self.data: dict[str, Any] = {
@@ -84,7 +100,14 @@ class RunState:
         stage = self.data.get("stage")
         if stage and self.data["stages"].get(stage) == "running" and state in ("stopped", "failed"):
             self.data["stages"][stage] = state
-        self._write()
+        try:
+            self._write()
+        except OSError as e:
+            if no_space(e) is None:
+                raise
+            self.reserve.unlink(missing_ok=True)  # its blocks are the room this write needs
+            self._write()
+        self.reserve.unlink(missing_ok=True)  # a finished run folder keeps nothing it does not need
 
 
 def write_trials(run: RunFolder, stage: str, rows: list[dict[str, Any]], **info: Any) -> None:

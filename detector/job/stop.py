@@ -4,13 +4,20 @@ A stop never becomes a result. The first signal asks the stage that is running t
 point: a Tune stage ends its experiment and saves Tune's state (its trials stay unfinished, so ``detector run
 --resume`` continues them); any other stage stops where it is (its writes are atomic). Nothing after that
 stage starts, and no results file is written for it. A second signal stops at once.
+
+Once the stopped run's state is saved, the driver exits promptly (``exit_promptly``): ``ray job stop`` gives it
+``RAY_JOB_STOP_WAIT_TIME_S`` after the SIGTERM before it SIGKILLs it, and an ordinary interpreter exit after
+a run spends seconds tearing down torch's and Ray's native state (measured: 5-6 s on a loaded 2-core machine).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterator
 
@@ -106,3 +113,22 @@ class StopSignals:
             yield
         finally:
             self._ask = None
+
+
+def exit_promptly(stopped: RunStopped) -> None:
+    """At the process's exit (after the command has printed its last line): disconnect from Ray, flush what
+    is written, and end the process with the stop's status, skipping the interpreter's teardown. Called once
+    the stop is recorded: nothing is left to save then, only time to lose before a SIGKILL."""
+    atexit.register(_exit_now, stopped.exit_status)  # registered after Ray's own: runs before it
+
+
+def _exit_now(status: int) -> None:
+    if "ray" in sys.modules:  # a joined cluster: say goodbye (about a second); an embedded one is already down
+        from detector.job.tune.cluster import shutdown
+
+        shutdown()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
