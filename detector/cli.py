@@ -18,7 +18,7 @@ import textwrap
 
 from detector.commands._common import USER_ERRORS, fail
 from detector.io import NoSpaceError, no_space
-from detector.job.stop import RunStopped
+from detector.job.stop import RunStopped, exit_promptly
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def run_command(argv: list[str] | None = None) -> int:
         return int(args._module.main(args) or 0)
     except RunStopped as e:
         print(f"detector {args.command}: {e}", file=sys.stderr)
+        exit_promptly(e)  # the command's process only: a library caller of run() keeps its interpreter
         return e.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

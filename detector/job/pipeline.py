@@ -159,7 +159,7 @@ def run(
     """
     from detector.job.lease import DriverLease
     from detector.job.status import RunState
-    from detector.job.stop import RunStopped, StopSignals, exit_promptly, stop_in_chain
+    from detector.job.stop import RunStopped, StopSignals, stop_in_chain
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -188,7 +188,6 @@ def run(
                 message = f"stopped by {signal.Signals(stopped.signum).name} during the {stopped.stage} stage"
                 state.end("stopped", f"{message}; `detector run --resume --out {run_dir}` continues it")
                 log.warning("%s; resume with: detector run --resume --out %s", message, run_dir)
-                exit_promptly(stopped)
                 raise RunStopped(stopped.signum, stopped.stage) from None
             state.end("finished")
     finally:

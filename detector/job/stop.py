@@ -5,7 +5,7 @@ point: a Tune stage ends its experiment and saves Tune's state (its trials stay 
 --resume`` continues them); any other stage stops where it is (its writes are atomic). Nothing after that
 stage starts, and no results file is written for it. A second signal stops at once.
 
-Once the stopped run's state is saved, the driver exits promptly (``exit_promptly``): ``ray job stop`` gives it
+Once the stopped run's state is saved, the ``detector`` command exits promptly (``exit_promptly``): ``ray job stop`` gives it
 ``RAY_JOB_STOP_WAIT_TIME_S`` after the SIGTERM before it SIGKILLs it, and an ordinary interpreter exit after
 a run spends seconds tearing down torch's and Ray's native state (measured: 5-6 s on a loaded 2-core machine).
 """
