@@ -13,18 +13,14 @@ non-inferior when low > -M, inferior when high < -M, inconclusive otherwise (the
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Callable
 
-from detector.evaluate.metrics import prediction_videos
-from detector.evaluate.statistics import bootstrap_metrics
 from detector.report.robustness import perturbations
 from detector.report.roles import (comparison_key, control, labelled, no_control_note, pruned_models, reference,
                                    reference_words, role)
-from detector.report.statistics import CONFIDENCE, SEED, set_words, timing_ratio
+from detector.report.statistics import CONFIDENCE, set_words, timing_ratio
 from detector.report.tables import Column, Section, Table, fixed, markdown, thousands
 
 FIGURE = "answer.png"
@@ -71,31 +67,23 @@ def images_to_decide(b: int, c: int, n: int, margin: float, *, confidence: float
     return math.ceil(z * z * psi / (delta + margin) ** 2)
 
 
-def add_video_differences(models: list[dict[str, Any]], *, resamples: int) -> None:
+def add_video_differences(models: list[dict[str, Any]]) -> None:
     """Add ``video_vs_reference`` to each pruned model: per source whose test images are video frames, the
-    video-level AUC difference from the reference (a video scored by the mean of its frames), paired over
-    the same videos and bootstrapped over videos; None where the run has no reference or no video frames."""
+    video-level AUC difference from the reference (a video scored by the mean of its frames), as the
+    statistics drew it (``add_statistics``: bootstrapped over videos, paired with the reference on the same
+    draws); None where the run has no reference or no video frames."""
     ref = reference(models)
     for m in models:
         m["video_vs_reference"] = None
-    sources = sorted((ref or {}).get("videos") or {})
-    if not sources or not Path(ref["predictions"]).is_file():
-        return
-    ref_test = json.loads(Path(ref["predictions"]).read_text())["test"]
-    for m in pruned_models(models):
-        if not Path(m["predictions"]).is_file():
-            continue
-        test = json.loads(Path(m["predictions"]).read_text())["test"]
+    sources = sorted((ref or {}).get("video_intervals") or {})
+    for m in pruned_models(models) if sources else []:
         out = {}
         for source in sources:
-            a, b = prediction_videos(ref_test, source), prediction_videos(test, source)
-            if a is None or b is None or a.ids.tolist() != b.ids.tolist() or a.labels.tolist() != b.labels.tolist():
-                out[source] = {"unpaired": "the two models' predictions hold different videos"}
-                continue
-            r = bootstrap_metrics(a.labels, {ref["name"]: a.scores, m["name"]: b.scores}, reference=ref["name"],
-                                  resamples=resamples, confidence=CONFIDENCE, seed=SEED)
-            out[source] = {"videos": int(a.ids.size), "auc_difference": r[m["name"]]["difference"]["auc"],
-                           "method": "percentile bootstrap over videos, both models on the same draws"}
+            iv = (m.get("video_intervals") or {}).get(source) or {}
+            difference = (iv.get("difference") or {}).get("auc")
+            out[source] = ({"unpaired": "the two models' predictions hold different videos"} if difference is None
+                           else {"videos": int(iv["clusters"]), "auc_difference": difference,
+                                 "method": "percentile bootstrap over videos, both models on the same draws"})
         m["video_vs_reference"] = {"reference": ref["name"], "sources": out}
 
 
@@ -304,8 +292,8 @@ def answer_section(data: dict[str, Any]) -> Section:
           "(`evaluate.margin`): non-inferior where the 95 % interval of the difference lies above -margin, "
           "inferior where it lies below, inconclusive where it reaches across. \"Pruning alone\": the pruned "
           "model before its fine-tune against the unpruned weights it came from; robustness: the perturbation "
-          "it loses most under; video AUC: Celeb-DF videos, each scored by the mean of its frames, bootstrapped "
-          "over videos.", ""]
+          "it loses most under" + ("; video AUC: Celeb-DF videos, each scored by the mean of its frames, "
+                                   "bootstrapped over videos." if ref.get("video_intervals") else "."), ""]
     note = no_control_note(models)
     if note:
         md += [f"**Against the baseline, not an equal-budget control.** {note}", ""]

@@ -170,7 +170,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         (e["primary"]["configured"] for _, e in evaluations if e.get("primary")), PRIMARY_DEFAULT)
     main = primary([e for _, e in evaluations], configured)
     statistics = add_statistics(models, resamples=summary["bootstrap_resamples"], primary=main["set"])
-    add_video_differences(models, resamples=summary["bootstrap_resamples"])
+    add_video_differences(models)
     trials = [{"sparsity": t["sparsity"], "params": t["params"], "val_accuracy": t["val_accuracy"],
                "best_val_accuracy": t.get("best_val_accuracy"), "objective": t["objective"], "epochs": t["epochs"],
                "start": t["start"], "end": t["end"], "status": t["status"], "trial_id": t["trial_id"],
