@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 import textwrap
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, prune, search and evaluate detectors of AI-generated images.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray Tune's own status tables and messages (off by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -82,14 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def configure_logging(verbose: bool) -> None:
+    """The console of every subcommand: INFO lines, DEBUG with -v. -v also sets ``DETECTOR_VERBOSE=1``
+    (``detector.job.tune.progress``): Tune's tables and the libraries' INFO chatter come back, in this process
+    and, as Ray passes the environment on, in the trial processes of a Ray it starts."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if verbose:
+        os.environ["DETECTOR_VERBOSE"] = "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return int(args._module.main(args) or 0)
     except RunStopped as e:

@@ -15,6 +15,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import Searcher
 
+import detector.job.tune.private_api as private_api
 from detector.job.experiment import CONTROL_SPARSITY, ExperimentConfig, TrialResources
 from detector.job.runfolder import RunFolder, check_model_name, tune_stage
 from detector.job.search_space import Categorical, Domain, LogUniform, search_space
@@ -22,6 +23,7 @@ from detector.job.selection import OBJECTIVE_EPOCH, objective_key, select_best
 from detector.job.stop import StageIncomplete, StopSignals
 from detector.job.tune.cluster import apply_tune_defaults, env_default
 from detector.job.tune.live_status import LiveStatus, StageSink, registered
+from detector.job.tune.progress import StageProgress, quiet_libraries, tune_reporter, tune_verbosity
 from detector.job.tune.schedulers import asha
 from detector.job.tune.searchers import ParetoSearcher, SparsitySearcher
 from detector.job.tune.trainables import StageContext, trainable
@@ -52,6 +54,12 @@ def _sink(run: RunFolder, name: str, exp: ExperimentConfig) -> StageSink:
                      objectives=tuple(exp.search.pareto.objectives) if pareto_search else ())
 
 
+def _progress(run: RunFolder, name: str, sink: StageSink, trials: int, exp: ExperimentConfig) -> StageProgress:
+    """The progress line of experiment ``name`` (``trials`` of them), from the table ``sink`` writes."""
+    return StageProgress(run.stage_status(name), name, trials=trials, epochs_per_trial=sink.epochs_planned,
+                         objective=sink.objective, maximize=exp.search.direction == "max")
+
+
 def run_experiment(
     name: str,
     ctx: StageContext,
@@ -77,6 +85,7 @@ def run_experiment(
     run = RunFolder(Path(ctx.run_dir))
     path = run.tune_experiment(name, exp.storage)
     apply_tune_defaults()
+    quiet_libraries()
     fn = tune.with_resources(tune.with_parameters(trainable(tune_stage(name)), ctx=ctx),
                              _resources(exp.resources.stage(tune_stage(name))))
     with registered(_sink(run, name, exp)) as sink:
@@ -84,6 +93,7 @@ def run_experiment(
             log.info("resuming the %s experiment from %s", name, path)
             _check_trusted(path, ctx.trust_run_folder)
             tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True)
+            private_api.set_tune_verbosity(tuner, tune_verbosity())  # the saved run's is restored with it
         else:
             tuner = tune.Tuner(
                 fn,
@@ -105,10 +115,11 @@ def run_experiment(
                     failure_config=tune.FailureConfig(max_failures=exp.resources.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), LiveStatus(sink)],
-                    verbose=1,
+                    verbose=tune_verbosity(),  # progress: StageProgress; Tune's tables with detector -v
+                    progress_reporter=tune_reporter(sink.objective),
                 ),
             )
-        with stop.deferring(sink.ask_stop):
+        with stop.deferring(sink.ask_stop), _progress(run, name, sink, expected, exp):
             tuner.fit()
         stop.check(name)
     rows = read_status_rows(run, name)
