@@ -42,8 +42,8 @@ def test_the_console_outlines_the_run_and_names_the_winners(runs):
     assert re.search(r"baseline: starts: resnet18 at 32 px, up to 2 epochs", out), out
     assert re.search(r"baseline: done in \d+ (s|min \d+ s): \S+/models/baseline\.pt \(best val accuracy 0\.\d{4} "
                      r"at epoch \d\)", out), out
-    assert "search: starts: 1 trials (1 sparsities x 1), 1 trial-epochs, judged by val_accuracy" in out
-    assert re.search(r"search: done in .*: 1 trials, 1 studies, 1 trial-epochs, best per sparsity in "
+    assert "search: starts: 1 trial (1 sparsity x 1), 1 trial-epoch, judged by val_accuracy" in out
+    assert re.search(r"search: done in .*: 1 trial, 1 study, 1 trial-epoch, best per sparsity in "
                      r"\S+/search/results\.json", out), out
     assert re.search(r"search: best at sparsity 0\.5: val_accuracy \d\.\d{4} \((adam|sgd), lr [\d.e-]+, "
                      r"trial search/s50-t\d\)", out), out
@@ -59,7 +59,7 @@ def test_tunes_tables_and_chatter_are_off_by_default_and_back_with_verbose(runs)
     assert "== Status ==" in verbose.output and "+---" in verbose.output, verbose.output  # Tune's CLIReporter
     assert "val_accuracy" in verbose.output.split("== Status ==", 1)[1]  # with the search's objective
     assert "Checkpoint successfully created" in verbose.output  # Ray Train's lines in the trial's process
-    assert "finetune: starts: 1 models (sparsities 0.5)" in verbose.output
+    assert "finetune: starts: 1 model (sparsity 0.5), up to 1 epoch each" in verbose.output
 
 
 def rows(*trials):
@@ -116,7 +116,8 @@ def test_durations_and_winners_read_as_words():
     results = {"metric": "val_accuracy", "best": {
         "0.4": {"sparsity": 0.4, "params": {"optimizer": "adam", "lr": 0.000312}, "objective": 0.8125,
                 "name": "search/s40-t1"},
-        "0.1": {"sparsity": 0.1, "params": {"optimizer": "sgd", "lr": 0.01}, "objective": 0.9, "name": "search/s10-t0"}}}
+        "0.1": {"sparsity": 0.1, "params": {"optimizer": "sgd", "lr": 0.01}, "objective": 0.9,
+                "name": "search/s10-t0"}}}
     assert winners(results) == [
         "best at sparsity 0.1: val_accuracy 0.9000 (sgd, lr 0.01, trial search/s10-t0)",
         "best at sparsity 0.4: val_accuracy 0.8125 (adam, lr 0.00031, trial search/s40-t1)",

@@ -25,6 +25,11 @@ from detector.job.status import RunState
 log = logging.getLogger(__name__)
 
 
+def count(n: int, thing: str) -> str:
+    """``1 trial``, ``2 trials``."""
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
 def duration(seconds: float) -> str:
     """``3 min 12 s``, ``1 h 4 min``, ``42 s``."""
     s = int(round(seconds))
@@ -65,7 +70,7 @@ def planned(stage: str, exp: ExperimentConfig, todo: list[Any]) -> str:
     s = exp.search
     if stage == "baseline":
         cfg = exp.stage_train("baseline")
-        return f"{cfg.arch} at {cfg.image_size} px, up to {cfg.max_epochs} epochs"
+        return f"{cfg.arch} at {cfg.image_size} px, up to {count(cfg.max_epochs, 'epoch')}"
     if stage == "search" and s.mode == "pareto":
         return f"{s.pareto.trials} trials of one multi-objective study ({', '.join(s.pareto.objectives)})"
     if stage == "search" and s.mode == "frontier":
@@ -73,13 +78,13 @@ def planned(stage: str, exp: ExperimentConfig, todo: list[Any]) -> str:
     if stage == "search":
         epochs = exp.stage_train("search_train").max_epochs
         trials = len(todo) * s.trials_per_sparsity
-        return (f"{trials} trials ({len(todo)} sparsities x {s.trials_per_sparsity}), "
-                f"{trials * epochs} trial-epochs, judged by {s.metric}")
+        return (f"{count(trials, 'trial')} ({len(todo)} {_sparsities(todo)} x {s.trials_per_sparsity}), "
+                f"{count(trials * epochs, 'trial-epoch')}, judged by {s.metric}")
     if stage == "finetune" and todo:
-        return (f"{len(todo)} models (sparsities {', '.join(f'{x:g}' for x in todo)}), "
-                f"up to {exp.stage_train('finetune').max_epochs} epochs each")
+        return (f"{count(len(todo), 'model')} ({_sparsities(todo)} {', '.join(f'{x:g}' for x in todo)}), "
+                f"up to {count(exp.stage_train('finetune').max_epochs, 'epoch')} each")
     if stage == "evaluate" and todo:
-        return f"{len(todo)} models ({', '.join(todo)})"
+        return f"{count(len(todo), 'model')} ({', '.join(todo)})"
     return ""
 
 
@@ -92,16 +97,16 @@ def produced(stage: str, exp: ExperimentConfig, run: RunFolder) -> str:
     if stage == "search":
         results = json.loads(run.search_results.read_text())
         studies = len({t["sparsity"] for t in results["trials"]})
-        return (f"{len(results['trials'])} trials, {studies} studies, {results.get('epochs_run', 0)} trial-epochs, "
-                f"best per sparsity in {run.search_results}")
+        return (f"{count(len(results['trials']), 'trial')}, {studies} {'study' if studies == 1 else 'studies'}, "
+                f"{count(results.get('epochs_run', 0), 'trial-epoch')}, best per sparsity in {run.search_results}")
     if stage == "finetune":
         best = json.loads(run.search_results.read_text())["best"].values()
         names = [model_name(float(b["sparsity"])) for b in best]
         done = [n for n in names if run.model_summary(n).exists()]
-        return f"{len(done)} models in {run.model(BASELINE).parent}: " + "; ".join(
+        return f"{count(len(done), 'model')} in {run.model(BASELINE).parent}: " + "; ".join(
             f"{n} {_summary(run, n)}" for n in done)
     if stage == "evaluate":
-        return f"{len(run.evaluation_files())} evaluations in {run.evaluation(BASELINE).parent}"
+        return f"{count(len(run.evaluation_files()), 'evaluation')} in {run.evaluation(BASELINE).parent}"
     if stage == "report":
         return str(run.report / "report.md")
     return str(run.root)
@@ -120,6 +125,10 @@ def winners(results: dict[str, Any]) -> list[str]:
         lines.append(f"best at sparsity {float(entry['sparsity']):g}: {results.get('metric', 'objective')} "
                      f"{entry['objective']:.4f} ({settings}, trial {entry.get('name')})")
     return lines
+
+
+def _sparsities(values: list[Any]) -> str:
+    return "sparsity" if len(values) == 1 else "sparsities"
 
 
 def _summary(run: RunFolder, name: str) -> str:

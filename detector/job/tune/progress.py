@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from detector.job.console import duration
+from detector.job.console import count, duration
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def summarize(rows: list[dict[str, Any]], *, trials: int, epochs_per_trial: int,
 
 def describe(p: Progress, objective: str, left_s: float | None) -> str:
     """The progress as words: trials, the best objective per sparsity, and the time left."""
-    parts = [f"{p.running} running, {p.finished} of {p.trials} trials done"]
+    parts = [f"{p.running} running, {p.finished} of {count(p.trials, 'trial')} done"]
     if p.best:
         parts.append(f"best {objective}: " + ", ".join(f"{s:g} {v:.4f}" for s, v in p.best.items()))
     parts.append("time left unknown" if left_s is None else f"about {duration(left_s)} left")
