@@ -67,11 +67,11 @@ def rows(*trials):
             for state, epochs, sparsity, objective in trials]
 
 
-def test_progress_counts_a_finished_trial_in_full_and_keeps_the_best_per_sparsity():
+def test_progress_counts_a_finished_trial_in_full_and_keeps_the_best_finished_per_sparsity():
     p = summarize(rows(("done", 1, 0.5, 0.6), ("running", 1, 0.5, 0.7), ("running", 0, 0.2, None),
                        ("failed", 2, 0.2, None)), trials=6, epochs_per_trial=3, maximize=True)
     assert (p.epochs_done, p.epochs_planned, p.running, p.finished, p.trials) == (3 + 1 + 0 + 3, 18, 2, 2, 6)
-    assert p.best == {0.5: 0.7}
+    assert p.best == {0.5: 0.6}  # the running trial's 0.7 is an epoch's, not yet its objective
     assert summarize(rows(("done", 3, 0.5, 0.4), ("done", 3, 0.5, 0.3)), trials=2, epochs_per_trial=3,
                      maximize=False).best == {0.5: 0.3}
 
@@ -83,7 +83,7 @@ def _table(tmp_path, trials):
 
 
 def test_without_a_terminal_progress_is_a_plain_line_every_interval(tmp_path, caplog):
-    table = _table(tmp_path, rows(("done", 2, 0.5, 0.625), ("running", 1, 0.2, 0.5)))
+    table = _table(tmp_path, rows(("done", 2, 0.5, 0.625), ("running", 1, 0.2, 0.5), ("done", 1, 0.2, 0.5)))
     caplog.set_level(logging.INFO, logger="detector.job.tune.progress")
     with StageProgress(table, "search", trials=4, epochs_per_trial=2, objective="val_accuracy", maximize=True,
                        stream=io.StringIO(), every_s=0.05):
@@ -91,23 +91,23 @@ def test_without_a_terminal_progress_is_a_plain_line_every_interval(tmp_path, ca
         while not caplog.records and time.monotonic() < deadline:
             time.sleep(0.05)
     line = caplog.records[0].getMessage()
-    assert line.startswith("search: 3/8 trial-epochs; 1 running, 1 of 4 trials done; "
+    assert line.startswith("search: 5/8 trial-epochs; 1 running, 2 of 4 trials done; "
                            "best val_accuracy: 0.2 0.5000, 0.5 0.6250; "), line
 
 
 def test_on_a_terminal_progress_is_a_bar_with_the_time_left(tmp_path):
     table = _table(tmp_path, rows(("running", 0, 0.5, None)))
     stream = io.StringIO()
-    with StageProgress(table, "finetune", trials=1, epochs_per_trial=2, objective="val_accuracy", maximize=True,
+    with StageProgress(table, "finetune", trials=2, epochs_per_trial=2, objective="val_accuracy", maximize=True,
                        stream=stream, bar=True, every_s=0.05) as progress:
         time.sleep(0.2)  # the bar shows "time left unknown" until an epoch is done in this block
-        table.write_text(json.dumps({"trials": rows(("running", 1, 0.5, 0.75))}))
+        table.write_text(json.dumps({"trials": rows(("done", 1, 0.5, 0.75))}))
         deadline = time.monotonic() + 10
-        while "left" not in progress.line() and time.monotonic() < deadline:
+        while "about" not in progress.line() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)  # a redraw or two after the epoch
     shown = stream.getvalue()
-    assert "finetune:" in shown and "1/2 trial-epochs" in shown and "best val_accuracy: 0.5 0.7500" in shown
+    assert "finetune:" in shown and "2/4 trial-epochs" in shown and "best val_accuracy: 0.5 0.7500" in shown
     assert re.search(r"about \d+ s left", shown), shown
 
 

@@ -118,7 +118,7 @@ class Progress:
     running: int
     finished: int
     trials: int
-    best: dict[float, float]  # sparsity -> the best objective of its trials so far
+    best: dict[float, float]  # sparsity -> the best objective of its finished trials so far
 
 
 def summarize(rows: list[dict[str, Any]], *, trials: int, epochs_per_trial: int, maximize: bool) -> Progress:
@@ -127,7 +127,7 @@ def summarize(rows: list[dict[str, Any]], *, trials: int, epochs_per_trial: int,
     epochs = sum(epochs_per_trial if r.get("state") in ("done", "failed")
                  else min(int(r.get("epochs") or 0), epochs_per_trial) for r in rows)
     best: dict[float, float] = {}
-    for r in rows:
+    for r in finished:  # a running trial's objective is not its last epoch's yet: it may still fall
         value, sparsity = r.get("objective"), r.get("sparsity")
         if isinstance(value, (int, float)) and math.isfinite(value) and sparsity is not None:
             old = best.get(float(sparsity))
@@ -140,7 +140,7 @@ def summarize(rows: list[dict[str, Any]], *, trials: int, epochs_per_trial: int,
 
 
 def describe(p: Progress, objective: str, left_s: float | None) -> str:
-    """The progress as words: trials, the best objective per sparsity, and the time left."""
+    """The progress as words: trials, the best objective per sparsity of the finished trials, the time left."""
     parts = [f"{p.running} running, {p.finished} of {count(p.trials, 'trial')} done"]
     if p.best:
         parts.append(f"best {objective}: " + ", ".join(f"{s:g} {v:.4f}" for s, v in p.best.items()))
