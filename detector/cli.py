@@ -95,6 +95,11 @@ def configure_logging(verbose: bool) -> None:
     )
     if verbose:
         os.environ["DETECTOR_VERBOSE"] = "1"
+    # Ray folds alike lines of different workers into one ("[repeated 2x across cluster]"), numbers ignored: the
+    # trials' lines, which differ in numbers only ([search/s40-t1], [search/s40-t2]), would hide each other. A
+    # line that names its trial (detector.job.tune.progress.log_as_trial) is never folded. Ray reads this when
+    # it is imported, which no subcommand has done yet.
+    os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", r"\] detector\.")
 
 
 def main(argv: list[str] | None = None) -> int:
