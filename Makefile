@@ -11,16 +11,21 @@ CHECKOV := checkov==3.3.30
 
 .PHONY: demo test test-fast bench clean
 
+# pip's own lines (one per package it collects, a bar per download on a terminal) show the install's progress.
 $(STAMP): pyproject.toml
+	@echo "== installing the project into $(VENV) (first use only): PyTorch, Ray, Optuna and the rest, several GB;"
+	@echo "== usually 2-5 minutes; pip shows each package below as it goes."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
+	@echo "== installed: $(VENV)"
 
 demo: $(STAMP)
 	$(BIN)/detector demo --out runs/demo
 
 $(TOOLS)/.installed: Makefile
+	@echo "== installing checkov into $(TOOLS) (for the Kubernetes manifest tests; first use only)"
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q '$(CHECKOV)'
 	touch $@

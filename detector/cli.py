@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, prune, search and evaluate detectors of AI-generated images.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray Tune's own status tables and messages (off by default)")
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -84,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    """The console of every subcommand: INFO lines, DEBUG with -v. -v also sets ``DETECTOR_VERBOSE=1``
+    (``detector.job.tune.progress``): Tune's tables and the libraries' INFO chatter come back, in this process
+    and, as Ray passes the environment on, in the trial processes of a Ray it starts."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if verbose:
+        os.environ["DETECTOR_VERBOSE"] = "1"
+    # Ray folds alike lines of different workers into one ("[repeated 2x across cluster]"), numbers ignored: the
+    # trials' lines, which differ in numbers only ([search/s40-t1], [search/s40-t2]), would hide each other. A
+    # line that names its trial (detector.job.tune.progress.log_as_trial) is never folded. Ray reads this when
+    # it is imported, which no subcommand has done yet.
+    os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", r"\] detector\.")
 
 
 def version_text() -> str:
@@ -118,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose)
     try:
         return int(args._module.main(args) or 0)
     except RunStopped as e:

@@ -157,8 +157,8 @@ def run(
     running stage is left resumable and nothing after it starts. ``trust_run_folder``: resume Tune's state
     even from a folder that others could have written (it is unpickled).
     """
+    from detector.job.console import AnnouncedRunState
     from detector.job.lease import DriverLease
-    from detector.job.status import RunState
     from detector.job.stop import RunStopped, StopSignals, stop_in_chain
 
     unknown = [s for s in stages if s not in STAGES]
@@ -173,7 +173,8 @@ def run(
     try:
         with DriverLease(folder.lease, folder.lock):
             save_yaml(exp, folder.config)
-            state = RunState(folder, [s for s in STAGES if s in stages])
+            state = AnnouncedRunState(folder, [s for s in STAGES if s in stages], exp,
+                                      pending=lambda s: pending_work(exp, run_dir, [s]).get(s, []))
             try:
                 info = _run_stages(exp, folder, stages, state, stop, address=address, trust=trust_run_folder)
             except BaseException as e:
@@ -225,14 +226,15 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
                 address: str | None, trust: bool) -> Any:
     """The chosen ``stages`` in order, each skipped where its outputs exist; Ray's ``ClusterInfo``, or None
     when no stage needed Ray."""
+    from detector.job.console import duration
+
     run_dir = folder.root
     t0 = time.time()
     data = _prepare_stage(exp, folder, stages, state)
     todo = pending_work(exp, run_dir, stages)
     for stage, left in todo.items():
         if not left:
-            log.info("%s: outputs exist in %s, reusing them", stage, run_dir)
-            state.stage(stage, "reused")
+            state.stage(stage, "reused")  # says so on the console
     info = None
     if any(todo.values()):
         from detector.job import tune as dtune
@@ -251,7 +253,7 @@ def _run_stages(exp: ExperimentConfig, folder: RunFolder, stages: Sequence[str],
         state.stage("report", "running")
         write_report(run_dir)
         state.stage("report", "done")
-    log.info("done in %.0f s: %s", time.time() - t0, run_dir)
+    log.info("run: done in %s: %s", duration(time.time() - t0), run_dir)
     return info
 
 

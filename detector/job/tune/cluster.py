@@ -17,6 +17,7 @@ import ray
 
 import detector.job.tune.private_api as private_api
 from detector.job.experiment import TRAINING_STAGES, ExperimentConfig
+from detector.job.tune.progress import VERBOSE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ TUNE_DEFAULTS = {
     # time; with several trials per minute Tune warns that snapshots come often. They are cheap here (small
     # JSON state): the warning says nothing a user can act on.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Tune's older console output, whose verbose=0 is silent (the newer one prints a boxed table at each
+    # experiment's start whatever the verbosity) and whose CLIReporter takes the columns to show: the run shows
+    # its own progress (detector.job.tune.progress), and Tune's tables with `detector -v`.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 
@@ -141,8 +146,9 @@ def connect(address: str | None, exp: ExperimentConfig, *, job_name: str = "dete
     elif embedded:
         ctx = _start_embedded(exp, job_config)
     elif address and address.startswith("ray://"):
-        # Through Ray Client the Tune driver runs on the cluster, not here: Tune's settings travel with it.
-        env = {k: v for k, v in os.environ.items() if k.startswith("TUNE_")}
+        # Through Ray Client the Tune driver runs on the cluster, not here: Tune's settings travel with it
+        # (and -v's, for the trials' processes).
+        env = {k: v for k, v in os.environ.items() if k.startswith("TUNE_") or k in TUNE_DEFAULTS or k == VERBOSE_ENV}
         env.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(len(exp.search.sparsities)))
         # (Ray Client cannot carry a JobConfig: the job keeps the client's default name)
         ctx = _client_init(address, env)

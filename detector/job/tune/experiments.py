@@ -15,6 +15,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import Searcher
 
+import detector.job.tune.private_api as private_api
 from detector.job.experiment import CONTROL_SPARSITY, ExperimentConfig, TrialResources
 from detector.job.runfolder import RunFolder, check_model_name, tune_stage
 from detector.job.search_space import Categorical, Domain, LogUniform, search_space
@@ -24,6 +25,7 @@ from detector.paths import is_uri
 import detector.job.tune.private_api as private_api
 from detector.job.tune.cluster import apply_tune_defaults, env_default
 from detector.job.tune.live_status import LiveStatus, StageSink, registered
+from detector.job.tune.progress import StageProgress, quiet_libraries, tune_reporter, tune_verbosity
 from detector.job.tune.schedulers import asha
 from detector.job.tune.searchers import ParetoSearcher, SparsitySearcher, driving
 from detector.job.tune.trainables import StageContext, trainable
@@ -54,6 +56,12 @@ def _sink(run: RunFolder, name: str, exp: ExperimentConfig) -> StageSink:
                      objectives=tuple(exp.search.pareto.objectives) if pareto_search else ())
 
 
+def _progress(run: RunFolder, name: str, sink: StageSink, trials: int, exp: ExperimentConfig) -> StageProgress:
+    """The progress line of experiment ``name`` (``trials`` of them), from the table ``sink`` writes."""
+    return StageProgress(run.stage_status(name), name, trials=trials, epochs_per_trial=sink.epochs_planned,
+                         objective=sink.objective, maximize=exp.search.direction == "max")
+
+
 def run_experiment(
     name: str,
     ctx: StageContext,
@@ -79,6 +87,7 @@ def run_experiment(
     run = RunFolder(Path(ctx.run_dir))
     path = run.tune_experiment(name, exp.storage)
     apply_tune_defaults()
+    quiet_libraries()
     fn = tune.with_resources(tune.with_parameters(trainable(tune_stage(name)), ctx=ctx),
                              _resources(exp.resources.stage(tune_stage(name))))
     # driving: a searcher restored with the experiment opens this run folder's studies, wherever it was made
@@ -89,6 +98,7 @@ def run_experiment(
             if not is_uri(path) and private_api.rehome_search_state(Path(path), run.tune_root(exp.storage)):
                 log.info("%s: the run folder was copied or moved; its new trials are made here", path)
             tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True)
+            private_api.set_tune_verbosity(tuner, tune_verbosity())  # the saved run's is restored with it
         else:
             tuner = tune.Tuner(
                 fn,
@@ -110,10 +120,11 @@ def run_experiment(
                     failure_config=tune.FailureConfig(max_failures=exp.resources.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), LiveStatus(sink)],
-                    verbose=1,
+                    verbose=tune_verbosity(),  # progress: StageProgress; Tune's tables with detector -v
+                    progress_reporter=tune_reporter(sink.objective),
                 ),
             )
-        with stop.deferring(sink.ask_stop):
+        with stop.deferring(sink.ask_stop), _progress(run, name, sink, expected, exp):
             tuner.fit()
         stop.check(name)
     rows = read_status_rows(run, name)

@@ -135,6 +135,14 @@ def train_v2() -> tuple[bool, str]:
     return bool(_attr(constants, "is_v2_enabled")()), _attr(constants, "V2_ENABLED_ENV_VAR")
 
 
+def set_tune_verbosity(tuner: Any, verbose: int) -> None:
+    """Tune's console ``verbose`` for a restored ``tuner``: ``Tuner.restore`` brings back the saved run's, and
+    takes no ``RunConfig``. Through Ray Client the tuner lives on the cluster and keeps the saved one."""
+    local = _attr(tuner, "_local_tuner")
+    if local is not None:
+        local.get_run_config().verbose = verbose
+
+
 @contextlib.contextmanager
 def single_node_ray() -> Iterator[None]:
     """Ray with multi-node clusters off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), for a ``ray.init`` that

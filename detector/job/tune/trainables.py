@@ -28,6 +28,7 @@ import detector.job.tune.private_api as private_api
 from detector.job.experiment import ExperimentConfig
 from detector.job.runfolder import BASELINE, RunFolder, model_name, sparsity_label, trial_label
 from detector.job.search_space import param_names
+from detector.job.tune.progress import log_as_trial, trial_log_name
 from detector.job.tune.trial_rows import evaluated_model
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def _train_trial(ctx: StageContext, stage: str, training: dict[str, Any], extra:
     workers = {"CPU": res.cpus_per_trial, **({"GPU": res.gpus_per_trial} if res.gpus_per_trial else {})}
     trainer = TorchTrainer(
         _data_parallel_worker,
-        train_loop_config={"training": training, "extra": extra, "trial_id": trial_id},
+        train_loop_config={"training": training, "extra": extra, "trial_id": trial_id, "trial_name": trial_log_name()},
         torch_config=TorchConfig(backend=backend_for("cuda" if res.gpus_per_trial else "cpu")),
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_trial > 0,
                                      resources_per_worker=workers),
@@ -177,6 +178,7 @@ def _data_parallel_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
+    log_as_trial(f"{config['trial_name']} rank {rank}")
     _train_in_process(config["training"], config["extra"], f"{config['trial_id']}-rank{rank}",
                       ray.train.get_checkpoint(), _train_report)
 
@@ -190,7 +192,9 @@ def _require_train_v2() -> None:
 
 
 def _announce(stage: str, label: str, detail: dict[str, Any]) -> None:
-    """One line at a trial's start that names it: the Ray dashboard's actor logs show which trial is which."""
+    """One line at a trial's start that names it, after which every line the trial logs names it too (Ray's
+    worker logs, the dashboard's actor logs and the driver's output show them: ``progress.log_as_trial``)."""
+    log_as_trial(f"{stage}/{label}")
     ctx = tune.get_context()
     log.info("trial %s/%s (Tune %s) starts: %s", stage, label, ctx.get_trial_id(),
              ", ".join(f"{k} {v}" for k, v in detail.items()))
