@@ -1,16 +1,18 @@
 """`detector run --dry-run`: the config validated and the plan printed (stages, models, trials, trial-epochs,
 resources), with nothing started: no Ray, no run folder."""
 
+import os
 import subprocess
 import sys
-import os
 
 import pytest
 
 from conftest import REPO
 from detector.cli import main
+from detector.config import save_yaml
 from detector.job.experiment import load_experiment
 from detector.job.plan import plan
+from detector.job.runfolder import BASELINE, RunFolder
 
 DEMO = REPO / "jobs" / "configs" / "demo.yaml"
 PAPER = REPO / "jobs" / "configs" / "paper.yaml"
@@ -57,11 +59,11 @@ def test_overrides_and_stages_change_the_plan(capsys, tmp_path):
 def test_a_finished_stage_is_planned_as_reused(tmp_path):
     exp = load_experiment(DEMO)
     run = tmp_path / "run"
-    (run / "models").mkdir(parents=True)
-    (run / "models" / "baseline.pt").write_bytes(b"")
-    from detector.config import save_yaml
-
-    save_yaml(exp, run / "experiment.yaml")
+    folder = RunFolder(run)
+    folder.model(BASELINE).parent.mkdir(parents=True)
+    folder.model(BASELINE).write_bytes(b"")
+    folder.model_summary(BASELINE).write_text("{}")  # a model is done once its summary is written
+    save_yaml(exp, folder.config)
     steps = by_stage(plan(exp, run, ["baseline", "search"]))
     assert steps["baseline"].action == "reuse" and steps["search"].action == "run"
     assert steps["prepare"].action == "skip"
