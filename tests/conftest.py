@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 # a path relative to the repository root unless absolute.
 REALORFAKE_ENV = "DETECTOR_REALORFAKE_SAMPLES"
 REALORFAKE_DEFAULT = "../shared/samples/realorfake"
+
+
+def local_cluster_module():
+    """cluster/local_cluster.py (a script, not a package module), imported for its functions."""
+    spec = importlib.util.spec_from_file_location("local_cluster", REPO / "cluster" / "local_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["local_cluster"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config):

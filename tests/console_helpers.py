@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from detector.config import save_yaml
 from pipeline_helpers import make_tiny_data, tiny_experiment
+from process_helpers import end_processes_with
 
 
 @dataclass(frozen=True)
@@ -40,34 +39,9 @@ def run_detector(*args: str, cwd: Path, timeout: float = 540) -> Console:
         done = subprocess.run([sys.executable, "-m", "detector.cli", *args], cwd=cwd, timeout=timeout,
                               env={**os.environ, "RAY_TMPDIR": ray_tmp}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-        _wait_for_ray_to_end(ray_tmp)
+        end_processes_with(ray_tmp, timeout=30)
         logs = {p.name: p.read_text(errors="replace")
                 for p in Path(ray_tmp).glob("ray/session_*/logs/worker-*") if p.suffix in (".out", ".err")}
         return Console(done.returncode, done.stdout, logs)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def _ray_processes(marker: str) -> list[int]:
-    pids = []
-    for pid_dir in Path("/proc").iterdir():
-        if pid_dir.name.isdigit():
-            try:
-                if marker in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(pid_dir.name))
-            except OSError:
-                pass
-    return pids
-
-
-def _wait_for_ray_to_end(marker: str, timeout: float = 30) -> None:
-    """Ray's own shutdown ends its processes shortly after the driver; any left after ``timeout`` are killed
-    (and the test fails on the driver's output, not here)."""
-    deadline = time.monotonic() + timeout
-    while _ray_processes(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in _ray_processes(marker):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from detector.job.runfolder import RunFolder
 from detector.job.status import read_status
+from process_helpers import end_processes_with
 
 
 class Driver:
@@ -41,26 +42,13 @@ class Driver:
 
     def _reap(self) -> None:
         """Once the driver has exited, wait for its Ray to shut down; end what is left (by pid) and say so."""
-        deadline = time.monotonic() + 20
-        while _processes_with(self.ray_tmp) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = _processes_with(self.ray_tmp)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        left = end_processes_with(self.ray_tmp)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
         assert not left, f"the driver left {len(left)} Ray processes running"
 
-
-def _processes_with(marker: str) -> list[int]:
-    pids = []
-    for pid_dir in Path("/proc").iterdir():
-        if pid_dir.name.isdigit():
-            try:
-                if marker in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(pid_dir.name))
-            except OSError:
-                pass
-    return pids
+    def signal_group(self, sig: int) -> None:
+        """What Ctrl-C in a terminal does: the signal goes to the driver and every process it started."""
+        os.killpg(self.proc.pid, sig)
 
 
 def stop_during_search(config: Path, run_dir: Path, log: Path, *, timeout: float = 300) -> list[dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
+import time
 from pathlib import Path
 
 from detector.system import process_start
@@ -71,3 +73,31 @@ def listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
 def is_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def processes_with(marker: str) -> list[int]:
+    """The processes whose command line holds ``marker`` (a Ray temp dir of a test's own: its Ray's)."""
+    pids = []
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                if marker in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(pid_dir.name))
+            except OSError:
+                pass
+    return pids
+
+
+def end_processes_with(marker: str, timeout: float = 20) -> list[int]:
+    """Wait up to ``timeout`` for the processes with ``marker`` to end (Ray's own shutdown ends them shortly
+    after its driver), then SIGKILL those left; returns the pids that were left."""
+    deadline = time.monotonic() + timeout
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = processes_with(marker)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left

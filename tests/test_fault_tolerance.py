@@ -3,7 +3,6 @@ a trial whose loss diverges; and it runs when submitted as a Ray job to a runnin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, local_cluster_module
 from detector.config import save_yaml
 from detector.job.pipeline import run
 from detector.job.runfolder import RunFolder
@@ -25,7 +25,6 @@ from pipeline_helpers import make_tiny_data, tiny_experiment, write_untrained_ba
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -202,19 +201,11 @@ def test_a_diverging_trial_fails_alone_with_its_reason(data, tmp_path):
     assert not (run_dir / "search" / "results.json").exists()
 
 
-def _local_cluster_module():
-    spec = importlib.util.spec_from_file_location("local_cluster", REPO / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_cluster"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def running_head():
     """A running head with 2 workers (cluster/local_cluster.py), as a team's cluster is: the jobs of the tests
     below come and go on it; it is torn down after them."""
-    local_cluster = _local_cluster_module()
+    local_cluster = local_cluster_module()
     temp = Path(tempfile.mkdtemp(prefix="job-", dir="/tmp"))
     cluster = local_cluster.up(workers=2, cpus_per_worker=1, object_store_mb=80, temp_dir=temp,
                                state_path=temp / "cluster.json")

@@ -5,7 +5,6 @@ Also: every Kubernetes object that can stop a run gives the stop the same time, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -18,21 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO, local_cluster_module
 from detector.config import save_yaml
 from detector.job.runfolder import RunFolder
 from detector.job.status import read_status
 from pipeline_helpers import make_tiny_data, tiny_experiment
 
-REPO = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
-
-
-def _local_cluster():
-    spec = importlib.util.spec_from_file_location("local_cluster", REPO / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_cluster"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def stop_wait_s() -> int:
@@ -116,7 +107,7 @@ def search_rows(run_dir: Path) -> dict[str, list[dict]]:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_ray_job_stop_ends_the_job_stopped_and_a_resubmission_with_resume_finishes_it(tmp_path):
-    local_cluster = _local_cluster()
+    local_cluster = local_cluster_module()
     data = make_tiny_data(tmp_path / "shards")
     # Search trials of 3 epochs: one is still training when its first epoch is seen and the stop comes.
     exp = tiny_experiment(data, control=False, train={"max_epochs": 1}, search_train={"max_epochs": 3},

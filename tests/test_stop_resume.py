@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,57 +16,11 @@ import pytest
 from detector.config import save_yaml
 from detector.job.runfolder import BASELINE, CONTROL, RunFolder
 from detector.job.status import read_status
+from driver_helpers import Driver
 from pipeline_helpers import make_tiny_data, tiny_experiment
+from process_helpers import processes_with
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-class Driver:
-    """A `detector run` in its own process group (as a terminal would start it), with its own Ray temp dir."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths live under it
-        env = {**os.environ, "RAY_TMPDIR": self.ray_tmp}
-        self.log = log
-        with open(log, "w") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "detector.cli", "run", *args], env=env, stdout=f,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait(self, timeout: float = 240) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.reap()
-
-    def reap(self) -> None:
-        """Once the driver has exited: nothing of its Ray may be left running (wait for Ray's own shutdown)."""
-        deadline = time.monotonic() + 20
-        while ray_processes(self.ray_tmp) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = ray_processes(self.ray_tmp)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-        assert not left, f"the driver left {len(left)} Ray processes running"
-
-    def signal_group(self, sig: int) -> None:
-        """What Ctrl-C in a terminal does: the signal goes to the driver and every process it started."""
-        os.killpg(self.proc.pid, sig)
-
-
-def ray_processes(marker: str) -> list[int]:
-    pids = []
-    for pid_dir in Path("/proc").iterdir():
-        if pid_dir.name.isdigit():
-            try:
-                if marker in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(pid_dir.name))
-            except OSError:
-                pass
-    return pids
 
 
 def wait_for(run_dir: Path, driver: Driver, stage: str, *, timeout: float = 240, done: int = 0) -> dict:
@@ -127,10 +77,10 @@ def config(tmp_path_factory) -> Path:
 @pytest.mark.timeout(1500)
 def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
     run_dir = tmp_path / "run"
-    resume = ["--resume", "--out", str(run_dir)]
+    resume = ["run", "--resume", "--out", str(run_dir)]
 
     # Ctrl-C during the baseline: the whole job stops; no baseline model, nothing after it.
-    first = Driver(["--config", str(config), "--out", str(run_dir)], tmp_path / "1.log")
+    first = Driver(["run", "--config", str(config), "--out", str(run_dir)], tmp_path / "1.log")
     wait_for(run_dir, first, "baseline")
     first.signal_group(signal.SIGINT)
     assert_stopped(run_dir, "baseline", first.wait(), signal.SIGINT)
@@ -190,7 +140,7 @@ def test_stopped_at_each_stage_and_resumed_it_ends_as_one_run(config, tmp_path):
 def test_one_driver_per_run_folder_and_a_dead_ones_lease_is_taken_over(config, tmp_path):
     run_dir = tmp_path / "run"
     # a baseline long enough to still be training when the second driver comes
-    args = ["--config", str(config), "--out", str(run_dir), "--stages", "prepare,baseline",
+    args = ["run", "--config", str(config), "--out", str(run_dir), "--stages", "prepare,baseline",
             "--set", "train.max_epochs=12", "--set", "train.patience=12"]
     first = Driver(args, tmp_path / "1.log")
     wait_for(run_dir, first, "baseline")
@@ -206,7 +156,7 @@ def test_one_driver_per_run_folder_and_a_dead_ones_lease_is_taken_over(config, t
     # The first dies without a word (SIGKILL, like a lost node): the next driver takes its lease over.
     first.signal_group(signal.SIGKILL)
     first.proc.wait()
-    for pid in ray_processes(first.ray_tmp):  # what SIGKILL left of its embedded Ray
+    for pid in processes_with(first.ray_tmp):  # what SIGKILL left of its embedded Ray
         os.kill(pid, signal.SIGKILL)
     status = read_status(RunFolder(run_dir))
     assert status["state"] == "stopped" and "driver is gone" in status["message"]
