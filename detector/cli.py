@@ -103,6 +103,8 @@ def configure_logging(verbose: bool) -> None:
     # line that names its trial (detector.job.tune.progress.log_as_trial) is never folded. Ray reads this when
     # it is imported, which no subcommand has done yet.
     os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", r"\] detector\.")
+    if not sys.stderr.isatty():  # a log file, `ray job logs`, CI: Ray's prefixes without terminal colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 def version_text() -> str:

@@ -41,6 +41,9 @@ BAR_EVERY_S = 1.0
 # Libraries' INFO chatter: "Checkpoint successfully created at: ..." every epoch of every trial, "Wrote the
 # latest version of all result files ...", Optuna's "A new study created ...". Shown with -v.
 CHATTY_LOGGERS = ("ray.train", "ray.tune", "optuna")
+# Warnings that say nothing to a user: after a stop, Tune's result grid warns "Failed to fetch metrics" for
+# every trial that had not started (it has no results, as it should). Shown with -v.
+MISLEADING_LOGGERS = ("ray.tune.analysis.experiment_analysis",)
 
 
 def verbose() -> bool:
@@ -58,6 +61,8 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(logging.WARNING)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in MISLEADING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def tune_verbosity() -> int:
