@@ -76,19 +76,36 @@ def test_a_copied_and_a_moved_run_folder_resume_where_they_are(tmp_path):
     assert_finished_once(moved)
 
 
+def searcher(journal: Path) -> "SparsitySearcher":
+    from ray import tune
+
+    from detector.job.tune.searchers import SparsitySearcher
+
+    return SparsitySearcher([0.1], trials_per_sparsity=2, space={"lr": tune.loguniform(1e-6, 1e-4)},
+                            metric="val_accuracy", seed=0, tpe_startup_trials=1, storage=str(journal))
+
+
+def test_a_new_search_sent_whole_to_where_tunes_loop_runs_asks_its_studies(tmp_path):
+    """Through Ray Client, Tune's loop runs on the cluster: the new searcher is pickled there before any
+    trial (no driver restores anything there), and asks its own studies for trials."""
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+
+    journal = tmp_path / "run" / "optuna.journal"
+    sent = pickle.loads(cloudpickle.dumps(searcher(journal)))
+    assert sent.suggest("t0")["sparsity"] == 0.1
+    assert studies(journal) == {"sparsity-0.1": ["RUNNING"]}
+
+
 def test_a_restored_searcher_opens_the_journal_it_is_driven_with(tmp_path):
     """What Tune pickles (tuner.pkl) holds the journal's path where the search began; restored beside a
     copy of that journal, the searcher writes to the copy, and the original is left as it was."""
     import pickle
 
     import ray.cloudpickle as cloudpickle
-    from ray import tune
 
-    from detector.job.tune.searchers import SparsitySearcher, driving
-
-    def searcher(journal: Path) -> SparsitySearcher:
-        return SparsitySearcher([0.1], trials_per_sparsity=2, space={"lr": tune.loguniform(1e-6, 1e-4)},
-                                metric="val_accuracy", seed=0, tpe_startup_trials=1, storage=str(journal))
+    from detector.job.tune.searchers import driving
 
     old, new = tmp_path / "run" / "optuna.journal", tmp_path / "copy" / "optuna.journal"
     first = searcher(old)
@@ -101,11 +118,11 @@ def test_a_restored_searcher_opens_the_journal_it_is_driven_with(tmp_path):
     shutil.copy2(old, new)
     before = old.read_bytes()
 
-    # read back but not restored (Tune failed to, and would start the experiment over): it asks nothing
-    with pytest.raises(ValueError, match="could not restore the search's saved state"):
-        pickle.loads(pickled).suggest("t2")
-    restored = pickle.loads(pickled)
-    with driving(searcher(new), str(tmp_path / "copy" / "tune" / "search")):
+    with driving(searcher(new), str(tmp_path / "copy" / "tune" / "search"), restoring=True):
+        # read back but not restored (Tune failed to, and would start the experiment over): it asks nothing
+        with pytest.raises(ValueError, match="could not restore the search's saved state"):
+            pickle.loads(pickled).suggest("t2")
+        restored = pickle.loads(pickled)
         restored.restore(str(tmp_path / "searcher-state.json"))
     restored.on_trial_complete("t1", {"val_accuracy": 0.7, "training_iteration": 1})
     assert old.read_bytes() == before

@@ -91,8 +91,9 @@ def run_experiment(
     fn = tune.with_resources(tune.with_parameters(trainable(tune_stage(name)), ctx=ctx),
                              _resources(exp.resources.stage(tune_stage(name))))
     # driving: a searcher restored with the experiment opens this run folder's studies, wherever it was made
-    with registered(_sink(run, name, exp)) as sink, driving(search_alg, path):
-        if tune.Tuner.can_restore(path):
+    restoring = tune.Tuner.can_restore(path)
+    with registered(_sink(run, name, exp)) as sink, driving(search_alg, path, restoring=restoring):
+        if restoring:
             log.info("resuming the %s experiment from %s", name, path)
             _check_trusted(path, ctx.trust_run_folder)
             if not is_uri(path) and private_api.rehome_search_state(Path(path), run.tune_root(exp.storage)):

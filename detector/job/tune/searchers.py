@@ -44,26 +44,27 @@ def optuna_storage(url: str) -> Any:
     return optuna.storages.RDBStorage(url)
 
 
-# The search the driver runs now: its storage (the run folder's journal, or search.storage) and its Tune
-# experiment's folder. Tune pickles a searcher with its experiment (tuner.pkl), and the one that
-# ``Tuner.restore`` brings back held the storage URL of the folder it was created in: a copied or moved run
-# folder would resume the studies of the old folder (or start empty ones at the old path). A restored
-# searcher opens this storage instead, and names its state file in this experiment folder (Tune reads a
-# copy of it in Ray's session folder).
-_DRIVEN: dict[str, tuple[str, str]] = {}
+# The search the driver runs now: its storage (the run folder's journal, or search.storage), its Tune
+# experiment's folder, and whether Tune restores the experiment. Tune pickles a searcher with its experiment
+# (tuner.pkl), and the one that ``Tuner.restore`` brings back held the storage URL of the folder it was created
+# in: a copied or moved run folder would resume the studies of the old folder (or start empty ones at the old
+# path). A restored searcher opens this storage instead, and names its state file in this experiment folder
+# (Tune reads a copy of it in Ray's session folder).
+_DRIVEN: dict[str, tuple[str, str, bool]] = {}
 
 
 @contextlib.contextmanager
-def driving(searcher: Searcher | None, experiment: str) -> Iterator[None]:
+def driving(searcher: Searcher | None, experiment: str, *, restoring: bool) -> Iterator[None]:
     """While the block runs, a restored searcher of ``searcher``'s kind opens ``searcher``'s storage: the
     one the current driver computed from the current run folder; ``experiment``: the Tune experiment's
-    folder. ``None`` or a searcher without a storage changes nothing."""
+    folder; ``restoring``: whether the block restores it (``Tuner.restore``). ``None`` or a searcher without a
+    storage changes nothing."""
     url = getattr(searcher, "storage_url", None)
     kind = getattr(searcher, "kind", "")
     if not url:
         yield
         return
-    _DRIVEN[kind] = (url, experiment)
+    _DRIVEN[kind] = (url, experiment, restoring)
     try:
         yield
     finally:
@@ -145,7 +146,7 @@ class StudySearcher(Searcher):
                        **self._state()}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        storage, experiment = _DRIVEN.get(self.kind, (self.storage_url, ""))
+        storage, experiment, _ = _DRIVEN.get(self.kind, (self.storage_url, "", True))
         named = str(Path(experiment) / Path(checkpoint_path).name) if experiment else checkpoint_path
         try:
             state = _read_searcher_state(checkpoint_path, named)
@@ -161,9 +162,11 @@ class StudySearcher(Searcher):
         self.unrestored = None
 
     # Tune pickles the searcher with its experiment (tuner.pkl), studies and all; the studies hold the
-    # storage of the folder the search began in. A searcher read back opens its studies in ``restore`` only,
-    # from the current folder's storage, and until then suggests nothing: where Tune failed to restore the
-    # experiment it would start it over, asking the old studies (maybe another run folder's) for new trials.
+    # storage of the folder the search began in. Read back by a driver that restores the experiment, a
+    # searcher opens its studies in ``restore`` only, from the current folder's storage, and until then
+    # suggests nothing: where Tune failed to restore the experiment it would start it over, asking the old
+    # studies (maybe another run folder's) for new trials. Read back anywhere else, it is a new search sent
+    # whole to where Tune's loop runs (through Ray Client, the cluster): it opens its studies at once.
     unrestored: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -171,8 +174,17 @@ class StudySearcher(Searcher):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update({k: v for k, v in state.items() if k not in ("studies", "study")})
-        self.unrestored = ("Tune could not restore the search's saved state (its log above says why); the search "
-                           "is not started over in studies that hold trials already: start a new --out folder")
+        if _DRIVEN.get(self.kind, ("", "", False))[2]:
+            self.unrestored = ("Tune could not restore the search's saved state (its log above says why); the "
+                               "search is not started over in studies that hold trials already: start a new "
+                               "--out folder")
+        else:
+            self.unrestored = None
+            self._open_studies()
+
+    def _open_studies(self) -> None:
+        """Open the studies from ``storage_url`` (a new search's: empty, or as this searcher left them)."""
+        raise NotImplementedError
 
     def _check_restored(self) -> None:
         if self.unrestored:
@@ -225,6 +237,9 @@ class SparsitySearcher(StudySearcher):
 
     def study_name(self, sparsity: float) -> str:
         return f"{self.study_prefix}sparsity-{sparsity:g}"
+
+    def _open_studies(self) -> None:
+        self.studies = self._make_studies()
 
     def _make_studies(self) -> dict[float, OptunaSearch]:
         storage = self._storage()
@@ -296,6 +311,9 @@ class ParetoSearcher(StudySearcher):
         self.objectives = list(objectives)
         self.name = study_name
         self.trial_number: dict[str, int] = {}
+        self.study = self._make_study()
+
+    def _open_studies(self) -> None:
         self.study = self._make_study()
 
     def _make_study(self) -> OptunaSearch:
