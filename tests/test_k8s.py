@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 KUBERAY_SCHEMAS = REPO / "tests" / "schemas" / "kuberay"  # vendored, see its README.md
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+# The overlays with a RayJob: one-shot (-rayjob), submitted to the running cluster (-submit), queued (-kueue).
+JOB_OVERLAYS = [o for o in OVERLAYS if o.endswith(("-rayjob", "-submit", "-kueue"))]
 KUBERNETES_VERSION = "1.37.0"  # the newest schema kubernetes-validate ships; it works offline
 
 MOUNT = "/mnt/detector"
@@ -42,9 +44,13 @@ def kubectl() -> str:
 
 @functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
-    result = subprocess.run([kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize k8s/overlays/{overlay}:\n{result.stderr}"
+    return render_folder(K8S / "overlays" / overlay)
+
+
+@functools.cache
+def render_folder(folder: Path) -> tuple[dict, ...]:
+    result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {folder.relative_to(REPO)}:\n{result.stderr}"
     return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
 
 
@@ -84,6 +90,11 @@ def matches(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
+def autoscaled(spec: dict) -> bool:
+    """Whether KubeRay runs the autoscaler sidecar in this cluster's head (not when Kueue admits the job)."""
+    return spec.get("enableInTreeAutoscaling", False)
+
+
 def all_docs() -> list[tuple[str, dict]]:
     return [(overlay, d) for overlay in OVERLAYS for d in render(overlay)]
 
@@ -92,7 +103,7 @@ def all_docs() -> list[tuple[str, dict]]:
 
 
 def test_overlays_cover_dev_and_prod_each_as_cluster_one_shot_job_and_submission():
-    assert set(OVERLAYS) == {f"{env}{kind}" for env in ("dev", "prod") for kind in ("", "-rayjob", "-submit")}
+    assert set(OVERLAYS) == {f"{env}{kind}" for env in ("dev", "prod") for kind in ("", "-rayjob", "-submit", "-kueue")}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -132,13 +143,18 @@ def test_one_shot_job_brings_the_environments_cluster_and_submission_brings_only
         assert submitter["image"] == head_image
 
 
-@functools.cache
 def crd_validator(kind: str) -> jsonschema.protocols.Validator:
-    """The CRD's v1 schema with unknown fields made errors, as `kubectl apply --validate=strict` does."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 2.3 MB of YAML
-    crd = yaml.load((KUBERAY_SCHEMAS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema = copy.deepcopy(v1["schema"]["openAPIV3Schema"])
+    return strict_crd_validator(KUBERAY_SCHEMAS / f"ray.io_{kind.lower()}s.yaml", "v1")
+
+
+@functools.cache
+def strict_crd_validator(crd_file: Path, version: str) -> jsonschema.protocols.Validator:
+    """The CRD's schema of that version with unknown fields made errors, as `kubectl apply --validate=strict`
+    does."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the KubeRay CRDs are 2.3 MB of YAML
+    crd = yaml.load(crd_file.read_text(), Loader=loader)
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = copy.deepcopy(served["schema"]["openAPIV3Schema"])
 
     def close(node: Any) -> None:
         if isinstance(node, dict):
@@ -232,7 +248,9 @@ def test_gpu_groups_request_and_limit_gpus_on_gpu_nodes_and_the_head_takes_no_tr
         head = spec["headGroupSpec"]
         assert head["rayStartParams"]["num-cpus"] == "0", where
         assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
-        assert spec["enableInTreeAutoscaling"] is True
+        # Kueue admits a job's cluster whole, at its full size, and refuses an autoscaled one (test_kueue.py).
+        queued = overlay.endswith("-kueue")
+        assert autoscaled(spec) is not queued, where
         for group in spec["workerGroupSpecs"]:
             pod = group["template"]["spec"]
             resources = pod["containers"][0]["resources"]
@@ -241,8 +259,10 @@ def test_gpu_groups_request_and_limit_gpus_on_gpu_nodes_and_the_head_takes_no_tr
             assert resources["requests"]["nvidia.com/gpu"] == gpus
             assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"])
             assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
-            # Autoscaled from zero: an idle cluster holds no GPU.
-            assert group["minReplicas"] == 0 == group["replicas"] < group["maxReplicas"]
+            if queued:
+                assert 0 < group["minReplicas"] == group["replicas"] == group["maxReplicas"], where
+            else:  # autoscaled from zero: an idle cluster holds no GPU
+                assert group["minReplicas"] == 0 == group["replicas"] < group["maxReplicas"], where
 
 
 def test_dev_has_fewer_gpus_than_prod():
@@ -361,9 +381,12 @@ def test_network_policies_select_the_pods_they_mean(overlay):
     ray_egress = egress["detector-ray-egress"]
     assert selected(ray_egress["podSelector"]) == ray_pods
     assert selected(ray_egress["egress"][0]["to"][0]["podSelector"]) == ray_pods and ray_egress["egress"][1] == dns_rule
-    api_egress = egress["detector-ray-head-egress-api"]
-    assert selected(api_egress["podSelector"]) == heads
-    assert [p["port"] for rule in api_egress["egress"] for p in rule["ports"]] == [443, 6443]
+    # The head reaches the API server only where its autoscaler runs.
+    api_egress = egress.get("detector-ray-head-egress-api")
+    assert (api_egress is not None) is any(autoscaled(spec) for _, spec in cluster_specs(docs)), overlay
+    if api_egress is not None:
+        assert selected(api_egress["podSelector"]) == heads
+        assert [p["port"] for rule in api_egress["egress"] for p in rule["ports"]] == [443, 6443]
     submit = egress["detector-ray-job-submitter-egress"]
     assert selected(submit["podSelector"]) == submitters
     assert selected(submit["egress"][0]["to"][0]["podSelector"]) == heads
@@ -392,7 +415,7 @@ def entrypoint_config(entrypoint: str) -> tuple[Path, list[str]]:
     return REPO / args.config, args.overrides
 
 
-@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.endswith(("-rayjob", "-submit"))])
+@pytest.mark.parametrize("overlay", JOB_OVERLAYS)
 def test_entrypoint_names_a_script_and_a_valid_config_that_exist(overlay):
     from detector.job.experiment import load_experiment
 
@@ -410,14 +433,14 @@ def test_paper_run_uses_the_papers_config_in_prod():
     assert config == REPO / "jobs" / "configs" / "paper.yaml" and overrides == []
 
 
-@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.endswith(("-rayjob", "-submit"))])
+@pytest.mark.parametrize("overlay", JOB_OVERLAYS)
 def test_runtime_env_of_every_rayjob_is_cluster_runtime_env_yaml(overlay):
     shared = yaml.safe_load((REPO / "cluster" / "runtime_env.yaml").read_text())
     for job in of_kind(render(overlay), "RayJob"):
         assert yaml.safe_load(job["spec"]["runtimeEnvYAML"]) == shared
 
 
-@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.endswith(("-rayjob", "-submit"))])
+@pytest.mark.parametrize("overlay", JOB_OVERLAYS)
 def test_rayjobs_follow_the_rules_kuberay_enforces_in_its_operator(overlay):
     for job in of_kind(render(overlay), "RayJob"):
         name, spec = job["metadata"]["name"], job["spec"]
@@ -521,6 +544,7 @@ def assert_hardened(where: str, container: dict, pod_security: dict) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_is_bounded_and_unprivileged(overlay):
     docs = render(overlay)
+    heads = dict(cluster_specs(docs))
     count = 0
     for where, template in pod_templates(docs):
         pod = template["spec"]
@@ -529,13 +553,14 @@ def test_every_container_is_bounded_and_unprivileged(overlay):
         assert all("hostPath" not in v for v in pod.get("volumes", [])), where
         assert pod["serviceAccountName"] == "detector"
         # Only the head mounts an API token, for its autoscaler sidecar.
-        assert pod["automountServiceAccountToken"] is where.endswith(" head"), where
+        cluster = heads.get(where.removesuffix(" head"))
+        assert pod["automountServiceAccountToken"] is (cluster is not None and autoscaled(cluster)), where
         for container in pod.get("initContainers", []) + pod["containers"]:
             assert_hardened(where, container, pod["securityContext"])
             count += 1
         tmp = {v["name"]: v for v in pod.get("volumes", [])}.get("tmp", {})
         assert "sizeLimit" in tmp.get("emptyDir", {}), f"{where}: /tmp is not a bounded emptyDir"
-    for where, spec in cluster_specs(docs):
+    for where, spec in filter(lambda s: autoscaled(s[1]), cluster_specs(docs)):
         # The autoscaler sidecar KubeRay adds to the head is a container too.
         assert_hardened(f"{where} autoscaler", {"name": "autoscaler", **spec["autoscalerOptions"]}, {})
         count += 1
@@ -679,7 +704,7 @@ def ray_pods(overlay: str) -> list[dict]:
             continue  # checkov reads Deployments itself
         spec = copy.deepcopy(template["spec"])
         cluster = where.rsplit(" ", 1)[0] if where.endswith(" head") else None
-        if cluster in heads and heads[cluster].get("enableInTreeAutoscaling"):
+        if cluster in heads and autoscaled(heads[cluster]):
             options = heads[cluster]["autoscalerOptions"]
             spec["containers"].append({"name": "autoscaler", "image": spec["containers"][0]["image"],
                                        **{k: options[k] for k in ("resources", "securityContext", "volumeMounts")
