@@ -28,13 +28,17 @@ REALORFAKE_ENV = "DETECTOR_REALORFAKE_SAMPLES"
 REALORFAKE_DEFAULT = "../shared/samples/realorfake"
 
 
-def local_cluster_module():
-    """cluster/local_cluster.py (a script, not a package module), imported for its functions."""
-    spec = importlib.util.spec_from_file_location("local_cluster", REPO / "cluster" / "local_cluster.py")
+def cluster_script(name: str):
+    """cluster/<name>.py (a script, not a package module), imported for its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "cluster" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["local_cluster"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def local_cluster_module():
+    return cluster_script("local_cluster")
 
 
 def pytest_configure(config):

@@ -91,6 +91,26 @@ def holder_state(holder: Holder, *, now: float | None = None) -> str:
     return "live" if now - holder.heartbeat < STALE_AFTER_S else "stale"
 
 
+def wait_while_silent(path: Path, holder: Holder, poll_s: float = 1.0) -> Holder | None:
+    """Watch a lease held from another host until it shows its driver alive or gone.
+
+    A fresh heartbeat from another host is what a live driver leaves, and also what a driver leaves whose host
+    was lost a moment ago: KubeRay's retry of a RayJob, or Kueue re-admitting a preempted one, starts the next
+    driver within seconds. A heartbeat that moves while watched is a live driver (refused at once); one that
+    stays still until ``STALE_AFTER_S`` is a lost one, taken over. Returns the lease as last read (None: it was
+    released meanwhile)."""
+    wait = STALE_AFTER_S - (time.time() - holder.heartbeat)
+    log.warning("%s: the lease is held by %s; waiting up to %.0f s for its heartbeat to move (a live driver) or to "
+                "go stale (a lost host)", path.parent, holder.describe(), wait)
+    current: Holder | None = holder
+    while current is not None and holder_state(current) == "live":
+        time.sleep(poll_s)
+        current = read_holder(path)
+        if current is not None and (current.token != holder.token or current.heartbeat != holder.heartbeat):
+            return current
+    return current
+
+
 class DriverLease:
     """The run folder's lease, held by this process from ``acquire()`` to ``release()``.
 
@@ -120,10 +140,16 @@ class DriverLease:
                                 "wait for it, or stop it first (Ctrl-C, or kill its pid)") from None
         previous = read_holder(self.path)
         if previous is not None:
-            if holder_state(previous) == "live":
+            try:
+                if holder_state(previous) == "live" and previous.host != socket.gethostname():
+                    previous = wait_while_silent(self.path, previous)
+                if previous is not None and holder_state(previous) == "live":
+                    raise RunFolderBusy(f"{self.path.parent}: another driver works on this run folder: "
+                                        f"{previous.describe()}; wait for it, or stop it first")
+            except BaseException:
                 lock_file.close()
-                raise RunFolderBusy(f"{self.path.parent}: another driver works on this run folder: "
-                                    f"{previous.describe()}; wait for it, or stop it first")
+                raise
+        if previous is not None:
             log.warning("%s: taking over the lease of a driver that is gone: %s", self.path.parent,
                         previous.describe())
         self._lock_file = lock_file

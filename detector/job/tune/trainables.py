@@ -26,10 +26,12 @@ from ray import tune
 
 import detector.job.tune.private_api as private_api
 from detector.job.experiment import ExperimentConfig
+from detector.job.fence import StaleAttempt, begin_attempt
 from detector.job.runfolder import BASELINE, RunFolder, model_name, sparsity_label, trial_label
 from detector.job.search_space import param_names
 from detector.job.tune.progress import log_as_trial, trial_log_name
 from detector.job.tune.trial_rows import evaluated_model
+from detector.paths import is_uri, uri_join
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,25 @@ def _trial_workspace(name: str, checkpoint: Any) -> Iterator[tuple[Path, float]]
 
 # What reports a trial's metrics, a row and the checkpoint folder that goes with it (None: no checkpoint).
 Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+def _fenced_report(ctx: StageContext, checkpoint: Any) -> Report:
+    """``_tune_report`` for this attempt of the trial, which registers as the newest (``detector.job.fence``):
+    once Tune restarts the trial elsewhere, this attempt raises ``StaleAttempt`` at its next report instead
+    of storing anything. Tune's storage on a URI (s3://) has no folder to fence: there reports go as they are."""
+    context = tune.get_context()
+    run = RunFolder(Path(ctx.run_dir))
+    trial_dir = uri_join(run.tune_experiment(context.get_experiment_name(), ctx.experiment.storage),
+                         context.get_trial_id())
+    if is_uri(trial_dir):
+        return _tune_report
+    attempt = begin_attempt(Path(trial_dir), Path(checkpoint.path) if checkpoint is not None else None)
+
+    def report(row: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        attempt.check()
+        _tune_report(row, checkpoint_dir)
+
+    return report
 
 
 def _tune_report(row: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
@@ -140,7 +161,11 @@ def _train_trial(ctx: StageContext, stage: str, training: dict[str, Any], extra:
     if not res.data_parallel:
         if limit_gpu_memory(res.gpus_per_trial):
             log.info("trial %s holds %g of a GPU: its memory is capped at that share", trial_id, res.gpus_per_trial)
-        _train_in_process(training, extra, trial_id, tune.get_checkpoint(), _tune_report)
+        checkpoint = tune.get_checkpoint()
+        try:
+            _train_in_process(training, extra, trial_id, checkpoint, _fenced_report(ctx, checkpoint))
+        except StaleAttempt as e:
+            log.warning("%s", e)
         return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
