@@ -7,13 +7,13 @@ different machines have. Hosts share only what pods of a real cluster share: the
 would hold them). Nodes start with the ``ray start`` arguments that KubeRay builds from the pod templates in
 ``k8s/base/raycluster.yaml`` (``kuberay_start_args``). Faults are made as a cluster meets them:
 
-    python cluster/netns_cluster.py up --workers 2 --share /srv/runs --state /root/ncl.json
+    python cluster/netns_cluster.py up --root /srv/ncl --workers 2 --share /srv/runs --state /srv/ncl.json
     export RAY_ADDRESS=http://10.236.0.2:8265 RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=...   # printed by `up`
     ray job submit --runtime-env cluster/runtime_env.yaml -- python jobs/run.py ... --address auto
-    python cluster/netns_cluster.py cut --state /root/ncl.json worker-1        # its link down; it runs on
-    python cluster/netns_cluster.py reconnect --state /root/ncl.json worker-1
-    python cluster/netns_cluster.py kill --state /root/ncl.json head           # every process on the host
-    python cluster/netns_cluster.py down --state /root/ncl.json
+    python cluster/netns_cluster.py cut --state /srv/ncl.json worker-1        # its link down; it runs on
+    python cluster/netns_cluster.py reconnect --state /srv/ncl.json worker-1
+    python cluster/netns_cluster.py kill --state /srv/ncl.json head           # every process on the host
+    python cluster/netns_cluster.py down --state /srv/ncl.json
 
 ``down`` stops exactly the processes inside the cluster's own namespaces, then removes the namespaces and
 the bridge. Nothing here talks to an address outside the namespaces it made.
