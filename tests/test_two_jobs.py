@@ -62,6 +62,19 @@ def tune_staging(temp_dir: str) -> dict[str, list[str]]:
     return found
 
 
+def assert_each_keeps_to_its_own(job: Job, runs: dict[str, Path]) -> None:
+    """Each run's TensorBoard runs are its own trials', in its own folder; its job's log names its own run
+    only; Tune's trial ids (which name the trials' folders, scratch folders and Ray Train runs) are its own."""
+    for user, run in runs.items():
+        logged = {p.parent.relative_to(RunFolder(run).tensorboard).as_posix()
+                  for p in RunFolder(run).tensorboard.rglob("events.out.tfevents.*")}
+        assert "baseline" in logged and any(name.startswith("search/s50-t") for name in logged), (user, logged)
+        logs, other = job.logs(f"{user}-tiny-1"), "alice" if user == "bob" else "bob"
+        assert str(runs[other]) not in logs and f"@{other}-tiny" not in logs, f"{user}'s log names {other}'s run"
+        assert f"(detector_search@{user}-tiny pid=" in logs, logs[-3000:]
+    assert not trial_ids(runs["alice"]) & trial_ids(runs["bob"])
+
+
 @pytest.mark.timeout(1200)
 def test_two_users_jobs_share_a_cluster_and_stopping_one_leaves_the_other(tmp_path, monkeypatch):
     t0 = time.monotonic()
@@ -117,18 +130,8 @@ def test_two_users_jobs_share_a_cluster_and_stopping_one_leaves_the_other(tmp_pa
         assert not RunFolder(runs["bob"]).search_results.exists()
         # Tune staged each experiment in a folder of its driver's own, on every node.
         staging = tune_staging(cluster.temp_dir)
-        pids = {user: str(lease["pid"]) for user, lease in leases.items()}
-        assert all(start.rsplit("_", 1)[-1] in pids.values() for start in staging), staging
-        # Each run's TensorBoard runs are its own trials', in its own folder; its log names its own run only.
-        for user, run in runs.items():
-            logged = {p.parent.relative_to(RunFolder(run).tensorboard).as_posix()
-                      for p in RunFolder(run).tensorboard.rglob("events.out.tfevents.*")}
-            assert "baseline" in logged and any(name.startswith("search/s50-t") for name in logged), (user, logged)
-            logs, other = job.logs(f"{user}-tiny-1"), "alice" if user == "bob" else "bob"
-            assert str(runs[other]) not in logs and f"@{other}-tiny" not in logs, f"{user}'s log names {other}'s run"
-            assert f"(detector_search@{user}-tiny pid=" in logs, logs[-3000:]
-        # Tune's trial ids name the trials' folders, node-local scratch folders and Ray Train runs.
-        assert not trial_ids(runs["alice"]) & trial_ids(runs["bob"])
+        assert {start.rsplit("_", 1)[-1] for start in staging} == {str(lease["pid"]) for lease in leases.values()}
+        assert_each_keeps_to_its_own(job, runs)
 
     # Outside both run folders the jobs changed nothing of the test's (the shared dataset, the configs, ~).
     after = files_outside(tmp_path, list(runs.values()))
