@@ -74,3 +74,27 @@ def test_killing_prepare_mid_import_leaves_no_worker_alive(tmp_path):
             raise AssertionError(f"pool workers {alive} of the killed prepare are still alive")
         time.sleep(0.2)
     assert not (out / "manifest.json").exists()
+
+
+_REMOVER = "import sys; from detector.job.scratch import remove_scratch; remove_scratch(sys.argv[1])"
+
+
+def test_a_scratch_removal_cut_short_leaves_the_owner_record_for_the_next_trial(tmp_path):
+    """A stopped job's trial is killed while it removes its scratch folder: the folder still names its owner,
+    so the next trial on the node removes the rest (removed in any order, the record was often gone)."""
+    trial, scratch = start_trial("a1b2c_00001", tmp_path)
+    files = 4000  # what the training loop had written: removing it takes a while
+    for i in range(files):
+        (scratch / f"state-{i}").write_bytes(b"")
+    remover = subprocess.Popen([sys.executable, "-c", _REMOVER, str(scratch)])
+    deadline = time.monotonic() + 120
+    while scratch.exists() and len(os.listdir(scratch)) > files // 10:  # killed once most of it is gone
+        assert time.monotonic() < deadline and remover.poll() is None
+    remover.send_signal(signal.SIGKILL)
+    remover.wait()
+    trial.kill()
+    trial.wait()
+    assert not scratch.exists() or (scratch / OWNER_FILE).is_file(), f"{len(os.listdir(scratch))} left, no record"
+
+    make_scratch("a1b2c_00002", tmp_path)  # the next trial starts on this node
+    assert not scratch.exists()

@@ -23,7 +23,7 @@ from detector.job.runfolder import RunFolder
 from detector.job.status import read_status
 from driver_helpers import tree_digest
 from pipeline_helpers import make_tiny_data, tiny_experiment
-from test_job_stop import Job, search_rows
+from ray_job_helpers import Job, search_rows
 
 netns = cluster_script("netns_cluster")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")

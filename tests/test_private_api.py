@@ -92,3 +92,44 @@ def test_a_moved_optuna_trial_id_fails_by_name():
 def test_a_moved_module_fails_by_name():
     with pytest.raises(PrivateApiMoved, match=r"the module ray\._private\.no_such_module is gone"):
         private_api._module("ray._private.no_such_module")
+
+
+def test_tunes_saved_trainable_name_is_where_it_is_read(tmp_path):
+    def detector_search(config):
+        pass
+
+    tune.Tuner(detector_search, run_config=tune.RunConfig(name="search", storage_path=str(tmp_path)))  # saves tuner.pkl
+    assert private_api.saved_trainable_name(str(tmp_path / "search")) == "detector_search"
+
+
+class Planted:
+    """A pickle that runs code when loaded: it would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_tunes_saved_trainable_name_is_read_without_running_what_the_file_holds(tmp_path):
+    import pickle
+
+    (tmp_path / "search").mkdir()
+    state = {"searcher": Planted(tmp_path / "PWNED"), "__trainable_name": "detector_search@run"}
+    (tmp_path / "search" / "tuner.pkl").write_bytes(pickle.dumps(state))
+    assert private_api.saved_trainable_name(str(tmp_path / "search")) == "detector_search@run"
+    (tmp_path / "search" / "tuner.pkl").write_bytes(pickle.dumps(Planted(tmp_path / "PWNED")))
+    assert private_api.saved_trainable_name(str(tmp_path / "search")) is None
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_tunes_staging_folder_is_named_by_this_process_in_the_block():
+    from ray.tune import utils
+
+    second = utils.date_str
+    with private_api.staging_of_this_process():
+        from ray.tune.utils import date_str  # as Tune's StorageContext imports it when an experiment starts
+
+        assert date_str().endswith(f"_{os.getpid()}") and date_str().startswith(second()[:10])
+    assert utils.date_str is second

@@ -34,8 +34,8 @@ def test_the_trials_lines_reach_the_drivers_output(search_run):
     out = search_run.output
     assert START.search(out), out
     assert EPOCH.search(out), out
-    # Ray names the process each forwarded line came from
-    assert re.search(r"\(detector_search pid=\d+\).*\[search/s50-t\d\]", out), out
+    # Ray names the process each forwarded line came from: the trainable, and the run folder (`run`)
+    assert re.search(r"\(detector_search@run pid=\d+\).*\[search/s50-t\d\]", out), out
 
 
 def test_the_trials_lines_are_in_the_ray_sessions_worker_logs(search_run):

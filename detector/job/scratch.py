@@ -9,6 +9,7 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,23 @@ def make_scratch(trial_id: str, folder: str | Path | None = None) -> Path:
     return path
 
 
+def remove_scratch(path: str | Path) -> None:
+    """Remove the scratch folder ``path``, its owner record last: a removal cut short (the trial's worker
+    killed during it, as a stopped job's are) leaves a folder that still names its owner, which the next trial
+    on the node removes; without the record it would stay until the node's /tmp is wiped."""
+    path = Path(path)
+    with contextlib.suppress(OSError):  # what cannot be removed stays, as with shutil.rmtree(ignore_errors=True)
+        for entry in [entry for entry in path.iterdir() if entry.name != OWNER_FILE]:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if any(entry.name != OWNER_FILE for entry in path.iterdir()):
+            return  # something is still writing here: the record stays, for the stale-folder sweep
+        (path / OWNER_FILE).unlink(missing_ok=True)
+        path.rmdir()
+
+
 def remove_stale_scratch(folder: str | Path | None = None) -> list[Path]:
     """Remove the scratch folders under ``folder`` whose owner process is gone; returns them.
 
@@ -61,7 +79,7 @@ def remove_stale_scratch(folder: str | Path | None = None) -> list[Path]:
             continue
         if process_start(pid) == start:
             continue
-        shutil.rmtree(entry.path, ignore_errors=True)
+        remove_scratch(entry.path)
         log.info("removed %s, left by trial %s (process %d is gone)", entry.path, owner.get("trial"), pid)
         removed.append(Path(entry.path))
     return removed

@@ -28,7 +28,7 @@ from detector.job.tune.live_status import LiveStatus, StageSink, registered
 from detector.job.tune.progress import StageProgress, quiet_libraries, tune_reporter, tune_verbosity
 from detector.job.tune.schedulers import asha
 from detector.job.tune.searchers import ParetoSearcher, SparsitySearcher, driving
-from detector.job.tune.trainables import StageContext, trainable
+from detector.job.tune.trainables import StageContext, actor_name, named, trainable
 from detector.job.tune.trial_rows import best_entry, control_entry, read_status_rows, trial_name, trial_row
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,12 @@ def run_experiment(
     path = run.tune_experiment(name, exp.storage)
     apply_tune_defaults()
     quiet_libraries()
-    fn = tune.with_resources(tune.with_parameters(trainable(tune_stage(name)), ctx=ctx),
+    restoring = tune.Tuner.can_restore(path)
+    fn = tune.with_resources(tune.with_parameters(_trainable(name, run, path, restoring), ctx=ctx),
                              _resources(exp.resources.stage(tune_stage(name))))
     # driving: a searcher restored with the experiment opens this run folder's studies, wherever it was made
-    restoring = tune.Tuner.can_restore(path)
-    with registered(_sink(run, name, exp)) as sink, driving(search_alg, path, restoring=restoring):
+    with (registered(_sink(run, name, exp)) as sink, driving(search_alg, path, restoring=restoring),
+          private_api.staging_of_this_process()):
         if restoring:
             log.info("resuming the %s experiment from %s", name, path)
             _check_trusted(path, ctx.trust_run_folder)
@@ -131,6 +132,15 @@ def run_experiment(
     rows = read_status_rows(run, name)
     _raise_if_incomplete(name, rows, expected, ctx.run_dir, path)
     return rows
+
+
+def _trainable(name: str, run: RunFolder, path: str, restoring: bool) -> Any:
+    """Experiment ``name``'s trainable, named after the run folder (``actor_name``); a restored experiment's
+    keeps the name it was saved with (one made before trainables were named so, or in a folder renamed
+    since, has another), since its trials find their trainable by that name."""
+    fn = trainable(tune_stage(name))
+    saved = private_api.saved_trainable_name(path) if restoring else None
+    return named(fn, saved or actor_name(fn, run.root.name))
 
 
 def _raise_if_incomplete(name: str, rows: list[dict[str, Any]], expected: int, run_dir: str, path: str) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import os
+import pickle
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
@@ -127,6 +129,69 @@ def rehome_search_state(experiment_dir: Path, storage_fs_path: str) -> bool:
             atomic_write_bytes(path, cloudpickle.dumps(state))
             changed = True
     return changed
+
+
+class _Inert:
+    """What a pickle would build, built as nothing: no class is imported and no code runs."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
+        return _Inert()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> type:
+        return _Inert
+
+
+def saved_trainable_name(experiment_path: str) -> str | None:
+    """The name of the trainable Tune saved with the experiment at ``experiment_path`` (in ``tuner.pkl``, a
+    pickled dict): ``Tuner.restore`` refuses a trainable of another name, and the restored trials look theirs
+    up by it. Read without building what the file holds: its searcher, unpickled outside
+    ``searchers.driving``, would open the studies of the folder the experiment was made in."""
+    internal = _module("ray.tune.impl.tuner_internal")
+    fs, fs_path = _attr(_module("ray.train._internal.storage"), "get_fs_and_path")(experiment_path)
+    with fs.open_input_file(f"{fs_path}/{_attr(internal, '_TUNER_PKL')}") as f:
+        state = _InertUnpickler(io.BytesIO(f.readall())).load()
+    name = state.get("__trainable_name") if isinstance(state, dict) else None
+    return name if isinstance(name, str) else None
+
+
+@contextlib.contextmanager
+def staging_of_this_process() -> Iterator[None]:
+    """Tune's staging folders of the experiments started in the block named by this process as well.
+
+    Tune stages an experiment's state (and its trials' working folders) in the node's Ray session, under
+    ``artifacts/<the second the experiment started>/<experiment name>``, and copies that folder up to the
+    experiment's storage. Two users' drivers on one head (two jobs of one cluster) that start a stage of the
+    same name in the same second would share it: each would copy the other's experiment state into its own
+    run folder. The second alone names it; here the driver's pid is added (``2026-12-07_11-02-03_4242``).
+    """
+    utils = _module("ray.tune.utils")
+    second = _attr(utils, "date_str")  # what ray.train._internal.storage.StorageContext imports when made
+    pid = os.getpid()
+    utils.date_str = lambda: f"{second()}_{pid}"
+    try:
+        yield
+    finally:
+        utils.date_str = second
 
 
 def train_v2() -> tuple[bool, str]:

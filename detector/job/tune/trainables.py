@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def _trial_workspace(name: str, checkpoint: Any) -> Iterator[tuple[Path, float]]
     stored), copied in here, and keeps its original start time (``TrialDir.start_time``).
     ``name``: the scratch folder's (the trial id, and a data-parallel worker's rank).
     """
-    from detector.job.scratch import make_scratch
+    from detector.job.scratch import make_scratch, remove_scratch
     from detector.trial_dir import TrialDir
 
     out_dir = make_scratch(name)
@@ -76,7 +77,7 @@ def _trial_workspace(name: str, checkpoint: Any) -> Iterator[tuple[Path, float]]
             log.info("trial %s restarts from its checkpoint", name)
         yield out_dir, trial.start_time()
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        remove_scratch(out_dir)
 
 
 # What reports a trial's metrics, a row and the checkpoint folder that goes with it (None: no checkpoint).
@@ -332,9 +333,25 @@ _TRAINABLES: dict[str, Trainable] = {"baseline": detector_baseline, "search": de
 
 
 def trainable(stage: str) -> Trainable:
-    """The trainable that runs each trial of ``stage`` (baseline, search, finetune, evaluate). Tune names
-    a trial's actor after it (what the Ray dashboard shows)."""
+    """The trainable that runs each trial of ``stage`` (baseline, search, finetune, evaluate)."""
     return _TRAINABLES[stage]
+
+
+def actor_name(fn: Trainable, run_name: str) -> str:
+    """What the Ray dashboard's Actors page and the trials' log lines call the trials of ``fn`` in the run
+    folder named ``run_name``: ``detector_search@alice-demo``. Several users' runs share a cluster, and each
+    stage's trainable is the same function in all of them."""
+    return f"{getattr(fn, '__name__', 'trainable')}@{re.sub(r'[^A-Za-z0-9._-]', '_', run_name)}"
+
+
+def named(fn: Trainable, name: str) -> Trainable:
+    """``fn`` under ``name``: Tune registers a trainable, and names its trials' actors, by ``__name__``."""
+
+    def run_trial(config: dict[str, Any], ctx: StageContext) -> None:
+        fn(config, ctx)
+
+    run_trial.__name__ = run_trial.__qualname__ = name
+    return run_trial
 
 
 @contextlib.contextmanager
