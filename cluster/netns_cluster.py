@@ -332,6 +332,22 @@ def load(state_path: str | Path) -> NetnsCluster:
         raise ClusterError(f"{path}: not a state file written by `up`: {e}") from e
 
 
+def _host_command(args: argparse.Namespace) -> None:
+    """down, cut, reconnect, kill or start, on the cluster of ``--state``."""
+    cluster = load(args.state)
+    if args.command == "down":
+        down(cluster)
+        Path(args.state).unlink()
+    elif args.command == "cut":
+        cut(cluster, args.host)
+    elif args.command == "reconnect":
+        reconnect(cluster, args.host)
+    elif args.command == "kill":
+        print(f"killed {len(kill_host(cluster, args.host))} processes on {args.host}")
+    else:
+        print(f"started pid {start_node(cluster, cluster.host(args.host)).pid}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,24 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             print("hosts: " + " ".join(f"{h.name}={h.address}" for h in cluster.hosts))
             print(f"dashboard: {cluster.dashboard_url}")
             print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in cluster.env().items()))
-            return 0
-        cluster = load(args.state)
-        if args.command == "down":
-            down(cluster)
-            Path(args.state).unlink()
-        elif args.command == "cut":
-            cut(cluster, args.host)
-        elif args.command == "reconnect":
-            reconnect(cluster, args.host)
-        elif args.command == "kill":
-            print(f"killed {len(kill_host(cluster, args.host))} processes on {args.host}")
         else:
-            print(f"started pid {start_node(cluster, cluster.host(args.host)).pid}")
+            _host_command(args)
     except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        sys.exit(f"error: {e}")  # one line on stderr, exit status 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

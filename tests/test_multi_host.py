@@ -231,3 +231,14 @@ def test_the_head_host_lost_mid_search_a_new_cluster_and_driver_finish_the_run(t
     print(f"head lost: the new driver waited {took.group(1) if took else 0} s for the lease; the run finished "
           f"{recovered:.0f} s after the loss; the unfinished trials trained {repeated} epochs again after it: {again}")
     assert read_status(RunFolder(run_dir))["state"] == "finished"
+
+
+def test_the_cluster_script_names_a_missing_state_file_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(netns.REPO / "cluster" / "netns_cluster.py"), "cut", "--state",
+                           str(tmp_path / "nope.json"), "worker-1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"error: {tmp_path / 'nope.json'}: no such state file (was the cluster started with " \
+                          f"`up --state {tmp_path / 'nope.json'}`?)\n"
